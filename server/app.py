@@ -1,0 +1,145 @@
+"""Assembles the gRPC server: servicers, interceptors, health, reflection, lifecycle.
+
+Lifecycle: start() binds and reports NOT_SERVING; load_models() preloads and flips each
+modality's health status; stop() reports NOT_SERVING, stops accepting calls and lets
+in-flight streams drain for the grace period before cancelling them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from functools import partial
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from genserve.v1 import (
+    audio_pb2_grpc,
+    embedding_pb2_grpc,
+    image_pb2_grpc,
+    mesh_pb2_grpc,
+    models_pb2_grpc,
+    text_pb2_grpc,
+    video_pb2_grpc,
+)
+from server.interceptors import ErrorInterceptor, RequestIdInterceptor, TelemetryInterceptor
+from server.interceptors.telemetry import log_access
+from server.manifest import Manifest, Modality
+from server.registry import Loader, ModelRegistry
+from server.service_names import MODEL_SERVICE, SERVICE_BY_MODALITY
+from server.servicers.models import ModelServicer
+from server.servicers.pending import pending_servicer
+from server.servicers.text import TextServicer
+from server.settings import Settings
+from server.text.loader import load_text_engine
+from server.usage_log import UsageLog
+
+logger = logging.getLogger(__name__)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+OVERALL = ""  # the health service name that stands for the whole server
+
+MiB = 1024 * 1024
+
+
+def default_loaders(settings: Settings) -> dict[Modality, Loader]:
+    return {Modality.TEXT: partial(load_text_engine, limits=settings.text)}
+
+
+class GenServeServer:
+    def __init__(
+        self,
+        settings: Settings,
+        manifest: Manifest,
+        loaders: Mapping[Modality, Loader] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = ModelRegistry(
+            manifest, loaders if loaders is not None else default_loaders(settings)
+        )
+        self.usage_log = UsageLog(settings.usage_db_path)
+        self.health = health.aio.HealthServicer()
+        self.port = 0
+        self._server = grpc.aio.server(
+            interceptors=[
+                RequestIdInterceptor(),
+                TelemetryInterceptor([log_access, self.usage_log]),
+                ErrorInterceptor(),
+            ],
+            options=[
+                ("grpc.max_receive_message_length", settings.max_receive_message_mb * MiB),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        self._add_servicers()
+
+    def _add_servicers(self) -> None:
+        server = self._server
+        text_pb2_grpc.add_TextServiceServicer_to_server(
+            TextServicer(self.registry, self.settings.text), server
+        )
+        audio_pb2_grpc.add_AudioServiceServicer_to_server(
+            pending_servicer(audio_pb2_grpc.AudioServiceServicer, "audio generation"), server
+        )
+        image_pb2_grpc.add_ImageServiceServicer_to_server(
+            pending_servicer(image_pb2_grpc.ImageServiceServicer, "image generation"), server
+        )
+        video_pb2_grpc.add_VideoServiceServicer_to_server(
+            pending_servicer(video_pb2_grpc.VideoServiceServicer, "video generation"), server
+        )
+        mesh_pb2_grpc.add_MeshServiceServicer_to_server(
+            pending_servicer(mesh_pb2_grpc.MeshServiceServicer, "3D generation"), server
+        )
+        embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server(
+            pending_servicer(embedding_pb2_grpc.EmbeddingServiceServicer, "embedding", "Embed"),
+            server,
+        )
+        models_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.registry), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        if self.settings.reflection:
+            names = [
+                *SERVICE_BY_MODALITY.values(),
+                MODEL_SERVICE,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ]
+            reflection.enable_server_reflection(names, server)
+
+    async def start(self) -> int:
+        """Bind and start answering; every service reports NOT_SERVING until loaded."""
+        address = f"{self.settings.host}:{self.settings.port}"
+        self.port = self._server.add_insecure_port(address)
+        for name in (OVERALL, *SERVICE_BY_MODALITY.values()):
+            await self.health.set(name, NOT_SERVING)
+        await self._server.start()
+        logger.info("gRPC listening on %s:%d", self.settings.host, self.port)
+        return self.port
+
+    async def load_models(self) -> None:
+        """Preload, then report each modality's health, then the server's."""
+        await self.registry.preload()
+        for slot in self.registry.slots():
+            name = SERVICE_BY_MODALITY[slot.modality]
+            if slot.ready:
+                await self.health.set(name, SERVING)
+            else:
+                await self.health.set(name, NOT_SERVING)
+                logger.warning("%s is NOT_SERVING: %s: %s", name, slot.state, slot.detail)
+        await self.health.set(OVERALL, SERVING)
+        logger.info("SERVING")
+
+    async def stop(self, grace: float | None = None) -> None:
+        """NOT_SERVING first, then stop accepting, then drain in-flight calls."""
+        grace = self.settings.shutdown_grace_s if grace is None else grace
+        await self.health.enter_graceful_shutdown()
+        logger.info("stopping: draining in-flight calls for up to %.1f s", grace)
+        await self._server.stop(grace)
+        self.registry.close()
+        self.usage_log.close()
+        logger.info("stopped")
+
+    async def wait_for_termination(self) -> None:
+        await self._server.wait_for_termination()

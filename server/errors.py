@@ -1,0 +1,68 @@
+"""One exception taxonomy, mapped once to gRPC status codes and HTTP statuses.
+
+Handlers raise these; the error interceptor turns them into gRPC statuses, and the
+REST bridge turns gRPC statuses into HTTP ones with the same table.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class GenServeError(Exception):
+    """Base of every error a caller may see. The message is safe to show to clients."""
+
+    grpc_code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+
+class InvalidArgument(GenServeError):
+    """A request field is out of bounds. The message names the field and the limit."""
+
+    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+class Unauthenticated(GenServeError):
+    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class NotFound(GenServeError):
+    grpc_code = grpc.StatusCode.NOT_FOUND
+
+
+class ResourceExhausted(GenServeError):
+    """The model's request queue is full; the caller may retry later."""
+
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unavailable(GenServeError):
+    """The model is not loaded (failed, or the server is shutting down)."""
+
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+
+
+class Unimplemented(GenServeError):
+    grpc_code = grpc.StatusCode.UNIMPLEMENTED
+
+
+# gRPC status -> HTTP status, for the REST bridge. Anything not listed is a 500.
+HTTP_STATUS_BY_GRPC_CODE: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.INVALID_ARGUMENT: 422,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+
+
+def http_status_for(code: grpc.StatusCode) -> int:
+    return HTTP_STATUS_BY_GRPC_CODE.get(code, 500)

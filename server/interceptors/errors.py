@@ -1,0 +1,44 @@
+"""Maps exceptions to gRPC statuses, over the whole stream.
+
+GenServeError subclasses carry their code and a client-safe message. Anything else is
+a bug: the traceback goes to the log and the caller gets INTERNAL with the request ID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from grpc.aio import AbortError, ServicerContext
+
+from server.errors import GenServeError
+from server.interceptors.base import CallInterceptor, Responses
+from server.request_context import current_request_id
+
+logger = logging.getLogger(__name__)
+
+
+class ErrorInterceptor(CallInterceptor):
+    async def around(
+        self,
+        details: grpc.HandlerCallDetails,
+        context: ServicerContext[Any, Any],
+        responses: Responses,
+    ) -> AsyncIterator[Any]:
+        try:
+            async for response in responses():
+                yield response
+        except (AbortError, asyncio.CancelledError):
+            raise
+        except GenServeError as exc:
+            logger.info("%s rejected: %s %s", details.method, exc.grpc_code.name, exc)
+            await context.abort(exc.grpc_code, str(exc))
+        except Exception:
+            logger.exception("unhandled error in %s", details.method)
+            await context.abort(
+                grpc.StatusCode.INTERNAL,
+                f"internal error; request_id={current_request_id()}",
+            )

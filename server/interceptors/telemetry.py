@@ -1,0 +1,148 @@
+"""Timing of every RPC, handed to sinks (the access log, the usage log) when it ends.
+
+Measures time to first message, total time, messages and bytes sent, and the final
+status, including for failed and cancelled calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+from grpc.aio import AbortError, ServicerContext
+
+from server.interceptors.base import CallInterceptor, Responses
+from server.request_context import CallDetails, call_details_var, current_request_id
+
+logger = logging.getLogger("genserve.access")
+
+# Probes and reflection are frequent and dull: logged at DEBUG, still in the usage log.
+QUIET_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    request_id: str
+    started_at: datetime
+    method: str
+    peer: str
+    status_code: grpc.StatusCode
+    response_time_ms: float
+    time_to_first_message_ms: float | None
+    messages_out: int
+    bytes_out: int
+    details: CallDetails
+
+    @property
+    def successful(self) -> bool:
+        return self.status_code is grpc.StatusCode.OK
+
+
+CallSink = Callable[[CallRecord], None]
+
+
+def log_access(record: CallRecord) -> None:
+    quiet = record.method.startswith(QUIET_SERVICES)
+    ttfm = (
+        f"{record.time_to_first_message_ms:.1f}"
+        if record.time_to_first_message_ms is not None
+        else "-"
+    )
+    logger.log(
+        logging.DEBUG if quiet else logging.INFO,
+        "%s %s total_ms=%.1f ttfm_ms=%s messages=%d bytes=%d peer=%s",
+        record.method,
+        record.status_code.name,
+        record.response_time_ms,
+        ttfm,
+        record.messages_out,
+        record.bytes_out,
+        record.peer,
+        extra={
+            "method": record.method,
+            "code": record.status_code.name,
+            "total_ms": round(record.response_time_ms, 3),
+            "ttfm_ms": record.time_to_first_message_ms,
+            "messages": record.messages_out,
+            "bytes": record.bytes_out,
+            "peer": record.peer,
+        },
+    )
+
+
+class TelemetryInterceptor(CallInterceptor):
+    def __init__(self, sinks: Sequence[CallSink]) -> None:
+        self._sinks = tuple(sinks)
+
+    async def around(
+        self,
+        details: grpc.HandlerCallDetails,
+        context: ServicerContext[Any, Any],
+        responses: Responses,
+    ) -> AsyncIterator[Any]:
+        started_at = datetime.now(UTC)
+        start = time.perf_counter()
+        call_details = CallDetails()
+        call_details_var.set(call_details)
+        first_message_ms: float | None = None
+        messages = 0
+        size = 0
+        code = grpc.StatusCode.UNKNOWN
+        try:
+            async for response in responses():
+                if first_message_ms is None:
+                    first_message_ms = (time.perf_counter() - start) * 1000
+                messages += 1
+                size += response.ByteSize() if hasattr(response, "ByteSize") else 0
+                yield response
+            code = _code_of(context) or grpc.StatusCode.OK
+        except AbortError:
+            code = _code_of(context) or grpc.StatusCode.UNKNOWN
+            raise
+        except asyncio.CancelledError:
+            code = _cancel_code(context)
+            raise
+        finally:
+            record = CallRecord(
+                request_id=current_request_id(),
+                started_at=started_at,
+                method=details.method,
+                peer=context.peer(),
+                status_code=code,
+                response_time_ms=(time.perf_counter() - start) * 1000,
+                time_to_first_message_ms=first_message_ms,
+                messages_out=messages,
+                bytes_out=size,
+                details=call_details,
+            )
+            for sink in self._sinks:
+                try:
+                    sink(record)
+                except Exception:  # noqa: BLE001 - telemetry must never fail the call
+                    logger.exception("call sink %r failed", sink)
+
+
+def _code_of(context: ServicerContext[Any, Any]) -> grpc.StatusCode | None:
+    code = context.code()
+    if code is None:
+        return None
+    if isinstance(code, grpc.StatusCode):
+        return code
+    # grpc.aio may report the raw integer status.
+    for status in grpc.StatusCode:
+        if status.value[0] == code:
+            return status
+    return grpc.StatusCode.UNKNOWN
+
+
+def _cancel_code(context: ServicerContext[Any, Any]) -> grpc.StatusCode:
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.CANCELLED

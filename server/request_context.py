@@ -1,0 +1,48 @@
+"""Per-RPC context: the request ID and the call record, carried in contextvars.
+
+Set by the interceptors at the start of each RPC; everything running inside the call
+(servicers, engines, worker threads started with asyncio.to_thread) sees them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+REQUEST_ID_METADATA_KEY = "x-request-id"
+NO_REQUEST_ID = "-"
+
+request_id_var: ContextVar[str] = ContextVar("request_id", default=NO_REQUEST_ID)
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def current_request_id() -> str:
+    return request_id_var.get()
+
+
+@dataclass
+class CallDetails:
+    """What a servicer learns about a call that the interceptors cannot see.
+
+    Written by servicers (token counts, model timings), read by the usage log.
+    """
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    queued_ms: float | None = None
+    inference_ms: float | None = None
+    encoding_ms: float | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+call_details_var: ContextVar[CallDetails | None] = ContextVar("call_details", default=None)
+
+
+def current_call_details() -> CallDetails:
+    """The running call's details; a throwaway record outside an RPC."""
+    details = call_details_var.get()
+    return details if details is not None else CallDetails()

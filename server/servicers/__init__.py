@@ -1,0 +1,1 @@
+"""gRPC servicers: protobuf in and out at this edge, plain Python types behind it."""

@@ -1,0 +1,57 @@
+"""Typed settings from the environment (GENSERVE_*) and command-line flags.
+
+Built once in main() and passed down; nothing here is read at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from server.logging_setup import LogFormat
+
+
+class TextLimits(BaseModel):
+    """Bounds on text requests; a request outside them gets INVALID_ARGUMENT."""
+
+    max_new_tokens: int = Field(2048, ge=1, description="largest max_new_tokens a caller may ask")
+    max_prompt_chars: int = Field(65536, ge=1, description="prompt plus messages, in characters")
+    max_messages: int = Field(256, ge=1)
+    max_stop_sequences: int = Field(4, ge=0)
+    max_stop_sequence_chars: int = Field(64, ge=1)
+    max_top_k: int = Field(1000, ge=1)
+    max_temperature: float = Field(10.0, gt=0)
+    max_queue: int = Field(64, ge=1, description="requests waiting for the model before 429")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="GENSERVE_",
+        env_nested_delimiter="__",
+        cli_kebab_case=True,
+        cli_prog_name="python -m server",
+        cli_implicit_flags=True,
+    )
+
+    host: str = Field("0.0.0.0", description="address the gRPC server binds")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one")
+    profile: str = Field("tiny", description="model manifest: tiny (offline) or seed")
+    manifest: Path | None = Field(None, description="a manifest TOML file; overrides --profile")
+    data_dir: Path = Field(Path("var"), description="usage log and other runtime data")
+    model_store: Path = Field(Path("var/models"), description="built offline pipelines")
+    log_level: str = "INFO"
+    log_format: LogFormat = "text"
+    shutdown_grace_s: float = Field(10.0, ge=0, description="time in-flight streams get to drain")
+    reflection: bool = True
+    max_receive_message_mb: int = Field(32, ge=1, description="largest request (video images)")
+    text: TextLimits = TextLimits()
+
+    @property
+    def usage_db_path(self) -> Path:
+        return self.data_dir / "usage.sqlite3"
+
+
+Device = Literal["auto", "cpu", "cuda"]

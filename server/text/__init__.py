@@ -1,0 +1,1 @@
+"""Text generation: plain request/event types, the engine interface and its implementations."""
