@@ -44,7 +44,7 @@ $(STUBS): $(INSTALLED) $(PROTOS)
 stubs: $(STUBS)
 
 run: setup
-	$(BIN)/python -m server
+	$(BIN)/python -m server $(ARGS)
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -27,13 +27,15 @@ async def serve(settings: Settings) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop_requested.set)
 
-    loading = asyncio.create_task(server.load_models())
-    loading.add_done_callback(
-        lambda task: task.cancelled()
-        or task.exception()
-        or logger.info("ready %.1f s after start (profile %s)", time.perf_counter() - started,
-                       settings.profile)
-    )
+    async def load_and_report() -> None:
+        await server.load_models()
+        logger.info(
+            "SERVING %.1f s after start (profile %s)",
+            time.perf_counter() - started,
+            settings.profile,
+        )
+
+    loading = asyncio.create_task(load_and_report())
     await stop_requested.wait()
     if not loading.done():
         loading.cancel()

@@ -129,7 +129,6 @@ class GenServeServer:
                 await self.health.set(name, NOT_SERVING)
                 logger.warning("%s is NOT_SERVING: %s: %s", name, slot.state, slot.detail)
         await self.health.set(OVERALL, SERVING)
-        logger.info("SERVING")
 
     async def stop(self, grace: float | None = None) -> None:
         """NOT_SERVING first, then stop accepting, then drain in-flight calls."""

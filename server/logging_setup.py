@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -16,18 +17,25 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(request_id)s %(message)s"
 
 
-class RequestIdFilter(logging.Filter):
-    """Stamps each record with the request ID of the RPC that logged it."""
+def _stamp_request_id(
+    factory: Callable[..., logging.LogRecord],
+) -> Callable[..., logging.LogRecord]:
+    """Wraps the record factory so every record, whoever handles it, has a request_id."""
+    if getattr(factory, "stamps_request_id", False):
+        return factory
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not hasattr(record, "request_id"):
-            record.request_id = current_request_id()
-        return True
+    def make_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = factory(*args, **kwargs)
+        record.request_id = current_request_id()
+        return record
+
+    make_record.stamps_request_id = True  # type: ignore[attr-defined]
+    return make_record
 
 
 def configure_logging(level: str = "INFO", log_format: LogFormat = "text") -> None:
+    logging.setLogRecordFactory(_stamp_request_id(logging.getLogRecordFactory()))
     handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(RequestIdFilter())
     if log_format == "json":
         handler.setFormatter(JsonFormatter(JSON_FIELDS, rename_fields={"asctime": "time"}))
     else:

@@ -88,7 +88,7 @@ class ModelRegistry:
         started = time.perf_counter()
         try:
             slot.instance = await asyncio.to_thread(slot.loader, slot.spec)
-        except Exception as exc:  # noqa: BLE001 - one model's failure must not stop the rest
+        except Exception as exc:
             slot.state = ModelState.FAILED
             slot.detail = f"{type(exc).__name__}: {exc}"
             logger.exception("failed to load %s model %s", slot.modality, slot.spec.name)

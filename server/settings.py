@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(10.0, ge=0, description="time in-flight streams get to drain")
     reflection: bool = True
     max_receive_message_mb: int = Field(32, ge=1, description="largest request (video images)")
-    text: TextLimits = TextLimits()
+    text: TextLimits = Field(default_factory=TextLimits)
 
     @property
     def usage_db_path(self) -> Path:

@@ -66,7 +66,9 @@ def _wrap(
     if handler.response_streaming:
 
         async def streaming(request: Any, context: ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-            async for response in interceptor.around(details, context, responses_of(request, context)):
+            async for response in interceptor.around(
+                details, context, responses_of(request, context)
+            ):
                 yield response
 
         new_behavior: Callable[..., Any] = streaming
@@ -79,7 +81,9 @@ def _wrap(
 
         async def unary(request: Any, context: ServicerContext[Any, Any]) -> Any:
             result = None
-            async for response in interceptor.around(details, context, responses_of(request, context)):
+            async for response in interceptor.around(
+                details, context, responses_of(request, context)
+            ):
                 result = response
             return result
 

@@ -51,15 +51,17 @@ class TextServicer(text_pb2_grpc.TextServiceServicer):
         text_request = text_request_from_pb(request, self._defaults, self._limits)
         call = current_call_details()
         engine: TextEngine
-        async with self._registry.use(Modality.TEXT) as engine:
-            async with aclosing(engine.generate(text_request)) as events:
-                async for event in events:
-                    if isinstance(event, TextFinal):
-                        call.prompt_tokens = event.prompt_tokens
-                        call.queued_ms = event.queued_ms
-                        call.inference_ms = event.inference_ms
-                    call.completion_tokens = event.completion_tokens
-                    yield text_event_to_pb(event)
+        async with (
+            self._registry.use(Modality.TEXT) as engine,
+            aclosing(engine.generate(text_request)) as events,
+        ):
+            async for event in events:
+                if isinstance(event, TextFinal):
+                    call.prompt_tokens = event.prompt_tokens
+                    call.queued_ms = event.queued_ms
+                    call.inference_ms = event.inference_ms
+                call.completion_tokens = event.completion_tokens
+                yield text_event_to_pb(event)
 
 
 def text_request_from_pb(

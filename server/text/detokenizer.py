@@ -6,17 +6,13 @@ twice and emit the difference, holding back while the tail is an incomplete char
 
 from __future__ import annotations
 
-from typing import Protocol
+from transformers import PreTrainedTokenizerBase
 
 REPLACEMENT_CHAR = "\ufffd"
 
 
-class Decoder(Protocol):
-    def decode(self, token_ids: list[int], skip_special_tokens: bool = ...) -> str: ...
-
-
 class IncrementalDetokenizer:
-    def __init__(self, tokenizer: Decoder) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
         self._tokenizer = tokenizer
         self._ids: list[int] = []
         self._prefix_offset = 0
@@ -34,4 +30,4 @@ class IncrementalDetokenizer:
         return ""
 
     def _decode(self, ids: list[int]) -> str:
-        return self._tokenizer.decode(ids, skip_special_tokens=True)
+        return str(self._tokenizer.decode(ids, skip_special_tokens=True))

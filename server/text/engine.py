@@ -8,7 +8,7 @@ one-at-a-time engine behind this interface without the servicer changing.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Protocol
 
 from server.text.types import TextEvent, TextRequest
@@ -18,7 +18,7 @@ class TextEngine(Protocol):
     @property
     def context_length(self) -> int: ...
 
-    def generate(self, request: TextRequest) -> AsyncIterator[TextEvent]:
+    def generate(self, request: TextRequest) -> AsyncGenerator[TextEvent, None]:
         """Stream the answer. Raises InvalidArgument for a prompt the model cannot take,
         ResourceExhausted when the queue is full."""
         ...

@@ -22,5 +22,5 @@ def load_text_engine(spec: ModelSpec, limits: TextLimits) -> SerialTextEngine:
     logger.info("loading text model %s from %s on %s (%s)", spec.name, source, device, dtype)
     tokenizer = AutoTokenizer.from_pretrained(source, **extra)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **extra)
-    model = model.to(device).eval()
+    model = model.to(device).eval()  # type: ignore[arg-type]  # transformers types .to() oddly
     return SerialTextEngine(model, tokenizer, name=spec.name, max_queue=limits.max_queue)

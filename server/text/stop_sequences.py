@@ -17,6 +17,8 @@ class StopSequenceMatcher:
         """Add text; return what is safe to emit. Sets `matched` at a stop sequence."""
         if not self._stop:
             return delta
+        if self.matched:  # everything after a stop sequence is dropped
+            return ""
         self._pending += delta
         hits = [i for i in (self._pending.find(s) for s in self._stop) if i >= 0]
         if hits:

@@ -13,9 +13,9 @@ import contextvars
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
@@ -62,6 +62,8 @@ class _TokenSink(BaseStreamer):
             self._prompt_seen = True
             return
         for token_id in value.flatten().tolist():
+            if self._matcher.matched:  # generate() may run a step past the stop sequence
+                return
             self.completion_tokens += 1
             if token_id in self._eos_token_ids:
                 self.saw_eos = True
@@ -121,7 +123,7 @@ class SerialTextEngine:
         with self._idle:
             return self._idle.wait_for(lambda: self._pending == 0, timeout)
 
-    async def generate(self, request: TextRequest) -> AsyncIterator[TextEvent]:
+    async def generate(self, request: TextRequest) -> AsyncGenerator[TextEvent, None]:
         prompt_ids = await asyncio.to_thread(self._encode, request)
         self._check_fits(prompt_ids.shape[-1], request.params.max_new_tokens)
         if self._pending > self._max_queue:
@@ -191,7 +193,7 @@ class SerialTextEngine:
             )
             self.last_final = final_with_times
             emit(final_with_times)
-        except Exception as exc:  # noqa: BLE001 - handed to the RPC, which logs and maps it
+        except Exception as exc:
             emit(exc)
         finally:
             self._end()
@@ -226,7 +228,9 @@ class SerialTextEngine:
             tail = matcher.flush()
             if tail:
                 emit(TextDelta(tail, sink.completion_tokens))
-        return TextFinal(reason, int(prompt_ids.shape[-1]), sink.completion_tokens, params.seed, 0, 0)
+        return TextFinal(
+            reason, int(prompt_ids.shape[-1]), sink.completion_tokens, params.seed, 0, 0
+        )
 
     def _generation_config(self, params: SamplingParams) -> GenerationConfig:
         base = self._model.generation_config
@@ -251,8 +255,7 @@ class SerialTextEngine:
             encoded = self._tokenizer.apply_chat_template(
                 turns, add_generation_prompt=True, return_dict=True, return_tensors="pt"
             )
-            ids: torch.Tensor = encoded["input_ids"]
-            return ids
+            return cast(torch.Tensor, cast(Any, encoded)["input_ids"])
         text = "\n".join(t["content"] for t in turns)
         plain: torch.Tensor = self._tokenizer(text, return_tensors="pt")["input_ids"]
         return plain

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import torch
+
+from server.logging_setup import configure_logging
+from server.manifest import load_manifest, manifest_path
+from tests.harness import ServerThread, make_settings
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    configure_logging("INFO")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def tiny_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
+    """The default (tiny) profile, models preloaded: shared by the suite to load them once."""
+    data_dir: Path = tmp_path_factory.mktemp("var")
+    settings = make_settings(data_dir)
+    manifest = load_manifest(manifest_path("tiny"))
+    server = ServerThread(settings, manifest).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def channel(tiny_server: ServerThread) -> Iterator[grpc.Channel]:
+    channel = tiny_server.channel()
+    yield channel
+    channel.close()

@@ -1,0 +1,50 @@
+"""Small helpers to call TextService through the generated stubs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from genserve.v1 import text_pb2, text_pb2_grpc
+
+
+@dataclass
+class TextResult:
+    deltas: list[str] = field(default_factory=list)
+    final: text_pb2.TextFinal | None = None
+    request_id: str | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.deltas)
+
+
+def request(prompt: str = "What is FastAPI?", **fields: Any) -> text_pb2.TextGenerateRequest:
+    return text_pb2.TextGenerateRequest(prompt=prompt, **fields)
+
+
+def generate(
+    channel: grpc.Channel,
+    req: text_pb2.TextGenerateRequest,
+    request_id: str | None = None,
+    timeout: float = 120,
+) -> TextResult:
+    stub = text_pb2_grpc.TextServiceStub(channel)
+    metadata = (("x-request-id", request_id),) if request_id else None
+    call = stub.Generate(req, metadata=metadata, timeout=timeout)
+    result = TextResult()
+    for response in call:
+        if response.HasField("delta"):
+            result.deltas.append(response.delta.text)
+        else:
+            result.final = response.final
+    result.request_id = dict(call.initial_metadata())["x-request-id"]
+    return result
+
+
+def greedy(
+    prompt: str = "What is FastAPI?", max_new_tokens: int = 12, **fields: Any
+) -> text_pb2.TextGenerateRequest:
+    return request(prompt, max_new_tokens=max_new_tokens, do_sample=False, **fields)
