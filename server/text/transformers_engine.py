@@ -9,12 +9,9 @@ gone away, so a cancelled request frees the model within a step.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
-import threading
 import time
 from collections.abc import AsyncGenerator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 import torch
@@ -22,7 +19,7 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerB
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from server.errors import InvalidArgument, ResourceExhausted
+from server.errors import InvalidArgument
 from server.text.detokenizer import IncrementalDetokenizer
 from server.text.stop_sequences import StopSequenceMatcher
 from server.text.types import (
@@ -33,10 +30,11 @@ from server.text.types import (
     TextFinal,
     TextRequest,
 )
+from server.worker import Job, SerialWorker
 
 logger = logging.getLogger(__name__)
 
-Emit = Callable[[TextEvent | BaseException], None]
+Emit = Callable[[TextEvent], None]
 
 
 class _TokenSink(BaseStreamer):
@@ -101,113 +99,40 @@ class SerialTextEngine:
     ) -> None:
         self._model = model
         self._tokenizer = tokenizer
-        self._name = name
-        self._max_queue = max_queue
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"text-{name}")
+        self._worker = SerialWorker(f"text-{name}", max_queue)
         self._device = next(model.parameters()).device
         self._eos_token_ids = _eos_token_ids(model, tokenizer)
-        self._pending = 0  # requests submitted and not yet finished (queued or running)
-        self._idle = threading.Condition()
         self.last_final: TextFinal | None = None  # the most recent run's outcome
 
     @property
     def context_length(self) -> int:
         return int(getattr(self._model.config, "max_position_embeddings", 2048))
 
-    @property
-    def pending(self) -> int:
-        return self._pending
-
     def wait_idle(self, timeout: float) -> bool:
         """Block until no request is queued or running; False on timeout."""
-        with self._idle:
-            return self._idle.wait_for(lambda: self._pending == 0, timeout)
+        return self._worker.wait_idle(timeout)
 
     async def generate(self, request: TextRequest) -> AsyncGenerator[TextEvent, None]:
         prompt_ids = await asyncio.to_thread(self._encode, request)
         self._check_fits(prompt_ids.shape[-1], request.params.max_new_tokens)
-        if self._pending > self._max_queue:
-            raise ResourceExhausted(
-                f"text model {self._name} has {self._pending} requests waiting "
-                f"(limit {self._max_queue}); retry later"
-            )
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[TextEvent | BaseException] = asyncio.Queue()
-        cancelled = threading.Event()
 
-        def emit(event: TextEvent | BaseException) -> None:
-            try:
-                loop.call_soon_threadsafe(events.put_nowait, event)
-            except RuntimeError:  # loop closed: nobody is listening any more
-                cancelled.set()
+        def run(job: Job) -> None:
+            final = self._generate(prompt_ids, request.params, job)
+            self.last_final = final
+            job.emit(final)
 
-        self._begin()
-        submitted = time.perf_counter()
-        context = contextvars.copy_context()  # the worker logs with this request's ID
-        loop.run_in_executor(
-            self._executor,
-            context.run,
-            self._run,
-            prompt_ids,
-            request.params,
-            submitted,
-            cancelled,
-            emit,
-        )
-        try:
-            while True:
-                event = await events.get()
-                if isinstance(event, BaseException):
-                    raise event
-                yield event
-                if isinstance(event, TextFinal):
-                    return
-        finally:
-            cancelled.set()  # a no-op after a finished run; stops a running or queued one
+        async for event in self._worker.run(run):
+            yield event
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._worker.close()
 
-    # -- worker thread ---------------------------------------------------------------
+    # -- on the worker thread -----------------------------------------------------------
 
-    def _run(
-        self,
-        prompt_ids: torch.Tensor,
-        params: SamplingParams,
-        submitted: float,
-        cancelled: threading.Event,
-        emit: Emit,
-    ) -> None:
-        try:
-            if cancelled.is_set():  # the caller left while queued
-                return
-            started = time.perf_counter()
-            final = self._generate(prompt_ids, params, cancelled, emit)
-            final_with_times = TextFinal(
-                finish_reason=final.finish_reason,
-                prompt_tokens=final.prompt_tokens,
-                completion_tokens=final.completion_tokens,
-                seed=params.seed,
-                queued_ms=(started - submitted) * 1000,
-                inference_ms=(time.perf_counter() - started) * 1000,
-            )
-            self.last_final = final_with_times
-            emit(final_with_times)
-        except Exception as exc:
-            emit(exc)
-        finally:
-            self._end()
-
-    def _generate(
-        self,
-        prompt_ids: torch.Tensor,
-        params: SamplingParams,
-        cancelled: threading.Event,
-        emit: Emit,
-    ) -> TextFinal:
+    def _generate(self, prompt_ids: torch.Tensor, params: SamplingParams, job: Job) -> TextFinal:
         matcher = StopSequenceMatcher(params.stop)
-        sink = _TokenSink(self._tokenizer, self._eos_token_ids, matcher, emit)
-        stop_when = _StopWhen(lambda: cancelled.is_set() or matcher.matched)
+        sink = _TokenSink(self._tokenizer, self._eos_token_ids, matcher, job.emit)
+        stop_when = _StopWhen(lambda: job.cancelled.is_set() or matcher.matched)
         torch.manual_seed(params.seed)
         input_ids = prompt_ids.to(self._device)
         with torch.inference_mode():
@@ -218,7 +143,7 @@ class SerialTextEngine:
                 streamer=sink,
                 stopping_criteria=StoppingCriteriaList([stop_when]),
             )
-        if cancelled.is_set():
+        if job.cancelled.is_set():
             reason = FinishReason.CANCELLED
         elif matcher.matched or sink.saw_eos:
             reason = FinishReason.STOP
@@ -227,9 +152,14 @@ class SerialTextEngine:
         if not matcher.matched and reason is not FinishReason.CANCELLED:
             tail = matcher.flush()
             if tail:
-                emit(TextDelta(tail, sink.completion_tokens))
+                job.emit(TextDelta(tail, sink.completion_tokens))
         return TextFinal(
-            reason, int(prompt_ids.shape[-1]), sink.completion_tokens, params.seed, 0, 0
+            finish_reason=reason,
+            prompt_tokens=int(prompt_ids.shape[-1]),
+            completion_tokens=sink.completion_tokens,
+            seed=params.seed,
+            queued_ms=job.queued_ms,
+            inference_ms=(time.perf_counter() - job.started) * 1000,
         )
 
     def _generation_config(self, params: SamplingParams) -> GenerationConfig:
@@ -267,15 +197,6 @@ class SerialTextEngine:
                 f"{prompt_tokens} prompt tokens plus max_new_tokens={max_new_tokens} exceed "
                 f"the model's context of {self.context_length} tokens",
             )
-
-    def _begin(self) -> None:
-        with self._idle:
-            self._pending += 1
-
-    def _end(self) -> None:
-        with self._idle:
-            self._pending -= 1
-            self._idle.notify_all()
 
 
 def _eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
