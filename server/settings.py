@@ -6,7 +6,6 @@ Built once in main() and passed down; nothing here is read at import time.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,6 +24,48 @@ class TextLimits(BaseModel):
     max_top_k: int = Field(1000, ge=1)
     max_temperature: float = Field(10.0, gt=0)
     max_queue: int = Field(64, ge=1, description="requests waiting for the model before 429")
+
+
+class MediaLimits(BaseModel):
+    """What every media modality shares."""
+
+    chunk_size: int = Field(64 * 1024, ge=1024, le=2 * 1024 * 1024, description="bytes per chunk")
+    max_queue: int = Field(16, ge=1, description="requests waiting per pipeline before 429")
+    max_prompt_chars: int = Field(2000, ge=1)
+
+
+class ImageLimits(BaseModel):
+    max_steps: int = Field(100, ge=1)
+    max_guidance_scale: float = Field(30.0, gt=0)
+    min_side: int = Field(64, ge=8)
+    max_side: int = Field(2048, ge=8)
+    max_pixels: int = Field(1024 * 1024, ge=64)
+
+
+class AudioLimits(BaseModel):
+    max_prompt_chars: int = Field(500, ge=1)
+    voice_presets: tuple[str, ...] = tuple(f"v2/en_speaker_{i}" for i in range(10))
+
+
+class VideoLimits(BaseModel):
+    max_image_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(4096 * 4096, ge=64, description="decompression-bomb guard")
+    max_frames: int = Field(64, ge=1)
+    max_fps: float = Field(60.0, gt=0)
+    max_steps: int = Field(100, ge=1)
+    min_side: int = Field(64, ge=8)
+    max_side: int = Field(2048, ge=8)
+    max_pixels: int = Field(1024 * 576, ge=64)
+
+
+class MeshLimits(BaseModel):
+    max_steps: int = Field(100, ge=1)
+    max_guidance_scale: float = Field(50.0, gt=0)
+
+
+class EmbeddingLimits(BaseModel):
+    max_texts: int = Field(64, ge=1)
+    max_text_chars: int = Field(8192, ge=1)
 
 
 class Settings(BaseSettings):
@@ -48,10 +89,13 @@ class Settings(BaseSettings):
     reflection: bool = True
     max_receive_message_mb: int = Field(32, ge=1, description="largest request (video images)")
     text: TextLimits = Field(default_factory=TextLimits)
+    media: MediaLimits = Field(default_factory=MediaLimits)
+    image: ImageLimits = Field(default_factory=ImageLimits)
+    audio: AudioLimits = Field(default_factory=AudioLimits)
+    video: VideoLimits = Field(default_factory=VideoLimits)
+    mesh: MeshLimits = Field(default_factory=MeshLimits)
+    embedding: EmbeddingLimits = Field(default_factory=EmbeddingLimits)
 
     @property
     def usage_db_path(self) -> Path:
         return self.data_dir / "usage.sqlite3"
-
-
-Device = Literal["auto", "cpu", "cuda"]

@@ -54,6 +54,7 @@ class SerialWorker:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self._pending = 0  # queued or running
         self._idle = threading.Condition()
+        self.cancelled_jobs = 0  # jobs abandoned part-way because their caller left
 
     @property
     def pending(self) -> int:
@@ -105,7 +106,7 @@ class SerialWorker:
             job.started = time.perf_counter()
             function(job)
         except JobCancelled:
-            pass
+            self.cancelled_jobs += 1
         except Exception as exc:
             job.emit(exc)
         finally:

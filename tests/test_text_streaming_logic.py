@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from server.text.detokenizer import IncrementalDetokenizer
@@ -45,7 +47,9 @@ def tokenizer():  # type: ignore[no-untyped-def]
 
     spec = load_manifest(manifest_path("tiny")).text
     assert spec is not None
-    return AutoTokenizer.from_pretrained(spec.resolved_source(), gguf_file=spec.gguf_file)
+    return AutoTokenizer.from_pretrained(
+        spec.resolved_source(Path("unused")), gguf_file=spec.gguf_file
+    )
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import string
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from transformers import (
     BertTokenizer,
     EncodecConfig,
     GenerationConfig,
+    PreTrainedConfig,
 )
 from transformers.models.bark.generation_configuration_bark import (
     BarkCoarseGenerationConfig,
@@ -32,7 +34,7 @@ from transformers.models.bark.generation_configuration_bark import (
     BarkSemanticGenerationConfig,
 )
 
-VOICE_PRESETS = ("v2/en_speaker_1", "v2/en_speaker_6", "v2/en_speaker_9")
+VOICE_PRESETS = tuple(f"v2/en_speaker_{i}" for i in range(10))
 SEMANTIC_INPUT_VOCAB = 129_600
 SEMANTIC_OUTPUT_VOCAB = 10_048
 COARSE_VOCAB = 12_096
@@ -41,6 +43,7 @@ N_CODES_TOTAL = 8
 CODEBOOK_SIZE = 1024
 HIDDEN = 16
 PRESET_STEPS = 16  # length of each voice preset's history prompt
+SEMANTIC_MAX_NEW_TOKENS = 96  # about 2 s of audio
 
 
 def _tokenizer() -> BertTokenizer:
@@ -50,7 +53,9 @@ def _tokenizer() -> BertTokenizer:
     return BertTokenizer(vocab=vocab, do_lower_case=True)
 
 
-def _sub_model(config_class: type, input_vocab: int, output_vocab: int, **extra: int) -> object:
+def _sub_model(
+    config_class: type[PreTrainedConfig], input_vocab: int, output_vocab: int, **extra: Any
+) -> PreTrainedConfig:
     return config_class(
         block_size=1024,
         input_vocab_size=input_vocab,
@@ -103,7 +108,10 @@ def build_bark(target: Path, seed: int) -> None:
     )
     model = BarkModel(config)
     generation = BarkGenerationConfig(
-        semantic_config=BarkSemanticGenerationConfig(max_input_semantic_length=64).to_dict(),
+        # Random weights rarely say "end": cap the semantic stage to keep clips short.
+        semantic_config=BarkSemanticGenerationConfig(
+            max_input_semantic_length=64, max_new_tokens=SEMANTIC_MAX_NEW_TOKENS
+        ).to_dict(),
         coarse_acoustics_config=BarkCoarseGenerationConfig().to_dict(),
         fine_acoustics_config=BarkFineGenerationConfig().to_dict(),
         sample_rate=24_000,

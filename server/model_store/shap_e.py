@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import HeunDiscreteScheduler, PriorTransformer, ShapEPipeline
@@ -78,7 +79,7 @@ def build_shap_e(target: Path, seed: int) -> None:
         clip_sample=True,
         clip_sample_range=1.0,
     )
-    pipeline = ShapEPipeline(
+    pipeline: Any = ShapEPipeline(
         prior=prior,
         text_encoder=text_encoder,
         tokenizer=tokenizer,

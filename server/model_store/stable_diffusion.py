@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
@@ -58,7 +59,7 @@ def build_stable_diffusion(target: Path, seed: int) -> None:
         set_alpha_to_one=False,
         steps_offset=1,
     )
-    pipeline = StableDiffusionPipeline(
+    pipeline: Any = StableDiffusionPipeline(
         unet=unet,
         vae=vae,
         text_encoder=text_encoder,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import (
@@ -66,7 +67,7 @@ def build_stable_video_diffusion(target: Path, seed: int) -> None:
         timestep_type="continuous",
         use_karras_sigmas=True,
     )
-    pipeline = StableVideoDiffusionPipeline(
+    pipeline: Any = StableVideoDiffusionPipeline(
         unet=unet,
         vae=vae,
         image_encoder=image_encoder,

@@ -8,14 +8,14 @@ from typing import Any
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from server.manifest import ModelSpec
-from server.settings import TextLimits
+from server.settings import Settings
 from server.text.transformers_engine import SerialTextEngine
 
 logger = logging.getLogger(__name__)
 
 
-def load_text_engine(spec: ModelSpec, limits: TextLimits) -> SerialTextEngine:
-    source = spec.resolved_source()
+def load_text_engine(spec: ModelSpec, settings: Settings) -> SerialTextEngine:
+    source = spec.resolved_source(settings.model_store)
     device = spec.resolved_device()
     dtype = spec.resolved_dtype()
     extra: dict[str, Any] = {"gguf_file": spec.gguf_file} if spec.gguf_file else {}
@@ -23,4 +23,4 @@ def load_text_engine(spec: ModelSpec, limits: TextLimits) -> SerialTextEngine:
     tokenizer = AutoTokenizer.from_pretrained(source, **extra)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **extra)
     model = model.to(device).eval()  # type: ignore[arg-type]  # transformers types .to() oddly
-    return SerialTextEngine(model, tokenizer, name=spec.name, max_queue=limits.max_queue)
+    return SerialTextEngine(model, tokenizer, name=spec.name, max_queue=settings.text.max_queue)

@@ -1,0 +1,50 @@
+"""EmbeddingService: a batch of texts in, unit-length vectors out (unary)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from grpc.aio import ServicerContext
+
+from genserve.v1 import embedding_pb2, embedding_pb2_grpc
+from server.errors import InvalidArgument
+from server.manifest import Modality
+from server.media.embedding import EmbeddingModel
+from server.registry import ModelRegistry
+from server.request_context import current_call_details
+from server.settings import EmbeddingLimits
+
+
+class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
+    def __init__(self, registry: ModelRegistry, limits: EmbeddingLimits) -> None:
+        self._registry = registry
+        self._limits = limits
+
+    async def Embed(
+        self, request: embedding_pb2.EmbedRequest, context: ServicerContext[Any, Any]
+    ) -> embedding_pb2.EmbedResponse:
+        texts = check_texts(list(request.texts), self._limits)
+        model: EmbeddingModel
+        async with self._registry.use(Modality.EMBEDDING) as model:
+            result = await model.embed(texts)
+        current_call_details().prompt_tokens = result.prompt_tokens
+        return embedding_pb2.EmbedResponse(
+            embeddings=[embedding_pb2.Embedding(values=v) for v in result.vectors],
+            model=model.name,
+            prompt_tokens=result.prompt_tokens,
+        )
+
+
+def check_texts(texts: list[str], limits: EmbeddingLimits) -> list[str]:
+    if not texts:
+        raise InvalidArgument("texts", "must hold at least one text")
+    if len(texts) > limits.max_texts:
+        raise InvalidArgument("texts", f"at most {limits.max_texts} texts, got {len(texts)}")
+    for i, text in enumerate(texts):
+        if not text.strip():
+            raise InvalidArgument(f"texts[{i}]", "must not be empty")
+        if len(text) > limits.max_text_chars:
+            raise InvalidArgument(
+                f"texts[{i}]", f"{len(text)} characters exceed the limit of {limits.max_text_chars}"
+            )
+    return texts
