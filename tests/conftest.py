@@ -9,7 +9,8 @@ import torch
 
 from server.logging_setup import configure_logging
 from server.manifest import load_manifest, manifest_path
-from tests.harness import ServerThread, make_settings
+from server.settings import MediaLimits
+from tests.harness import TEST_CHUNK_SIZE, ServerThread, make_settings
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -29,7 +30,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def tiny_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
     """The default (tiny) profile, models preloaded: shared by the suite to load them once."""
     data_dir: Path = tmp_path_factory.mktemp("var")
-    settings = make_settings(data_dir)
+    # Small chunks so that even tiny media files stream as several chunks.
+    settings = make_settings(data_dir, media=MediaLimits(chunk_size=TEST_CHUNK_SIZE))
     manifest = load_manifest(manifest_path("tiny"))
     server = ServerThread(settings, manifest).start()
     yield server

@@ -24,6 +24,9 @@ from server.settings import Settings
 T = TypeVar("T")
 
 READY_TIMEOUT_S = 30
+TEST_CHUNK_SIZE = 4 * 1024
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MODEL_STORE = REPO_ROOT / "var" / "models"  # built by `make models`
 
 
 class ServerThread:
@@ -92,4 +95,6 @@ def wait_until(probe: Callable[[], T | None], timeout: float) -> T:
 
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
-    return Settings(host="127.0.0.1", port=0, data_dir=data_dir, **overrides)
+    return Settings(
+        host="127.0.0.1", port=0, data_dir=data_dir, model_store=MODEL_STORE, **overrides
+    )

@@ -25,10 +25,11 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 TEXT_SERVICE = "genserve.v1.TextService"
 
 
-def tiny_manifest(**text_changes: Any) -> Manifest:
-    manifest = load_manifest(manifest_path("tiny"))
-    assert manifest.text is not None
-    return manifest.model_copy(update={"text": manifest.text.model_copy(update=text_changes)})
+def text_only_manifest(**text_changes: Any) -> Manifest:
+    """The tiny profile's text model alone: these servers test the lifecycle, not media."""
+    text = load_manifest(manifest_path("tiny")).text
+    assert text is not None
+    return Manifest(text=text.model_copy(update=text_changes))
 
 
 def check(channel: grpc.Channel, service: str = "") -> int:
@@ -39,7 +40,7 @@ def check(channel: grpc.Channel, service: str = "") -> int:
 @pytest.fixture
 def broken_model_server(tmp_path: Path) -> Iterator[ServerThread]:
     """A manifest whose text weights do not exist: the load fails."""
-    manifest = tiny_manifest(source=str(tmp_path / "no-such-model"), gguf_file=None)
+    manifest = text_only_manifest(source=str(tmp_path / "no-such-model"), gguf_file=None)
     server = ServerThread(make_settings(tmp_path), manifest)
     yield server
     server.stop()
@@ -56,16 +57,29 @@ def test_health_goes_from_not_serving_to_serving_and_reports_a_failed_model(
     broken_model_server.load()
     assert check(channel) == SERVING  # the server serves what it could load
     assert check(channel, TEXT_SERVICE) == NOT_SERVING
-    assert check(channel, "genserve.v1.MeshService") == NOT_SERVING
+    assert check(channel, "genserve.v1.MeshService") == NOT_SERVING  # not in this manifest
 
     listing = models_pb2_grpc.ModelServiceStub(channel).ListModels(models_pb2.ListModelsRequest())
     text = next(m for m in listing.models if m.modality == "text")
     assert text.state == "failed" and text.detail
+    mesh = next(m for m in listing.models if m.modality == "mesh")
+    assert mesh.state == "not_configured"
 
     with pytest.raises(grpc.RpcError) as error:
         generate(channel, greedy(max_new_tokens=2))
     assert error.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "text model is not available" in (error.value.details() or "")
+
+    from genserve.v1 import mesh_pb2, mesh_pb2_grpc
+
+    with pytest.raises(grpc.RpcError) as error:
+        list(
+            mesh_pb2_grpc.MeshServiceStub(channel).Generate(
+                mesh_pb2.MeshGenerateRequest(prompt="x")
+            )
+        )
+    assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "no model in the manifest" in (error.value.details() or "")
 
 
 class ExplodingEngine:
@@ -86,7 +100,7 @@ def test_unexpected_errors_are_internal_with_a_safe_message(
 ) -> None:
     server = ServerThread(
         make_settings(tmp_path),
-        tiny_manifest(),
+        text_only_manifest(),
         loaders={Modality.TEXT: lambda spec: ExplodingEngine()},
     ).start()
     try:
@@ -111,7 +125,7 @@ def test_unexpected_errors_are_internal_with_a_safe_message(
 
 @pytest.fixture(scope="module")
 def on_demand_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
-    manifest = tiny_manifest(load_policy=LoadPolicy.ON_DEMAND)
+    manifest = text_only_manifest(load_policy=LoadPolicy.ON_DEMAND)
     server = ServerThread(make_settings(tmp_path_factory.mktemp("on-demand")), manifest).start()
     yield server
     if server._thread.is_alive():  # the drain test stops it itself

@@ -15,7 +15,6 @@ from tests.harness import ServerThread
 from tests.text_calls import generate, greedy
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 def test_request_id_is_echoed(channel: grpc.Channel) -> None:
@@ -89,7 +88,8 @@ def test_health_per_modality(channel: grpc.Channel) -> None:
 
     assert status("") == SERVING
     assert status("genserve.v1.TextService") == SERVING
-    assert status("genserve.v1.AudioService") == NOT_SERVING
+    for modality in ("Audio", "Image", "Video", "Mesh", "Embedding"):
+        assert status(f"genserve.v1.{modality}Service") == SERVING
 
 
 def test_model_listing(channel: grpc.Channel) -> None:
@@ -99,14 +99,5 @@ def test_model_listing(channel: grpc.Channel) -> None:
     assert text.name == "smollm2-135m-instruct"
     assert text.state == "loaded" and text.load_policy == "preload"
     assert text.device in {"cpu", "cuda"} and text.dtype == "float32"
-    assert by_modality["audio"].state == "not_configured"
-
-
-def test_pending_modalities_answer_unimplemented(channel: grpc.Channel) -> None:
-    from genserve.v1 import image_pb2, image_pb2_grpc
-
-    stub = image_pb2_grpc.ImageServiceStub(channel)
-    with pytest.raises(grpc.RpcError) as error:
-        list(stub.Generate(image_pb2.ImageGenerateRequest(prompt="a cat")))
-    assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "image generation" in (error.value.details() or "")
+    assert by_modality["image"].name == "tiny-stable-diffusion"
+    assert all(m.state == "loaded" for m in listing.models), listing

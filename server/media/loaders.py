@@ -23,7 +23,7 @@ def _diffusers(pipeline_class: Any, spec: ModelSpec, settings: Settings, **extra
     source = spec.resolved_source(settings.model_store)
     device, dtype = spec.resolved_device(), spec.resolved_dtype()
     logger.info("loading %s from %s on %s (%s)", spec.name, source, device, dtype)
-    pipeline = pipeline_class.from_pretrained(source, torch_dtype=dtype, **extra).to(device)
+    pipeline = pipeline_class.from_pretrained(source, dtype=dtype, **extra).to(device)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 

@@ -54,7 +54,7 @@ def _tokenizer() -> BertTokenizer:
 
 
 def _sub_model(
-    config_class: type[PreTrainedConfig], input_vocab: int, output_vocab: int, **extra: Any
+    config_class: Any, input_vocab: int, output_vocab: int, **extra: Any
 ) -> PreTrainedConfig:
     return config_class(
         block_size=1024,

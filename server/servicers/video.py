@@ -59,7 +59,11 @@ def decode_image(data: bytes, limits: VideoLimits) -> Image.Image:
                     f"{limits.max_image_pixels}",
                 )
             return image.convert("RGB")
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InvalidArgument(
+            "image", f"its pixels exceed the limit of {limits.max_image_pixels}"
+        ) from None
+    except UnidentifiedImageError:
         raise InvalidArgument("image", "is not a readable PNG, JPEG or WebP image") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise InvalidArgument("image", f"could not be decoded ({type(exc).__name__})") from None

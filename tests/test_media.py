@@ -1,0 +1,296 @@
+"""Media modalities end to end: real tiny pipelines, real stubs, files parsed back."""
+
+from __future__ import annotations
+
+import io
+import tempfile
+from pathlib import Path
+
+import av
+import grpc
+import numpy as np
+import open3d
+import pytest
+import soundfile
+from PIL import Image
+
+from genserve.v1 import (
+    audio_pb2,
+    audio_pb2_grpc,
+    image_pb2,
+    image_pb2_grpc,
+    mesh_pb2,
+    mesh_pb2_grpc,
+    video_pb2,
+    video_pb2_grpc,
+)
+from server.manifest import Modality
+from server.media.pipelines import LoadedPipeline
+from tests.harness import TEST_CHUNK_SIZE, ServerThread
+from tests.media_calls import MediaResult, collect, png_bytes
+
+WORKER_IDLE_TIMEOUT_S = 60
+
+
+def image(channel: grpc.Channel, **fields: object) -> MediaResult:
+    request = image_pb2.ImageGenerateRequest(**{"prompt": "a cozy living room", **fields})  # type: ignore[arg-type]
+    return collect(image_pb2_grpc.ImageServiceStub(channel).Generate(request, timeout=120))
+
+
+def audio(channel: grpc.Channel, **fields: object) -> MediaResult:
+    request = audio_pb2.AudioGenerateRequest(**{"prompt": "Hello, FastAPI!", **fields})  # type: ignore[arg-type]
+    return collect(audio_pb2_grpc.AudioServiceStub(channel).Generate(request, timeout=120))
+
+
+def video(channel: grpc.Channel, **fields: object) -> MediaResult:
+    request = video_pb2.VideoGenerateRequest(**{"image": png_bytes(), **fields})  # type: ignore[arg-type]
+    return collect(video_pb2_grpc.VideoServiceStub(channel).Generate(request, timeout=120))
+
+
+def mesh(channel: grpc.Channel, **fields: object) -> MediaResult:
+    request = mesh_pb2.MeshGenerateRequest(
+        **{"prompt": "a chair", "num_inference_steps": 4, **fields}
+    )  # type: ignore[arg-type]
+    return collect(mesh_pb2_grpc.MeshServiceStub(channel).Generate(request, timeout=120))
+
+
+def assert_well_formed(result: MediaResult) -> None:
+    """header before the first chunk, final last, chunks bounded and contiguous, sha256 right."""
+    assert result.kinds[-1] == "final" and result.kinds.count("final") == 1
+    assert result.kinds.count("header") == 1
+    assert result.kinds.index("header") < result.kinds.index("chunk")
+    assert result.final is not None
+    assert all(len(c.data) <= TEST_CHUNK_SIZE for c in result.chunks)
+    offsets = [c.offset for c in result.chunks]
+    assert offsets == [sum(len(c.data) for c in result.chunks[:i]) for i in range(len(offsets))]
+    assert result.final.total_bytes == len(result.data)
+    assert result.final.sha256 == result.sha256
+    timings = result.final.timings
+    assert timings.inference_ms > 0 and timings.encoding_ms >= 0 and timings.queued_ms >= 0
+
+
+def assert_progress_complete(result: MediaResult, total: int | None = None) -> None:
+    """Steps 1..n in order, each saying n; n is the request's steps where the scheduler
+    takes one model call per step (Heun, in Shap-E, takes two)."""
+    assert result.progress
+    n = result.progress[0].total_steps
+    assert [p.step for p in result.progress] == list(range(1, n + 1))
+    assert all(p.total_steps == n for p in result.progress)
+    if total is not None:
+        assert n == total
+
+
+# -- image ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("image_format", "pillow_format", "mime"),
+    [
+        (image_pb2.IMAGE_FORMAT_UNSPECIFIED, "PNG", "image/png"),
+        (image_pb2.IMAGE_FORMAT_JPEG, "JPEG", "image/jpeg"),
+        (image_pb2.IMAGE_FORMAT_WEBP, "WEBP", "image/webp"),
+    ],
+)
+def test_image_parses_back_at_the_asked_size(
+    channel: grpc.Channel, image_format: int, pillow_format: str, mime: str
+) -> None:
+    result = image(channel, width=96, height=64, num_inference_steps=3, seed=7, format=image_format)
+    assert_well_formed(result)
+    assert result.kinds[0] == "header"  # the size is known before the model runs
+    assert result.header is not None
+    assert result.header.mime_type == mime
+    assert (result.header.width, result.header.height) == (96, 64)
+    assert result.header.file_name.startswith("image-7.")
+    assert_progress_complete(result, 3)
+    picture = Image.open(io.BytesIO(result.data))
+    assert picture.format == pillow_format and picture.size == (96, 64)
+    assert result.final is not None and result.final.seed == 7
+
+
+def test_image_defaults_are_the_seeds(channel: grpc.Channel) -> None:
+    result = image(channel)
+    assert_progress_complete(result, 10)  # num_inference_steps defaults to 10, as in the seed
+    assert len(result.chunks) > 1
+    assert result.final is not None and result.final.seed != 0
+
+
+def test_same_seed_same_bytes(channel: grpc.Channel) -> None:
+    first = image(channel, num_inference_steps=2, seed=123)
+    second = image(channel, num_inference_steps=2, seed=123)
+    other = image(channel, num_inference_steps=2, seed=124)
+    assert first.sha256 == second.sha256
+    assert first.sha256 != other.sha256
+
+
+def test_cancelling_mid_denoise_stops_the_pipeline(
+    tiny_server: ServerThread, channel: grpc.Channel
+) -> None:
+    loaded = tiny_server.server.registry.slot(Modality.IMAGE).instance
+    assert isinstance(loaded, LoadedPipeline)
+    cancelled_before = loaded.worker.cancelled_jobs
+    request = image_pb2.ImageGenerateRequest(
+        prompt="a long one", num_inference_steps=100, width=128, height=128
+    )
+    call = image_pb2_grpc.ImageServiceStub(channel).Generate(
+        request, metadata=(("x-request-id", "image-cancel"),)
+    )
+    for event in call:
+        if event.HasField("progress") and event.progress.step >= 2:
+            call.cancel()
+            break
+    assert loaded.worker.wait_idle(WORKER_IDLE_TIMEOUT_S), "the pipeline kept running"
+    assert loaded.worker.cancelled_jobs == cancelled_before + 1
+    assert tiny_server.wait_for_usage_row("image-cancel")["status_code"] == "CANCELLED"
+    # and the pipeline is free again
+    assert image(channel, num_inference_steps=1).final is not None
+
+
+# -- audio ------------------------------------------------------------------------------
+
+
+def test_audio_is_a_wav_at_the_headers_rate(channel: grpc.Channel) -> None:
+    result = audio(channel, preset="v2/en_speaker_9", seed=3)
+    assert_well_formed(result)
+    assert result.header is not None and result.header.mime_type == "audio/wav"
+    samples, rate = soundfile.read(io.BytesIO(result.data))
+    assert rate == result.header.sample_rate == 24_000
+    assert len(samples) > 0
+    assert abs(len(samples) / rate - result.header.duration_s) < 1e-3
+    assert np.isfinite(samples).all()
+
+
+def test_audio_same_seed_same_bytes(channel: grpc.Channel) -> None:
+    assert audio(channel, seed=5).sha256 == audio(channel, seed=5).sha256
+
+
+# -- video ------------------------------------------------------------------------------
+
+
+def test_video_is_an_mp4_with_the_asked_frames(channel: grpc.Channel) -> None:
+    result = video(channel, num_frames=10, fps=5.0, num_inference_steps=2)
+    assert_well_formed(result)
+    assert result.kinds[0] == "header"
+    header = result.header
+    assert header is not None and header.mime_type == "video/mp4"
+    assert (header.num_frames, header.fps, header.width, header.height) == (10, 5.0, 64, 64)
+    assert_progress_complete(result, 2)
+    assert result.final is not None and result.final.seed == 42  # the seed's default
+    with av.open(io.BytesIO(result.data)) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "h264"
+        frames = list(container.decode(stream))
+    assert len(frames) == 10
+    assert frames[0].format.name == "yuv420p"
+    assert (frames[0].width, frames[0].height) == (64, 64)
+
+
+def test_video_plays_from_its_first_chunks(channel: grpc.Channel) -> None:
+    """Fragmented MP4: a player holding only the first chunks can already decode frames."""
+    result = video(channel, num_frames=14, fps=2.0, num_inference_steps=1, width=128, height=128)
+    assert len(result.chunks) >= 3
+    prefix = b"".join(c.data for c in result.chunks[: len(result.chunks) * 2 // 3])
+    decoded = 0
+    with av.open(io.BytesIO(prefix)) as container:
+        try:
+            for _ in container.decode(video=0):
+                decoded += 1
+        except av.error.InvalidDataError:
+            pass  # the cut-off fragment at the end
+    assert 0 < decoded < 14
+
+
+def test_video_same_seed_same_bytes(channel: grpc.Channel) -> None:
+    first = video(channel, num_frames=3, num_inference_steps=1, seed=9)
+    second = video(channel, num_frames=3, num_inference_steps=1, seed=9)
+    assert first.sha256 == second.sha256
+
+
+# -- mesh -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mesh_format", "suffix", "mime"),
+    [
+        (mesh_pb2.MESH_FORMAT_UNSPECIFIED, "obj", "model/obj"),
+        (mesh_pb2.MESH_FORMAT_PLY, "ply", "model/ply"),
+    ],
+)
+def test_mesh_opens_in_open3d_with_the_headers_counts(
+    channel: grpc.Channel, mesh_format: int, suffix: str, mime: str
+) -> None:
+    result = mesh(channel, format=mesh_format, seed=11)
+    assert_well_formed(result)
+    header = result.header
+    assert header is not None and header.mime_type == mime
+    assert header.file_name == f"mesh-11.{suffix}"
+    assert_progress_complete(result)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"mesh.{suffix}"
+        path.write_bytes(result.data)
+        loaded = open3d.io.read_triangle_mesh(str(path))
+    assert len(loaded.triangles) == header.face_count > 0
+    # OBJ readers may merge duplicate positions; PLY keeps every vertex
+    assert 0 < len(loaded.vertices) <= header.vertex_count
+    if suffix == "ply":
+        assert len(loaded.vertices) == header.vertex_count
+    assert loaded.has_vertex_colors()
+
+
+def test_mesh_file_name_never_carries_the_prompt(channel: grpc.Channel) -> None:
+    result = mesh(channel, prompt='../../etc/passwd"\r\nX-Evil: 1', num_inference_steps=1)
+    assert result.header is not None
+    name = result.header.file_name
+    assert "/" not in name and "\r" not in name and "passwd" not in name
+
+
+# -- bad input --------------------------------------------------------------------------
+
+BAD_MEDIA_REQUESTS = [
+    ("image", {"prompt": ""}, "prompt"),
+    ("image", {"num_inference_steps": 0}, "num_inference_steps"),
+    ("image", {"num_inference_steps": 1000}, "num_inference_steps"),
+    ("image", {"width": 100}, "width"),
+    ("image", {"width": 4096, "height": 4096}, "width"),
+    ("image", {"guidance_scale": -1.0}, "guidance_scale"),
+    ("image", {"guidance_scale": float("nan")}, "guidance_scale"),
+    ("audio", {"prompt": "  "}, "prompt"),
+    ("audio", {"preset": "v2/xx_speaker_99"}, "preset"),
+    ("audio", {"prompt": "x" * 600}, "prompt"),
+    ("video", {"image": b""}, "image"),
+    ("video", {"image": b"definitely not an image"}, "image"),
+    ("video", {"num_frames": 0}, "num_frames"),
+    ("video", {"num_frames": 500}, "num_frames"),
+    ("video", {"fps": 0.0}, "fps"),
+    ("video", {"noise_aug_strength": 2.0}, "noise_aug_strength"),
+    ("mesh", {"prompt": ""}, "prompt"),
+    ("mesh", {"num_inference_steps": 0}, "num_inference_steps"),
+    ("mesh", {"guidance_scale": 1e9}, "guidance_scale"),
+]
+CALLS = {"image": image, "audio": audio, "video": video, "mesh": mesh}
+
+
+@pytest.mark.parametrize(
+    ("modality", "fields", "field"),
+    [
+        pytest.param(m, f, name, id=f"{m}-{name}-{i}")
+        for i, (m, f, name) in enumerate(BAD_MEDIA_REQUESTS)
+    ],
+)
+def test_bad_media_input_is_invalid_argument(
+    channel: grpc.Channel, modality: str, fields: dict[str, object], field: str
+) -> None:
+    with pytest.raises(grpc.RpcError) as error:
+        CALLS[modality](channel, **fields)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (error.value.details() or "").startswith(f"{field}:"), error.value.details()
+
+
+def test_decompression_bomb_is_rejected_before_decoding(channel: grpc.Channel) -> None:
+    # 20000 x 20000 pixels of one colour: a small PNG that would need 1.2 GB decoded.
+    buffer = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(buffer, format="PNG")
+    assert len(buffer.getvalue()) < 1_000_000
+    with pytest.raises(grpc.RpcError) as error:
+        video(channel, image=buffer.getvalue())
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "pixels exceed the limit" in (error.value.details() or "")
