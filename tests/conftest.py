@@ -14,7 +14,7 @@ from tests.harness import TEST_CHUNK_SIZE, ServerThread, make_settings
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    configure_logging("INFO")
+    configure_logging("WARNING")  # tests that read logs raise the level with caplog
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
