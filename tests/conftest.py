@@ -7,10 +7,11 @@ import grpc
 import pytest
 import torch
 
+from server.background import ServerThread, make_settings
 from server.logging_setup import configure_logging
 from server.manifest import load_manifest, manifest_path
 from server.settings import MediaLimits
-from tests.harness import TEST_CHUNK_SIZE, ServerThread, make_settings
+from tests.media_calls import TEST_CHUNK_SIZE
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -11,6 +11,8 @@ from PIL import Image
 
 from genserve.v1 import common_pb2
 
+TEST_CHUNK_SIZE = 4 * 1024  # the test server's chunks: small, so files span several
+
 
 @dataclass
 class MediaResult:

@@ -16,8 +16,8 @@ import soundfile
 from PIL import Image
 
 from genserve.v1 import models_pb2, models_pb2_grpc
+from server.background import ServerThread, make_settings
 from server.manifest import Manifest, load_manifest, manifest_path
-from tests.harness import ServerThread, make_settings
 from tests.test_media import audio, image, mesh, video
 from tests.text_calls import generate, greedy
 
@@ -61,7 +61,7 @@ def test_media_on_cuda(cuda_channel: grpc.Channel, tmp_path: Path) -> None:
     wav = audio(cuda_channel, seed=1)
     assert soundfile.read(io.BytesIO(wav.data))[1] == 24_000
     mp4 = video(cuda_channel, num_frames=4, num_inference_steps=2)
-    with av.open(io.BytesIO(mp4.data)) as container:
+    with av.open(io.BytesIO(mp4.data), mode="r") as container:
         assert sum(1 for _ in container.decode(video=0)) == 4
     obj = mesh(cuda_channel)
     assert obj.header is not None and obj.header.face_count > 0

@@ -24,10 +24,10 @@ from genserve.v1 import (
     video_pb2,
     video_pb2_grpc,
 )
+from server.background import ServerThread
 from server.manifest import Modality
 from server.media.pipelines import LoadedPipeline
-from tests.harness import TEST_CHUNK_SIZE, ServerThread
-from tests.media_calls import MediaResult, collect, png_bytes
+from tests.media_calls import TEST_CHUNK_SIZE, MediaResult, collect, png_bytes
 
 WORKER_IDLE_TIMEOUT_S = 60
 
@@ -175,7 +175,7 @@ def test_video_is_an_mp4_with_the_asked_frames(channel: grpc.Channel) -> None:
     assert (header.num_frames, header.fps, header.width, header.height) == (10, 5.0, 64, 64)
     assert_progress_complete(result, 2)
     assert result.final is not None and result.final.seed == 42  # the seed's default
-    with av.open(io.BytesIO(result.data)) as container:
+    with av.open(io.BytesIO(result.data), mode="r") as container:
         stream = container.streams.video[0]
         assert stream.codec_context.name == "h264"
         frames = list(container.decode(stream))
@@ -190,7 +190,7 @@ def test_video_plays_from_its_first_chunks(channel: grpc.Channel) -> None:
     assert len(result.chunks) >= 3
     prefix = b"".join(c.data for c in result.chunks[: len(result.chunks) * 2 // 3])
     decoded = 0
-    with av.open(io.BytesIO(prefix)) as container:
+    with av.open(io.BytesIO(prefix), mode="r") as container:
         try:
             for _ in container.decode(video=0):
                 decoded += 1
@@ -227,7 +227,7 @@ def test_mesh_opens_in_open3d_with_the_headers_counts(
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"mesh.{suffix}"
         path.write_bytes(result.data)
-        loaded = open3d.io.read_triangle_mesh(str(path))
+        loaded = open3d.io.read_triangle_mesh(path)
     assert len(loaded.triangles) == header.face_count > 0
     # OBJ readers may merge duplicate positions; PLY keeps every vertex
     assert 0 < len(loaded.vertices) <= header.vertex_count

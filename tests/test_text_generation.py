@@ -8,10 +8,10 @@ import grpc
 import pytest
 
 from genserve.v1 import text_pb2, text_pb2_grpc
+from server.background import ServerThread
 from server.manifest import Modality
 from server.text.transformers_engine import SerialTextEngine
 from server.text.types import FinishReason
-from tests.harness import ServerThread
 from tests.text_calls import generate, greedy, request
 
 ENGINE_IDLE_TIMEOUT_S = 30

@@ -1,7 +1,7 @@
-"""A real genserve server on port 0, run on its own event loop in a background thread.
+"""A real genserve server on its own event loop in a background thread.
 
-Tests talk to it over a real channel with the generated (sync) stubs, exactly as an
-internal service would.
+For tests, benchmarks and notebooks: start it on port 0, then talk to it over a real
+channel with the generated stubs, exactly as an internal service would.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from server.settings import Settings
 T = TypeVar("T")
 
 READY_TIMEOUT_S = 30
-TEST_CHUNK_SIZE = 4 * 1024
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODEL_STORE = REPO_ROOT / "var" / "models"  # built by `make models`
 
