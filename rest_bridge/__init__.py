@@ -1,0 +1,1 @@
+"""The FastAPI bridge: genserve's RPCs as HTTP endpoints. A gRPC client, nothing else."""

@@ -1,0 +1,67 @@
+"""The bridge app: one gRPC channel opened in the lifespan, the routers, error handlers
+and the observability middleware."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import grpc
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+
+from rest_bridge.backend import Backend
+from rest_bridge.errors import (
+    BridgeError,
+    bridge_error_handler,
+    grpc_error_handler,
+    unhandled_error_handler,
+    validation_error_handler,
+)
+from rest_bridge.observability import BridgeMetrics, ObservabilityMiddleware
+from rest_bridge.routes_health import build_health_router
+from rest_bridge.routes_openai import build_openai_router
+from rest_bridge.routes_seed import build_seed_router
+from rest_bridge.schemas import build_schemas
+from rest_bridge.settings import BridgeSettings
+
+
+@dataclass
+class BackendHolder:
+    """The routers' handle on the channel, which exists only inside the lifespan."""
+
+    current: Backend | None = None
+
+
+def create_app(settings: BridgeSettings) -> FastAPI:
+    holder = BackendHolder()
+    metrics = BridgeMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        holder.current = Backend.connect(settings.grpc_target)
+        try:
+            yield
+        finally:
+            await holder.current.close()
+            holder.current = None
+
+    app = FastAPI(
+        title="genserve REST bridge",
+        version="1.0.0",
+        description="HTTP endpoints over the genserve gRPC server: the seed's routes, "
+        "an OpenAI-compatible API, health and metrics.",
+        lifespan=lifespan,
+    )
+    schemas = build_schemas(settings.limits)
+    app.include_router(build_seed_router(holder, schemas, settings, metrics))
+    app.include_router(build_openai_router(holder, settings, metrics))
+    app.include_router(build_health_router(holder, settings, metrics))
+    app.add_exception_handler(grpc.aio.AioRpcError, grpc_error_handler)
+    app.add_exception_handler(BridgeError, bridge_error_handler)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(Exception, unhandled_error_handler)
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics, router_app=app.router)
+    app.state.metrics = metrics
+    return app

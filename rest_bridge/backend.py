@@ -1,0 +1,63 @@
+"""The bridge's one async gRPC channel and its stubs, opened in the app's lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health_pb2_grpc
+
+from genserve.v1 import (
+    audio_pb2_grpc,
+    embedding_pb2_grpc,
+    image_pb2_grpc,
+    mesh_pb2_grpc,
+    models_pb2_grpc,
+    text_pb2_grpc,
+    video_pb2_grpc,
+)
+from server.request_context import REQUEST_ID_METADATA_KEY
+
+MiB = 1024 * 1024
+
+
+@dataclass
+class Backend:
+    channel: grpc.aio.Channel
+    text: text_pb2_grpc.TextServiceStub
+    audio: audio_pb2_grpc.AudioServiceStub
+    image: image_pb2_grpc.ImageServiceStub
+    video: video_pb2_grpc.VideoServiceStub
+    mesh: mesh_pb2_grpc.MeshServiceStub
+    embedding: embedding_pb2_grpc.EmbeddingServiceStub
+    models: models_pb2_grpc.ModelServiceStub
+    health: health_pb2_grpc.HealthStub
+
+    @classmethod
+    def connect(cls, target: str) -> Backend:
+        channel = grpc.aio.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_send_message_length", 32 * MiB),  # video requests carry an image
+                ("grpc.max_receive_message_length", 32 * MiB),
+            ],
+        )
+        return cls(
+            channel=channel,
+            text=text_pb2_grpc.TextServiceStub(channel),
+            audio=audio_pb2_grpc.AudioServiceStub(channel),
+            image=image_pb2_grpc.ImageServiceStub(channel),
+            video=video_pb2_grpc.VideoServiceStub(channel),
+            mesh=mesh_pb2_grpc.MeshServiceStub(channel),
+            embedding=embedding_pb2_grpc.EmbeddingServiceStub(channel),
+            models=models_pb2_grpc.ModelServiceStub(channel),
+            health=health_pb2_grpc.HealthStub(channel),
+        )
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+def request_metadata(request_id: str) -> tuple[tuple[str, str], ...]:
+    """One ID joins the bridge's log, the server's log and the usage log."""
+    return ((REQUEST_ID_METADATA_KEY, request_id),)

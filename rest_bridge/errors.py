@@ -1,0 +1,97 @@
+"""gRPC statuses to HTTP errors, with the JSON body {"error": {code, message, request_id}}.
+
+The status table is the server's (server.errors), so both sides agree on one mapping.
+OpenAI-compatible routes answer in OpenAI's error shape instead, which its SDK reads.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import grpc
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from rest_bridge.request_id import current_request_id
+from server.errors import http_status_for
+
+logger = logging.getLogger(__name__)
+
+OPENAI_PREFIX = "/v1/"
+OPENAI_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    request_id: str
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class BridgeError(Exception):
+    """An error the bridge itself raises (an unsupported option, a bad upload)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def error_response(request: Request, status: int, code: str, message: str) -> JSONResponse:
+    request_id = current_request_id()
+    if request.url.path.startswith(OPENAI_PREFIX):
+        body: dict[str, Any] = {
+            "error": {
+                "message": message,
+                "type": OPENAI_ERROR_TYPES.get(status, "api_error"),
+                "param": None,
+                "code": code.lower(),
+                "request_id": request_id,
+            }
+        }
+    else:
+        body = {"error": {"code": code, "message": message, "request_id": request_id}}
+    return JSONResponse(status_code=status, content=body)
+
+
+async def grpc_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, grpc.aio.AioRpcError)
+    code = exc.code()
+    status = http_status_for(code)
+    message = exc.details() or code.name
+    if status >= 500:
+        logger.warning("gRPC %s: %s", code.name, message)
+    return error_response(request, status, code.name, message)
+
+
+async def bridge_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, BridgeError)
+    return error_response(request, exc.status, exc.code, exc.message)
+
+
+async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in e['loc'][1:]) or e['loc'][0]}: {e['msg']}" for e in exc.errors()
+    )
+    return error_response(request, 422, "INVALID_ARGUMENT", problems)
+
+
+async def unhandled_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(
+        request, 500, "INTERNAL", f"internal error; request_id={current_request_id()}"
+    )
