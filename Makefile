@@ -14,7 +14,7 @@ MODEL_STORE := var/models
 MODELS    := $(MODEL_STORE)/.built
 PROTOS    := $(wildcard protos/genserve/v1/*.proto)
 
-.PHONY: all setup stubs models run test lint clean system-deps
+.PHONY: all setup stubs models run serve test lint clean system-deps
 
 all: setup
 
@@ -52,7 +52,16 @@ $(MODELS): $(INSTALLED) $(wildcard server/model_store/*.py)
 
 models: $(MODELS)
 
+# The gRPC server and the HTTP bridge together; Ctrl-C stops both (each drains first).
 run: setup
+	@echo "gRPC server on :50051 (metrics :9464), HTTP bridge on :8000 (docs: /docs). Ctrl-C stops both."
+	@trap 'kill -INT $$server $$bridge 2>/dev/null; wait' INT TERM; \
+	  $(BIN)/python -m server $(ARGS) & server=$$!; \
+	  $(BIN)/python -m rest_bridge $(BRIDGE_ARGS) & bridge=$$!; \
+	  wait
+
+# The gRPC server alone.
+serve: setup
 	$(BIN)/python -m server $(ARGS)
 
 test: setup
@@ -60,7 +69,7 @@ test: setup
 
 lint: setup
 	$(BIN)/ruff check .
-	$(BIN)/mypy server rest_bridge clients tests
+	$(BIN)/mypy server rest_bridge clients tests bench
 
 clean:
 	rm -rf $(VENV) $(STUBS) protos/genserve/v1/*_pb2*.py* var

@@ -30,6 +30,56 @@ OPENAI_ERROR_TYPES = {
 }
 
 
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message", "request_id"],
+            "properties": {
+                "code": {"type": "string", "description": "the gRPC status name"},
+                "message": {"type": "string"},
+                "request_id": {"type": "string"},
+            },
+        }
+    },
+}
+OPENAI_ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+                "request_id": {"type": "string"},
+            },
+        }
+    },
+}
+ERROR_DESCRIPTIONS = {
+    400: "an option the bridge does not serve",
+    422: "invalid input (the message names the field and the limit)",
+    429: "the model's queue is full",
+    500: "internal error",
+    503: "the model or the server is not available",
+    504: "the generation ran past its deadline",
+}
+
+
+def documented_errors(schema: dict[str, Any]) -> dict[int | str, dict[str, Any]]:
+    """The error responses of a router, for its OpenAPI document."""
+    return {
+        status: {"description": text, "content": {"application/json": {"schema": schema}}}
+        for status, text in ERROR_DESCRIPTIONS.items()
+    }
+
+
 class ErrorDetail(BaseModel):
     code: str
     message: str

@@ -24,11 +24,11 @@ from genserve.v1 import (
 )
 from rest_bridge import convert
 from rest_bridge.backend import request_metadata
-from rest_bridge.errors import BridgeError
+from rest_bridge.errors import OPENAI_ERROR_SCHEMA, documented_errors
 from rest_bridge.observability import BridgeMetrics
 from rest_bridge.request_id import current_request_id
 from rest_bridge.settings import BridgeSettings, PublicLimits
-from rest_bridge.streams import first_event, media_file_response
+from rest_bridge.streams import SSE_EVENT_SCHEMA, first_event, media_file_response, until_end
 
 OPENAI_MODEL = ConfigDict(extra="ignore")  # the SDK may send fields we do not use
 # OpenAI's voice names, mapped onto Bark presets; a Bark preset name works as well.
@@ -42,15 +42,30 @@ VOICES = {
 }
 
 
+NOT_BLANK = r"\S"
+
+
+MessageText = Annotated[str, Field(max_length=8192, pattern=NOT_BLANK)]
+
+
+class TextPart(BaseModel):
+    model_config = OPENAI_MODEL
+    type: Literal["text"]
+    text: MessageText
+
+
 class ChatMessage(BaseModel):
     model_config = OPENAI_MODEL
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[dict[str, Any]]
+    content: MessageText | Annotated[list[TextPart], Field(min_length=1, max_length=16)]
 
     def text(self) -> str:
         if isinstance(self.content, str):
             return self.content
-        return "".join(str(part.get("text", "")) for part in self.content)
+        return "\n".join(part.text for part in self.content)
+
+
+StopSequence = Annotated[str, Field(min_length=1, max_length=64)]
 
 
 class StreamOptions(BaseModel):
@@ -66,8 +81,8 @@ class ChatCompletionRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
     top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
-    stop: str | list[str] | None = None
-    seed: int | None = None
+    stop: StopSequence | list[StopSequence] | None = Field(None, max_length=4)
+    seed: int | None = Field(None, ge=-(2**53 - 1), le=2**53 - 1)
     n: int = Field(1, ge=1, le=1, description="one choice per request")
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -100,10 +115,13 @@ class ChatCompletion(BaseModel):
     usage: Usage
 
 
+EmbeddingText = Annotated[str, Field(max_length=8192, pattern=NOT_BLANK)]
+
+
 class EmbeddingRequest(BaseModel):
     model_config = OPENAI_MODEL
     model: str
-    input: str | list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
+    input: EmbeddingText | list[EmbeddingText] = Field(min_length=1, max_length=64)
     encoding_format: Literal["float", "base64"] = "float"
 
 
@@ -122,11 +140,11 @@ class EmbeddingList(BaseModel):
 
 class ImageRequest(BaseModel):
     model_config = OPENAI_MODEL
-    prompt: str = Field(min_length=1, max_length=2000)
+    prompt: str = Field(max_length=2000, pattern=NOT_BLANK)
     model: str | None = None
     n: int = Field(1, ge=1, le=1)
-    size: str | None = Field(None, pattern=r"^[1-9][0-9]{1,3}x[1-9][0-9]{1,3}$")
-    response_format: Literal["b64_json", "url"] | None = None
+    size: str | None = None  # an enum of the sizes the app serves: see image_request_model
+    response_format: Literal["b64_json"] | None = Field(None, description="no URLs: b64_json")
 
 
 class ImageItem(BaseModel):
@@ -139,12 +157,32 @@ class ImageList(BaseModel):
     data: list[ImageItem]
 
 
+Voice = Literal[
+    "alloy",
+    "echo",
+    "fable",
+    "onyx",
+    "nova",
+    "shimmer",
+    "v2/en_speaker_0",
+    "v2/en_speaker_1",
+    "v2/en_speaker_2",
+    "v2/en_speaker_3",
+    "v2/en_speaker_4",
+    "v2/en_speaker_5",
+    "v2/en_speaker_6",
+    "v2/en_speaker_7",
+    "v2/en_speaker_8",
+    "v2/en_speaker_9",
+]
+
+
 class SpeechRequest(BaseModel):
     model_config = OPENAI_MODEL
     model: str
-    input: str = Field(min_length=1, max_length=500)  # Bark's prompt limit on the server
-    voice: str
-    response_format: str | None = None
+    input: str = Field(max_length=500, pattern=NOT_BLANK)  # Bark's prompt limit on the server
+    voice: Voice
+    response_format: Literal["wav"] | None = Field(None, description="WAV is what is served")
 
 
 class ModelCard(BaseModel):
@@ -162,25 +200,28 @@ class ModelList(BaseModel):
 def chat_request_model(limits: PublicLimits) -> type[ChatCompletionRequest]:
     """The request model with the app's token bound, so the OpenAPI document states it."""
     bounded: Any = (int | None, Field(None, ge=1, le=limits.max_new_tokens))
+    messages: Any = (list[ChatMessage], Field(min_length=1, max_length=limits.max_messages))
     model: type[ChatCompletionRequest] = create_model(
         "ChatCompletionRequest",
         __base__=ChatCompletionRequest,
         max_tokens=bounded,
         max_completion_tokens=bounded,
+        messages=messages,
     )
     return model
 
 
-def image_size(size: str, limits: PublicLimits) -> tuple[int, int]:
-    width, height = (int(v) for v in size.split("x"))
-    for name, value in (("width", width), ("height", height)):
-        if not 64 <= value <= limits.max_side or value % 8:
-            raise BridgeError(
-                422,
-                "INVALID_ARGUMENT",
-                f"size: {name} must be a multiple of 8 between 64 and {limits.max_side}",
-            )
-    return width, height
+SQUARE_SIDES = (64, 128, 256, 512, 1024)
+
+
+def image_request_model(limits: PublicLimits) -> type[ImageRequest]:
+    """The request model with the square sizes this app serves, as an enum."""
+    sizes = tuple(f"{side}x{side}" for side in SQUARE_SIDES if side <= limits.max_side)
+    size: Any = (Literal[sizes] | None, None)  # type: ignore[valid-type]
+    model: type[ImageRequest] = create_model(
+        "ImageGenerationRequest", __base__=ImageRequest, size=size
+    )
+    return model
 
 
 def chat_request_pb(body: ChatCompletionRequest) -> text_pb2.TextGenerateRequest:
@@ -211,9 +252,12 @@ def _role(role: str) -> str:
 def build_openai_router(
     backend: Any, settings: BridgeSettings, metrics: BridgeMetrics
 ) -> APIRouter:
-    router = APIRouter(prefix="/v1", tags=["openai"])
+    router = APIRouter(
+        prefix="/v1", tags=["openai"], responses=documented_errors(OPENAI_ERROR_SCHEMA)
+    )
     timeouts = settings.timeouts
     ChatRequest = chat_request_model(settings.limits)
+    ImageGenerationRequest = image_request_model(settings.limits)
 
     def metadata() -> tuple[tuple[str, str], ...]:
         return request_metadata(current_request_id())
@@ -228,7 +272,7 @@ def build_openai_router(
     @router.post(
         "/chat/completions",
         response_model=ChatCompletion,
-        responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+        responses={200: {"content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}}}},
     )
     async def chat_completions(body: ChatRequest) -> Any:  # type: ignore[valid-type]
         chat: ChatCompletionRequest = body
@@ -249,6 +293,7 @@ def build_openai_router(
             event = await first_event(call)
         final = event.final
         metrics.tokens.inc(final.usage.completion_tokens)
+        await until_end(call)
         return ChatCompletion(
             id=completion_id,
             created=created,
@@ -285,6 +330,7 @@ def build_openai_router(
                 event = await call.read()
             final = event.final
             metrics.tokens.inc(final.usage.completion_tokens)
+            await until_end(call)
             yield chunk({}, _openai_finish(final))
             if include_usage:
                 usage = _usage(final.usage).model_dump()
@@ -324,12 +370,11 @@ def build_openai_router(
         )
 
     @router.post("/images/generations", response_model=ImageList)
-    async def images(body: ImageRequest) -> ImageList:
-        if body.response_format == "url":
-            raise BridgeError(400, "INVALID_ARGUMENT", "response_format: only b64_json is served")
-        fields: dict[str, Any] = {"prompt": body.prompt}
-        if body.size:
-            width, height = image_size(body.size, settings.limits)
+    async def images(body: ImageGenerationRequest) -> ImageList:  # type: ignore[valid-type]
+        request: ImageRequest = body
+        fields: dict[str, Any] = {"prompt": request.prompt}
+        if request.size:
+            width, height = (int(v) for v in request.size.split("x"))
             fields.update(width=width, height=height)
         call = backend.current.image.Generate(
             image_pb2.ImageGenerateRequest(**fields), metadata=metadata(), timeout=timeouts.media
@@ -350,8 +395,6 @@ def build_openai_router(
         },
     )
     async def speech(body: SpeechRequest) -> Response:
-        if body.response_format not in (None, "wav"):
-            raise BridgeError(400, "INVALID_ARGUMENT", "response_format: only wav is served")
         preset = VOICES.get(body.voice, body.voice)
         call = backend.current.audio.Generate(
             audio_pb2.AudioGenerateRequest(prompt=body.input, preset=preset),

@@ -14,31 +14,29 @@ from sse_starlette import EventSourceResponse
 
 from rest_bridge import convert
 from rest_bridge.backend import Backend, request_metadata
-from rest_bridge.errors import BridgeError, ErrorBody
+from rest_bridge.errors import ERROR_SCHEMA, BridgeError, documented_errors
 from rest_bridge.observability import BridgeMetrics
 from rest_bridge.request_id import current_request_id
 from rest_bridge.schemas import Schemas
 from rest_bridge.settings import BridgeSettings
-from rest_bridge.streams import first_event, media_file_response, media_sse_response, sse_error
+from rest_bridge.streams import (
+    SSE_EVENT_SCHEMA,
+    first_event,
+    media_file_response,
+    media_sse_response,
+    sse_error,
+    until_end,
+)
 
 SSE = "text/event-stream"
-ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody, "description": description}
-    for status, description in {
-        422: "invalid input (the message names the field and the limit)",
-        429: "the model's queue is full",
-        500: "internal error",
-        503: "the model is not available",
-        504: "the generation ran past its deadline",
-    }.items()
-}
 
 
-def media_responses(media_type: str) -> dict[int | str, dict[str, Any]]:
+def media_responses(*media_types: str) -> dict[int | str, dict[str, Any]]:
+    binary = {"schema": {"type": "string", "format": "binary"}}
     return {
         200: {
             "content": {
-                media_type: {"schema": {"type": "string", "format": "binary"}},
+                **dict.fromkeys(media_types, binary),
                 SSE: {
                     "schema": {"type": "string"},
                     "description": "with Accept: text/event-stream",
@@ -46,7 +44,6 @@ def media_responses(media_type: str) -> dict[int | str, dict[str, Any]]:
             },
             "description": "the file, streamed as it is generated",
         },
-        **ERRORS,
     }
 
 
@@ -54,11 +51,10 @@ TEXT_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "content": {
             "text/plain": {"schema": {"type": "string"}},
-            SSE: {"schema": {"type": "string"}, "description": "with stream=true"},
+            SSE: {"schema": SSE_EVENT_SCHEMA, "description": "with stream=true"},
         },
         "description": "the answer; or delta/final Server-Sent Events",
     },
-    **ERRORS,
 }
 
 
@@ -69,7 +65,7 @@ def wants_events(request: Request) -> bool:
 def build_seed_router(
     backend: Any, schemas: Schemas, settings: BridgeSettings, metrics: BridgeMetrics
 ) -> APIRouter:
-    router = APIRouter(tags=["generate"])
+    router = APIRouter(tags=["generate"], responses=documented_errors(ERROR_SCHEMA))
     timeouts = settings.timeouts
 
     def stubs() -> Backend:
@@ -93,6 +89,7 @@ def build_seed_router(
                 pieces.append(event.delta.text)
             else:
                 metrics.tokens.inc(event.final.usage.completion_tokens)
+                await until_end(call)
                 return PlainTextResponse("".join(pieces))
             event = await first_event(call)
 
@@ -108,6 +105,7 @@ def build_seed_router(
                     data = convert.event_dict(final)
                     data["finish_reason"] = convert.finish_reason(final)
                     yield {"event": "final", "data": json.dumps(data)}
+                    await until_end(call)
                     return
                 event = await call.read()
         except Exception as error:
@@ -144,14 +142,22 @@ def build_seed_router(
         """The same, with a JSON body for long prompts."""
         return await text(params)
 
-    @router.get("/generate/image", response_class=Response, responses=media_responses("image/png"))
+    @router.get(
+        "/generate/image",
+        response_class=Response,
+        responses=media_responses("image/png", "image/jpeg", "image/webp"),
+    )
     async def generate_image(request: Request, params: Annotated[ImageQuery, Query()]) -> Response:  # type: ignore[valid-type]
         """Text-to-image (the seed's `GET /generate/image?prompt=...`): PNG by default."""
         return await media(
             media_call(stubs().image.Generate, convert.image_request(params)), request
         )
 
-    @router.post("/generate/image", response_class=Response, responses=media_responses("image/png"))
+    @router.post(
+        "/generate/image",
+        response_class=Response,
+        responses=media_responses("image/png", "image/jpeg", "image/webp"),
+    )
     async def generate_image_json(request: Request, params: ImageBody) -> Response:  # type: ignore[valid-type]
         return await media(
             media_call(stubs().image.Generate, convert.image_request(params)), request
@@ -170,14 +176,18 @@ def build_seed_router(
             media_call(stubs().audio.Generate, convert.audio_request(params)), request
         )
 
-    @router.get("/generate/3d", response_class=Response, responses=media_responses("model/obj"))
+    @router.get(
+        "/generate/3d", response_class=Response, responses=media_responses("model/obj", "model/ply")
+    )
     async def generate_3d(request: Request, params: Annotated[MeshQuery, Query()]) -> Response:  # type: ignore[valid-type]
         """Text-to-3D (the seed's `GET /generate/3d?prompt=...&num_inference_steps=25`):
         an OBJ with vertex colours, as an attachment."""
         call = media_call(stubs().mesh.Generate, convert.mesh_request(params))
         return await media(call, request, attachment=True)
 
-    @router.post("/generate/3d", response_class=Response, responses=media_responses("model/obj"))
+    @router.post(
+        "/generate/3d", response_class=Response, responses=media_responses("model/obj", "model/ply")
+    )
     async def generate_3d_json(request: Request, params: MeshBody) -> Response:  # type: ignore[valid-type]
         call = media_call(stubs().mesh.Generate, convert.mesh_request(params))
         return await media(call, request, attachment=True)

@@ -1,22 +1,69 @@
 """Request models, built from the bridge's configured limits so that the OpenAPI document
 states the bounds the bridge enforces.
 
-Bodies are strict (JSON `"5"` is not an integer, `1` is not a boolean); query strings
-and forms are text by nature and are parsed, then bounded.
+JSON bodies take exactly their JSON types (`"5"` is not an integer, `1` is not a
+boolean); query strings and forms are text by nature and are parsed, then bounded.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rest_bridge.settings import PublicLimits
 
-INT64 = 2**63 - 1
-Seed = Annotated[int | None, Field(None, ge=-INT64 - 1, le=INT64, description="unset: random")]
-STRICT = ConfigDict(extra="forbid", strict=True)
+# Seeds stay within what a JSON number holds exactly (JavaScript's safe integers).
+MAX_SAFE_INTEGER = 2**53 - 1
+NOT_BLANK = r"\S"  # the server refuses empty and all-whitespace prompts
+
+
+class JsonBody(BaseModel):
+    """A JSON body that takes what its JSON schema says and no more: a number field does
+    not take a string ("5"), a boolean does not take 1. (Pydantic's strict mode goes
+    further and refuses 5.0 for an integer, which JSON Schema calls an integer.)"""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_coercion_from_json_types(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        for name, field in cls.model_fields.items():
+            value = data.get(name)
+            if value is None:
+                continue
+            accepted = _json_types(field.annotation)
+            if isinstance(value, str) and str not in accepted:
+                raise ValueError(f"{name}: expected a JSON {_describe(accepted)}, got a string")
+            if bool in accepted and str not in accepted and not isinstance(value, bool):
+                raise ValueError(f"{name}: expected true or false")
+        return data
+
+
+def _json_types(annotation: Any) -> set[Any]:
+    args = get_args(annotation)
+    if get_origin(annotation) is Annotated:
+        return _json_types(args[0])
+    if get_origin(annotation) is Literal:
+        return {type(a) for a in args}
+    if args and get_origin(annotation) in (Union, UnionType):
+        return set().union(*(_json_types(a) for a in args))
+    return {get_origin(annotation) or annotation}
+
+
+def _describe(types: set[Any]) -> str:
+    names = {bool: "boolean", int: "number", float: "number", list: "array"}
+    return " or ".join(sorted({names.get(t, "value") for t in types if t is not type(None)}))
+
+
+Seed = Annotated[
+    int | None,
+    Field(None, ge=-MAX_SAFE_INTEGER, le=MAX_SAFE_INTEGER, description="unset: random"),
+]
 LAX = ConfigDict(extra="forbid")
 
 
@@ -34,9 +81,14 @@ class Schemas:
 
 
 def build_schemas(limits: PublicLimits) -> Schemas:
-    prompt = Annotated[str, Field(min_length=1, max_length=limits.max_prompt_chars)]
+    prompt = Annotated[str, Field(max_length=limits.max_prompt_chars, pattern=NOT_BLANK)]
+    media_prompt = Annotated[
+        str, Field(max_length=limits.max_media_prompt_chars, pattern=NOT_BLANK)
+    ]
     side = Annotated[int | None, Field(None, ge=64, le=limits.max_side, multiple_of=8)]
-    guidance = Annotated[float | None, Field(None, ge=0, le=50, allow_inf_nan=False)]
+
+    def guidance(high: float) -> Any:
+        return Field(None, ge=0, le=high, allow_inf_nan=False)
 
     class TextParams(BaseModel):
         prompt: prompt
@@ -55,29 +107,29 @@ def build_schemas(limits: PublicLimits) -> Schemas:
         stream: bool = Field(False, description="true: Server-Sent Events, one per delta")
 
     class ImageParams(BaseModel):
-        prompt: prompt
-        negative_prompt: str = Field("", max_length=limits.max_prompt_chars)
+        prompt: media_prompt
+        negative_prompt: str = Field("", max_length=limits.max_media_prompt_chars)
         num_inference_steps: int | None = Field(None, ge=1, le=limits.max_image_steps)
-        guidance_scale: guidance = None
+        guidance_scale: float | None = guidance(limits.max_image_guidance)
         width: side = None
         height: side = None
         seed: Seed = None
         format: Literal["png", "jpeg", "webp"] = "png"
 
     class AudioParams(BaseModel):
-        prompt: Annotated[str, Field(min_length=1, max_length=500)]
+        prompt: Annotated[str, Field(max_length=500, pattern=NOT_BLANK)]
         preset: str = Field("v2/en_speaker_1", pattern=r"^v2/en_speaker_[0-9]$")
         seed: Seed = None
 
     class MeshParams(BaseModel):
-        prompt: prompt
-        guidance_scale: guidance = None
+        prompt: media_prompt
+        guidance_scale: float | None = guidance(limits.max_mesh_guidance)
         num_inference_steps: int | None = Field(None, ge=1, le=limits.max_mesh_steps)
         seed: Seed = None
         format: Literal["obj", "ply"] = "obj"
 
     class VideoForm(BaseModel):
-        model_config = LAX
+        model_config = ConfigDict(extra="ignore")  # the form also carries the image file
         num_frames: int | None = Field(None, ge=1, le=limits.max_video_frames)
         fps: float | None = Field(None, ge=1, le=60, allow_inf_nan=False)
         decode_chunk_size: int | None = Field(None, ge=1, le=limits.max_video_frames)
@@ -90,7 +142,7 @@ def build_schemas(limits: PublicLimits) -> Schemas:
 
     def pair(params: type[BaseModel], name: str) -> tuple[type[BaseModel], type[BaseModel]]:
         query: Any = type(f"{name}Query", (params,), {"model_config": LAX})
-        body: Any = type(f"{name}Body", (params,), {"model_config": STRICT})
+        body: Any = type(f"{name}Body", (JsonBody, params), {})
         return query, body
 
     text_query, text_body = pair(TextParams, "Text")

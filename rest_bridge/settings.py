@@ -10,14 +10,19 @@ class PublicLimits(BaseModel):
     """Bounds the bridge enforces and publishes in its OpenAPI document. They match the
     server's defaults; the server checks again, so a tighter server still wins."""
 
-    max_prompt_chars: int = 65536
+    max_prompt_chars: int = 32768  # text; leaves room for the system prompt under 65536
+    max_media_prompt_chars: int = 2000
+    max_messages: int = 256
     max_new_tokens: int = 2048
     max_image_steps: int = 100
-    max_side: int = 2048
+    max_image_guidance: float = 30.0
+    max_side: int = 1024  # 1024 x 1024 is the server's pixel limit for images and video
     max_video_frames: int = 64
     max_mesh_steps: int = 100
+    max_mesh_guidance: float = 50.0
     max_image_bytes: int = 10 * 1024 * 1024
     max_embedding_texts: int = 64
+    max_embedding_chars: int = 8192
 
 
 class Timeouts(BaseModel):

@@ -26,6 +26,13 @@ from server.errors import http_status_for
 
 logger = logging.getLogger(__name__)
 
+# One Server-Sent Event, as OpenAPI tools (schemathesis among them) read an event stream.
+SSE_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"event": {"type": "string"}, "data": {"type": "string"}},
+    "required": ["data"],
+}
+
 _UNSAFE_FILE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -45,6 +52,13 @@ async def first_event(call: Any) -> Any:
     if event is grpc.aio.EOF:
         raise BridgeError(502, "INTERNAL", "the server ended the stream without output")
     return event
+
+
+async def until_end(call: Any) -> None:
+    """Reads the stream to its end after the final event, so the call finishes as OK
+    rather than being cancelled while the server sends its status."""
+    while await call.read() is not grpc.aio.EOF:
+        pass
 
 
 async def media_file_response(call: Any, attachment: bool) -> StreamingResponse:

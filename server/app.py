@@ -34,6 +34,7 @@ from server.media.loaders import (
     load_mesh_pipeline,
     load_video_pipeline,
 )
+from server.metrics import ServerMetrics
 from server.registry import Loader, ModelRegistry
 from server.service_names import MODEL_SERVICE, SERVICE_BY_MODALITY
 from server.servicers.audio import AudioServicer
@@ -79,12 +80,16 @@ class GenServeServer:
             manifest, loaders if loaders is not None else default_loaders(settings)
         )
         self.usage_log = UsageLog(settings.usage_db_path)
+        self.metrics = ServerMetrics(self.registry)
         self.health = health.aio.HealthServicer()
         self.port = 0
+        self.metrics_port: int | None = None
         self._server = grpc.aio.server(
             interceptors=[
                 RequestIdInterceptor(),
-                TelemetryInterceptor([log_access, self.usage_log]),
+                TelemetryInterceptor(
+                    [log_access, self.usage_log, self.metrics], self.metrics.track_in_flight
+                ),
                 ErrorInterceptor(),
             ],
             options=[
@@ -126,6 +131,9 @@ class GenServeServer:
             await self.health.set(name, NOT_SERVING)
         await self._server.start()
         logger.info("gRPC listening on %s:%d", self.settings.host, self.port)
+        if self.settings.metrics_port is not None:
+            self.metrics_port = self.metrics.serve(self.settings.host, self.settings.metrics_port)
+            logger.info("metrics on http://%s:%d/metrics", self.settings.host, self.metrics_port)
         return self.port
 
     async def load_models(self) -> None:
@@ -148,6 +156,7 @@ class GenServeServer:
         await self._server.stop(grace)
         self.registry.close()
         self.usage_log.close()
+        self.metrics.close()
         logger.info("stopped")
 
     async def wait_for_termination(self) -> None:

@@ -95,5 +95,12 @@ def wait_until(probe: Callable[[], T | None], timeout: float) -> T:
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
     return Settings(
-        host="127.0.0.1", port=0, data_dir=data_dir, model_store=MODEL_STORE, **overrides
+        **{
+            "host": "127.0.0.1",
+            "port": 0,
+            "metrics_port": 0,
+            "data_dir": data_dir,
+            "model_store": MODEL_STORE,
+            **overrides,
+        }
     )

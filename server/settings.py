@@ -55,7 +55,7 @@ class VideoLimits(BaseModel):
     max_steps: int = Field(100, ge=1)
     min_side: int = Field(64, ge=8)
     max_side: int = Field(2048, ge=8)
-    max_pixels: int = Field(1024 * 576, ge=64)
+    max_pixels: int = Field(1024 * 1024, ge=64)
 
 
 class MeshLimits(BaseModel):
@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: LogFormat = "text"
     shutdown_grace_s: float = Field(10.0, ge=0, description="time in-flight streams get to drain")
+    metrics_port: int | None = Field(
+        9464, ge=0, le=65535, description="Prometheus /metrics port; unset to disable"
+    )
     reflection: bool = True
     max_receive_message_mb: int = Field(32, ge=1, description="largest request (video images)")
     text: TextLimits = Field(default_factory=TextLimits)

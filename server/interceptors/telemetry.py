@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -82,8 +83,13 @@ def log_access(record: CallRecord) -> None:
 
 
 class TelemetryInterceptor(CallInterceptor):
-    def __init__(self, sinks: Sequence[CallSink]) -> None:
+    def __init__(
+        self,
+        sinks: Sequence[CallSink],
+        in_flight: Callable[[], AbstractContextManager[Any]] = nullcontext,
+    ) -> None:
         self._sinks = tuple(sinks)
+        self._in_flight = in_flight  # entered for the whole call (a gauge, say)
 
     async def around(
         self,
@@ -99,6 +105,8 @@ class TelemetryInterceptor(CallInterceptor):
         messages = 0
         size = 0
         code = grpc.StatusCode.UNKNOWN
+        in_flight = self._in_flight()
+        in_flight.__enter__()
         try:
             async for response in responses():
                 if first_message_ms is None:
@@ -114,6 +122,7 @@ class TelemetryInterceptor(CallInterceptor):
             code = _cancel_code(context)
             raise
         finally:
+            in_flight.__exit__(None, None, None)
             record = CallRecord(
                 request_id=current_request_id(),
                 started_at=started_at,

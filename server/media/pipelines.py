@@ -17,5 +17,9 @@ class LoadedPipeline:
     worker: SerialWorker
     defaults: Any
 
+    @property
+    def pending_requests(self) -> int:
+        return self.worker.pending
+
     def close(self) -> None:
         self.worker.close()

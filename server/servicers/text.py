@@ -28,6 +28,7 @@ from server.text.types import (
 )
 
 CHAT_ROLES = frozenset({"system", "user", "assistant"})
+GREEDY_BELOW = 1e-5
 
 FINISH_REASON_TO_PB = {
     FinishReason.STOP: text_pb2.FINISH_REASON_STOP,
@@ -111,8 +112,9 @@ def text_request_from_pb(
     seed = request.seed if request.HasField("seed") else secrets.randbits(63)
     params = SamplingParams(
         max_new_tokens=max_new_tokens,
-        # Temperature 0 means greedy, as in the OpenAI API.
-        do_sample=do_sample and temperature > 0,
+        # Temperature 0 means greedy, as in the OpenAI API; below GREEDY_BELOW, dividing the
+        # logits by it overflows, and greedy is what it means anyway (vLLM does the same).
+        do_sample=do_sample and temperature >= GREEDY_BELOW,
         temperature=temperature,
         top_k=top_k,
         top_p=top_p,

@@ -1,8 +1,17 @@
-"""Builds a text engine from a manifest entry, through transformers' from_pretrained."""
+"""Builds a text engine from a manifest entry, through transformers' from_pretrained.
+
+A GGUF checkpoint is dequantized on load, which costs most of a start (~18 s for
+SmolLM2 here); the dequantized model is cached once in the model store as safetensors
+and later starts load that copy: the same weights, in about a second.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -13,14 +22,49 @@ from server.text.transformers_engine import SerialTextEngine
 
 logger = logging.getLogger(__name__)
 
+GGUF_CACHE = "gguf-dequantized"
+COMPLETE_MARKER = ".complete"
+
 
 def load_text_engine(spec: ModelSpec, settings: Settings) -> SerialTextEngine:
-    source = spec.resolved_source(settings.model_store)
     device = spec.resolved_device()
     dtype = spec.resolved_dtype()
-    extra: dict[str, Any] = {"gguf_file": spec.gguf_file} if spec.gguf_file else {}
+    source, extra = _checkpoint(spec, settings.model_store)
     logger.info("loading text model %s from %s on %s (%s)", spec.name, source, device, dtype)
     tokenizer = AutoTokenizer.from_pretrained(source, **extra)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **extra)
     model = model.to(device).eval()  # type: ignore[arg-type]  # transformers types .to() oddly
     return SerialTextEngine(model, tokenizer, name=spec.name, max_queue=settings.text.max_queue)
+
+
+def _checkpoint(spec: ModelSpec, model_store: Path) -> tuple[str, dict[str, Any]]:
+    """Where to load from: the dequantized cache of a GGUF file when there is one."""
+    source = spec.resolved_source(model_store)
+    if not spec.gguf_file:
+        return source, {}
+    cache = model_store / GGUF_CACHE / spec.name
+    if not (cache / COMPLETE_MARKER).exists():
+        _dequantize_into(cache, source, spec.gguf_file)
+    return str(cache), {}
+
+
+def _dequantize_into(cache: Path, source: str, gguf_file: str) -> None:
+    logger.info("dequantizing %s once into %s", gguf_file, cache)
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
+    loaded = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file)
+    # transformers will not save a model loaded from GGUF; a plain copy of it saves fine.
+    model = AutoModelForCausalLM.from_config(loaded.config)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    # Written aside and renamed: a concurrent or interrupted start never sees half a cache.
+    scratch = Path(tempfile.mkdtemp(prefix=f".{cache.name}-", dir=cache.parent))
+    try:
+        model.save_pretrained(scratch)
+        tokenizer.save_pretrained(scratch)
+        (scratch / COMPLETE_MARKER).touch()
+        # another process may have finished first: theirs is as good as ours
+        with contextlib.suppress(OSError):
+            scratch.rename(cache)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

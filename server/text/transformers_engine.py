@@ -108,6 +108,10 @@ class SerialTextEngine:
     def context_length(self) -> int:
         return int(getattr(self._model.config, "max_position_embeddings", 2048))
 
+    @property
+    def pending_requests(self) -> int:
+        return self._worker.pending
+
     def wait_idle(self, timeout: float) -> bool:
         """Block until no request is queued or running; False on timeout."""
         return self._worker.wait_idle(timeout)

@@ -1,0 +1,396 @@
+"""The REST bridge over HTTP, against the real app and a real gRPC server."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import av
+import grpc
+import httpx
+import numpy as np
+import open3d
+import pytest
+import soundfile
+from PIL import Image
+
+from rest_bridge.background import BridgeThread
+from rest_bridge.settings import BridgeSettings, Timeouts
+from server.background import ServerThread
+from server.errors import HTTP_STATUS_BY_GRPC_CODE
+from server.manifest import Modality
+from server.text.transformers_engine import SerialTextEngine
+from server.text.types import FinishReason
+from tests.media_calls import png_bytes
+
+HTTP_TIMEOUT_S = 120
+
+
+@pytest.fixture(scope="module")
+def bridge(tiny_server: ServerThread) -> Iterator[BridgeThread]:
+    thread = BridgeThread(BridgeSettings(grpc_target=f"localhost:{tiny_server.port}")).start()
+    yield thread
+    thread.stop()
+
+
+@pytest.fixture(scope="module")
+def http(bridge: BridgeThread) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=bridge.url, timeout=HTTP_TIMEOUT_S) as client:
+        yield client
+
+
+def sse_events(text: str) -> list[tuple[str, str]]:
+    """(event, data) pairs of a Server-Sent Events body."""
+    events = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        name, data = "message", []
+        for line in block.split("\n"):
+            if line.startswith("event:"):
+                name = line[6:].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].strip())
+        if data:
+            events.append((name, "\n".join(data)))
+    return events
+
+
+# -- the seed's routes ------------------------------------------------------------------
+
+
+def test_text_route_returns_plain_text(http: httpx.Client) -> None:
+    response = http.get(
+        "/generate/text", params={"prompt": "What is FastAPI?", "max_new_tokens": 8}
+    )
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    assert response.text.strip()
+    assert float(response.headers["x-response-time"].removesuffix("ms")) > 0
+
+
+def test_text_route_streams_server_sent_events(http: httpx.Client) -> None:
+    response = http.get(
+        "/generate/text",
+        params={
+            "prompt": "What is FastAPI?",
+            "max_new_tokens": 8,
+            "stream": "true",
+            "do_sample": "false",
+        },
+    )
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = sse_events(response.text)
+    deltas = [json.loads(d)["text"] for name, d in events if name == "delta"]
+    assert len(deltas) >= 3
+    final = json.loads(events[-1][1])
+    assert events[-1][0] == "final" and final["finish_reason"] == "length"
+    assert final["usage"]["completion_tokens"] == 8
+
+
+def test_text_json_body(http: httpx.Client) -> None:
+    response = http.post(
+        "/generate/text", json={"prompt": "Hi", "max_new_tokens": 3, "stop": ["zzz"]}
+    )
+    assert response.status_code == 200 and response.text
+
+
+def test_json_bodies_are_strict(http: httpx.Client) -> None:
+    response = http.post("/generate/text", json={"prompt": "Hi", "max_new_tokens": "3"})
+    assert response.status_code == 422
+    assert "max_new_tokens" in response.json()["error"]["message"]
+
+
+def test_image_route_returns_a_png(http: httpx.Client) -> None:
+    response = http.get("/generate/image", params={"prompt": "a cozy living room"})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "image/png"
+    assert response.headers["content-disposition"].startswith("inline; filename=")
+    assert Image.open(io.BytesIO(response.content)).size == (64, 64)
+
+
+def test_audio_route_returns_a_wav(http: httpx.Client) -> None:
+    response = http.get("/generate/audio", params={"prompt": "Hello", "preset": "v2/en_speaker_9"})
+    assert response.headers["content-type"] == "audio/wav"
+    samples, rate = soundfile.read(io.BytesIO(response.content))
+    assert rate == 24_000 and len(samples) > 0
+
+
+def test_video_route_takes_a_multipart_image(http: httpx.Client) -> None:
+    response = http.post(
+        "/generate/video",
+        files={"image": ("room.png", png_bytes(), "image/png")},
+        data={"num_frames": "5", "num_inference_steps": "1"},
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "video/mp4"
+    with av.open(io.BytesIO(response.content), mode="r") as container:
+        assert sum(1 for _ in container.decode(video=0)) == 5
+
+
+def test_3d_route_is_an_obj_attachment(http: httpx.Client, tmp_path: object) -> None:
+    response = http.get(
+        "/generate/3d", params={"prompt": 'chair"\r\nSet-Cookie: x=1', "num_inference_steps": 2}
+    )
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "model/obj"
+    disposition = response.headers["content-disposition"]
+    assert disposition.startswith('attachment; filename="mesh-') and disposition.endswith('.obj"')
+    assert "set-cookie" not in response.headers
+    path = __import__("pathlib").Path(str(tmp_path)) / "mesh.obj"
+    path.write_bytes(response.content)
+    assert len(open3d.io.read_triangle_mesh(path).triangles) > 0
+
+
+def test_media_progress_as_server_sent_events(http: httpx.Client) -> None:
+    response = http.get(
+        "/generate/image",
+        params={"prompt": "room", "num_inference_steps": 3},
+        headers={"Accept": "text/event-stream"},
+    )
+    events = sse_events(response.text)
+    kinds = [name for name, _ in events]
+    assert kinds[0] == "header" and kinds[-1] == "final"
+    assert [json.loads(d)["step"] for n, d in events if n == "progress"] == [1, 2, 3]
+    data = b"".join(base64.b64decode(json.loads(d)["data_b64"]) for n, d in events if n == "chunk")
+    assert hashlib.sha256(data).hexdigest() == json.loads(events[-1][1])["sha256"]
+    assert Image.open(io.BytesIO(data)).format == "PNG"
+
+
+# -- request IDs, errors ----------------------------------------------------------------
+
+
+def test_request_id_joins_bridge_server_and_usage_logs(
+    http: httpx.Client, tiny_server: ServerThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO):
+        response = http.get(
+            "/generate/text",
+            params={"prompt": "Hi", "max_new_tokens": 2},
+            headers={"X-Request-ID": "joined-123"},
+        )
+    assert response.headers["x-request-id"] == "joined-123"
+    loggers = {r.name for r in caplog.records if getattr(r, "request_id", None) == "joined-123"}
+    assert {"rest_bridge.access", "genserve.access"} <= loggers
+    row = tiny_server.wait_for_usage_row("joined-123")
+    assert row["method"] == "/genserve.v1.TextService/Generate" and row["status_code"] == "OK"
+
+
+def test_server_side_invalid_argument_is_422_with_the_request_id(http: httpx.Client) -> None:
+    # within the bridge's bounds, beyond the server's pixel limit
+    response = http.get("/generate/image", params={"prompt": "x", "width": 2048, "height": 2048})
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "INVALID_ARGUMENT"
+    assert error["message"].startswith("width:")
+    assert error["request_id"] == response.headers["x-request-id"]
+
+
+def test_unreachable_server_is_503() -> None:
+    with socket_free_port() as port:
+        thread = BridgeThread(
+            BridgeSettings(grpc_target=f"localhost:{port}", timeouts=Timeouts(text=5, health=1))
+        ).start()
+    try:
+        with httpx.Client(base_url=thread.url, timeout=30) as client:
+            response = client.get("/generate/text", params={"prompt": "hi"})
+            assert response.status_code == 503
+            assert response.json()["error"]["code"] == "UNAVAILABLE"
+            ready = client.get("/readyz")
+            assert ready.status_code == 503 and ready.json()["ready"] is False
+            assert client.get("/healthz").status_code == 200
+    finally:
+        thread.stop()
+
+
+def test_deadline_is_504(tiny_server: ServerThread) -> None:
+    thread = BridgeThread(
+        BridgeSettings(grpc_target=f"localhost:{tiny_server.port}", timeouts=Timeouts(text=0.5))
+    ).start()
+    try:
+        with httpx.Client(base_url=thread.url, timeout=30) as client:
+            response = client.get("/generate/text", params={"prompt": "hi", "max_new_tokens": 300})
+        assert response.status_code == 504
+        assert response.json()["error"]["code"] == "DEADLINE_EXCEEDED"
+    finally:
+        thread.stop()
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [
+        (grpc.StatusCode.INVALID_ARGUMENT, 422),
+        (grpc.StatusCode.UNAUTHENTICATED, 401),
+        (grpc.StatusCode.NOT_FOUND, 404),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
+        (grpc.StatusCode.UNAVAILABLE, 503),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, 504),
+        (grpc.StatusCode.INTERNAL, 500),
+        (grpc.StatusCode.DATA_LOSS, 500),
+    ],
+)
+def test_status_table(code: grpc.StatusCode, status: int) -> None:
+    assert HTTP_STATUS_BY_GRPC_CODE.get(code, 500) == status
+
+
+def test_client_disconnect_cancels_the_generation(
+    bridge: BridgeThread, tiny_server: ServerThread
+) -> None:
+    engine = tiny_server.server.registry.slot(Modality.TEXT).instance
+    assert isinstance(engine, SerialTextEngine)
+    params = {"prompt": "Tell me a long story", "max_new_tokens": 400, "stream": "true"}
+    with (
+        httpx.Client(base_url=bridge.url, timeout=60) as client,
+        client.stream(
+            "GET", "/generate/text", params=params, headers={"X-Request-ID": "walks-away"}
+        ) as response,
+    ):
+        lines = response.iter_lines()
+        deltas = 0
+        for line in lines:
+            if line.startswith("event: delta"):
+                deltas += 1
+            if deltas >= 3:
+                break
+    # the HTTP client is gone: the bridge cancels the gRPC call, the model stops
+    assert engine.wait_idle(60)
+    final = engine.last_final
+    assert final is not None and final.finish_reason is FinishReason.CANCELLED
+    assert final.completion_tokens < 400
+    assert tiny_server.wait_for_usage_row("walks-away")["status_code"] == "CANCELLED"
+
+
+# -- health and metrics -----------------------------------------------------------------
+
+
+def test_readyz_reports_each_modality(http: httpx.Client) -> None:
+    body = http.get("/readyz").json()
+    assert body["ready"] is True
+    assert set(body["modalities"]) == {"text", "audio", "image", "video", "mesh", "embedding"}
+    assert set(body["modalities"].values()) == {"SERVING"}
+
+
+def test_bridge_metrics(http: httpx.Client) -> None:
+    http.get("/generate/text", params={"prompt": "Hi", "max_new_tokens": 2})
+    text = http.get("/metrics").text
+    assert 'genserve_bridge_requests_total{code="200",method="GET",route="/generate/text"}' in text
+    assert "genserve_bridge_request_duration_seconds_bucket" in text
+    assert "genserve_bridge_time_to_first_byte_seconds_bucket" in text
+    assert "genserve_bridge_in_flight_requests" in text
+    assert "genserve_bridge_tokens_generated_total" in text
+
+
+def test_server_metrics(tiny_server: ServerThread, http: httpx.Client) -> None:
+    http.get("/generate/text", params={"prompt": "Hi", "max_new_tokens": 2})
+    port = tiny_server.server.metrics_port
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    assert (
+        'genserve_grpc_requests_total{code="OK",method="/genserve.v1.TextService/Generate"}' in text
+    )
+    assert "genserve_grpc_time_to_first_message_seconds_bucket" in text
+    assert "genserve_grpc_in_flight_requests" in text
+    assert 'genserve_model_queue_depth{modality="text",model="smollm2-135m-instruct"}' in text
+    tokens = [
+        line for line in text.splitlines() if line.startswith("genserve_tokens_generated_total")
+    ]
+    assert tokens and float(tokens[0].split()[-1]) > 0
+
+
+# -- the OpenAI-compatible API, through the official SDK ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def openai_client(bridge: BridgeThread):  # type: ignore[no-untyped-def]
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{bridge.url}/v1", api_key="unused", max_retries=0)
+
+
+def test_openai_models(openai_client) -> None:  # type: ignore[no-untyped-def]
+    ids = {m.id for m in openai_client.models.list()}
+    assert {"smollm2-135m-instruct", "all-MiniLM-L6-v2"} <= ids
+
+
+def test_openai_chat(openai_client) -> None:  # type: ignore[no-untyped-def]
+    completion = openai_client.chat.completions.create(
+        model="smollm2-135m-instruct",
+        messages=[{"role": "user", "content": "What is FastAPI?"}],
+        max_tokens=6,
+        temperature=0,
+    )
+    choice = completion.choices[0]
+    assert choice.message.role == "assistant" and choice.message.content
+    assert choice.finish_reason == "length"
+    assert completion.usage.completion_tokens == 6
+
+
+def test_openai_chat_stream(openai_client) -> None:  # type: ignore[no-untyped-def]
+    stream = openai_client.chat.completions.create(
+        model="smollm2-135m-instruct",
+        messages=[{"role": "user", "content": "Say hello"}],
+        max_tokens=6,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    contents = [
+        c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content
+    ]
+    assert len(contents) >= 3
+    finishes = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
+    assert finishes == ["length"]
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6
+
+
+def test_openai_chat_error_shape(openai_client) -> None:  # type: ignore[no-untyped-def]
+    import openai
+
+    with pytest.raises(openai.UnprocessableEntityError) as error:
+        openai_client.chat.completions.create(
+            model="x", messages=[{"role": "user", "content": "hi"}], top_p=5
+        )
+    assert error.value.status_code == 422
+    assert "top_p" in str(error.value.body)
+
+
+def test_openai_embeddings(openai_client) -> None:  # type: ignore[no-untyped-def]
+    result = openai_client.embeddings.create(
+        model="all-MiniLM-L6-v2", input=["How do I build an API?", "How to create an API?"]
+    )
+    vectors = np.array([d.embedding for d in result.data])
+    assert vectors.shape == (2, 384)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-3)
+    assert result.usage.prompt_tokens > 0
+
+
+def test_openai_images(openai_client) -> None:  # type: ignore[no-untyped-def]
+    result = openai_client.images.generate(prompt="a cozy room", size="64x64")
+    image = Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json)))
+    assert image.size == (64, 64)
+
+
+def test_openai_speech(openai_client) -> None:  # type: ignore[no-untyped-def]
+    response = openai_client.audio.speech.create(
+        model="tiny-bark", voice="alloy", input="Hello there", response_format="wav"
+    )
+    samples, rate = soundfile.read(io.BytesIO(response.content))
+    assert rate == 24_000 and len(samples) > 0
+
+
+class socket_free_port:  # a context manager, named like a function
+    """A port nobody listens on (bound, then released)."""
+
+    def __enter__(self) -> int:
+        import socket
+
+        self._socket = socket.socket()
+        self._socket.bind(("127.0.0.1", 0))
+        return int(self._socket.getsockname()[1])
+
+    def __exit__(self, *exc: object) -> None:
+        self._socket.close()
