@@ -240,7 +240,11 @@ def test_client_disconnect_cancels_the_generation(
 ) -> None:
     engine = tiny_server.server.registry.slot(Modality.TEXT).instance
     assert isinstance(engine, SerialTextEngine)
-    params = {"prompt": "Tell me a long story", "max_new_tokens": 400, "stream": "true"}
+    params: dict[str, str | int] = {
+        "prompt": "Tell me a story",
+        "max_new_tokens": 400,
+        "stream": "true",
+    }
     with (
         httpx.Client(base_url=bridge.url, timeout=60) as client,
         client.stream(

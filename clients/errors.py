@@ -1,0 +1,70 @@
+"""The SDK's error hierarchy: one class per gRPC status a caller handles differently.
+
+Every error carries the gRPC code, the server's message and the request ID, so a
+report from a user can be joined with the server's logs and usage rows.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class GenServeError(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str, request_id: str | None) -> None:
+        super().__init__(f"{code.name}: {message} (request_id={request_id or '-'})")
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+class InvalidArgumentError(GenServeError):
+    """The request broke a limit; the message names the field and the limit."""
+
+
+class UnauthenticatedError(GenServeError):
+    pass
+
+
+class NotFoundError(GenServeError):
+    pass
+
+
+class ResourceExhaustedError(GenServeError):
+    """The model's queue is full: retry later."""
+
+
+class UnavailableError(GenServeError):
+    """The server or the model is not available (down, starting, or failed to load)."""
+
+
+class DeadlineExceededError(GenServeError):
+    pass
+
+
+class CancelledError(GenServeError):
+    pass
+
+
+class InternalError(GenServeError):
+    """A server bug; the request ID finds the traceback in the server's log."""
+
+
+class IntegrityError(GenServeError):
+    """The received file does not match the sha256 the server announced."""
+
+
+ERROR_BY_CODE: dict[grpc.StatusCode, type[GenServeError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
+    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
+    grpc.StatusCode.NOT_FOUND: NotFoundError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
+    grpc.StatusCode.UNAVAILABLE: UnavailableError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+    grpc.StatusCode.CANCELLED: CancelledError,
+}
+
+
+def from_rpc_error(error: grpc.RpcError, request_id: str | None) -> GenServeError:
+    code = error.code()  # type: ignore[attr-defined]
+    message = error.details() or code.name  # type: ignore[attr-defined]
+    return ERROR_BY_CODE.get(code, InternalError)(code, message, request_id)
