@@ -14,7 +14,7 @@ MODEL_STORE := var/models
 MODELS    := $(MODEL_STORE)/.built
 PROTOS    := $(wildcard protos/genserve/v1/*.proto)
 
-.PHONY: all setup stubs models run serve test lint clean system-deps
+.PHONY: all setup stubs models run serve ui test lint clean system-deps
 
 all: setup
 
@@ -59,6 +59,10 @@ run: setup
 	  $(BIN)/python -m server $(ARGS) & server=$$!; \
 	  $(BIN)/python -m rest_bridge $(BRIDGE_ARGS) & bridge=$$!; \
 	  wait
+
+# The Streamlit chat UI (talks to the gRPC server on :50051; start it with `make run`).
+ui: setup
+	$(BIN)/streamlit run clients/ui.py
 
 # The gRPC server alone.
 serve: setup
