@@ -6,6 +6,7 @@ Built once in main() and passed down; nothing here is read at import time.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -24,6 +25,12 @@ class TextLimits(BaseModel):
     max_top_k: int = Field(1000, ge=1)
     max_temperature: float = Field(10.0, gt=0)
     max_queue: int = Field(64, ge=1, description="requests waiting for the model before 429")
+    engine: Literal["batching", "serial"] = Field(
+        "batching", description="batching: concurrent requests share forward passes"
+    )
+    max_batch_size: int = Field(8, ge=1, description="sequences decoded together")
+    max_wait_ms: float = Field(10.0, ge=0, description="how long a batch waits for company")
+    max_batch_tokens: int = Field(32768, ge=1, description="prompt + new tokens per batch")
 
 
 class MediaLimits(BaseModel):

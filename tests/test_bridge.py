@@ -23,6 +23,7 @@ from rest_bridge.settings import BridgeSettings, Timeouts
 from server.background import ServerThread
 from server.errors import HTTP_STATUS_BY_GRPC_CODE
 from server.manifest import Modality
+from server.text.batching_engine import BatchingTextEngine
 from server.text.transformers_engine import SerialTextEngine
 from server.text.types import FinishReason
 from tests.media_calls import png_bytes
@@ -239,7 +240,7 @@ def test_client_disconnect_cancels_the_generation(
     bridge: BridgeThread, tiny_server: ServerThread
 ) -> None:
     engine = tiny_server.server.registry.slot(Modality.TEXT).instance
-    assert isinstance(engine, SerialTextEngine)
+    assert isinstance(engine, BatchingTextEngine | SerialTextEngine)
     params: dict[str, str | int] = {
         "prompt": "Tell me a story",
         "max_new_tokens": 400,

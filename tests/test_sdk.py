@@ -30,6 +30,7 @@ from clients.errors import from_rpc_error
 from server.background import ServerThread, make_settings
 from server.manifest import Manifest, Modality, load_manifest, manifest_path
 from server.settings import MediaLimits
+from server.text.batching_engine import BatchingTextEngine
 from server.text.transformers_engine import SerialTextEngine
 from server.text.types import FinishReason
 from tests.media_calls import png_bytes
@@ -84,7 +85,7 @@ def test_health_and_models(gs: GenServe) -> None:
 
 def test_stopping_iteration_cancels_on_the_server(gs: GenServe, tiny_server: ServerThread) -> None:
     engine = tiny_server.server.registry.slot(Modality.TEXT).instance
-    assert isinstance(engine, SerialTextEngine)
+    assert isinstance(engine, BatchingTextEngine | SerialTextEngine)
     for count, _ in enumerate(gs.text.stream("Tell me a story", max_new_tokens=400), start=1):
         if count == 3:
             break

@@ -10,6 +10,7 @@ import pytest
 from genserve.v1 import text_pb2, text_pb2_grpc
 from server.background import ServerThread
 from server.manifest import Modality
+from server.text.batching_engine import BatchingTextEngine
 from server.text.transformers_engine import SerialTextEngine
 from server.text.types import FinishReason
 from tests.text_calls import generate, greedy, request
@@ -17,9 +18,9 @@ from tests.text_calls import generate, greedy, request
 ENGINE_IDLE_TIMEOUT_S = 30
 
 
-def engine_of(server: ServerThread) -> SerialTextEngine:
+def engine_of(server: ServerThread) -> BatchingTextEngine | SerialTextEngine:
     engine = server.server.registry.slot(Modality.TEXT).instance
-    assert isinstance(engine, SerialTextEngine)
+    assert isinstance(engine, BatchingTextEngine | SerialTextEngine)
     return engine
 
 

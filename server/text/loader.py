@@ -18,6 +18,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from server.manifest import ModelSpec
 from server.settings import Settings
+from server.text.batching_engine import BatchingTextEngine
+from server.text.engine import TextEngine
 from server.text.transformers_engine import SerialTextEngine
 
 logger = logging.getLogger(__name__)
@@ -26,7 +28,7 @@ GGUF_CACHE = "gguf-dequantized"
 COMPLETE_MARKER = ".complete"
 
 
-def load_text_engine(spec: ModelSpec, settings: Settings) -> SerialTextEngine:
+def load_text_engine(spec: ModelSpec, settings: Settings) -> TextEngine:
     device = spec.resolved_device()
     dtype = spec.resolved_dtype()
     source, extra = _checkpoint(spec, settings.model_store)
@@ -34,7 +36,18 @@ def load_text_engine(spec: ModelSpec, settings: Settings) -> SerialTextEngine:
     tokenizer = AutoTokenizer.from_pretrained(source, **extra)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **extra)
     model = model.to(device).eval()  # type: ignore[arg-type]  # transformers types .to() oddly
-    return SerialTextEngine(model, tokenizer, name=spec.name, max_queue=settings.text.max_queue)
+    limits = settings.text
+    if limits.engine == "serial":
+        return SerialTextEngine(model, tokenizer, name=spec.name, max_queue=limits.max_queue)
+    return BatchingTextEngine(
+        model,
+        tokenizer,
+        name=spec.name,
+        max_queue=limits.max_queue,
+        max_batch_size=limits.max_batch_size,
+        max_wait_ms=limits.max_wait_ms,
+        max_batch_tokens=limits.max_batch_tokens,
+    )
 
 
 def _checkpoint(spec: ModelSpec, model_store: Path) -> tuple[str, dict[str, Any]]:

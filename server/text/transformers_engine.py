@@ -1,9 +1,9 @@
-"""A text engine over a transformers causal LM, one generation at a time.
+"""A text engine over transformers' `generate`, one request at a time.
 
 generate() runs on a dedicated worker thread, so the event loop (health checks, other
-RPCs) keeps answering. Tokens travel back through a streamer as they are produced;
-a stopping criterion polled at every decoding step ends the run when the caller has
-gone away, so a cancelled request frees the model within a step.
+RPCs) keeps answering. Tokens travel back through a streamer as they are produced; a
+stopping criterion polled at every decoding step ends the run when the caller has gone
+away, so a cancelled request frees the model within a step.
 """
 
 from __future__ import annotations
@@ -12,63 +12,40 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable
-from typing import Any, cast
+from typing import Any
 
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from server.errors import InvalidArgument
-from server.text.detokenizer import IncrementalDetokenizer
-from server.text.stop_sequences import StopSequenceMatcher
-from server.text.types import (
-    FinishReason,
-    SamplingParams,
-    TextDelta,
-    TextEvent,
-    TextFinal,
-    TextRequest,
+from server.text.token_stream import (
+    TokenStream,
+    as_tensor,
+    check_fits,
+    context_length,
+    encode_chat,
+    eos_token_ids,
 )
+from server.text.types import SamplingParams, TextEvent, TextFinal, TextRequest
 from server.worker import Job, SerialWorker
 
 logger = logging.getLogger(__name__)
 
-Emit = Callable[[TextEvent], None]
 
+class _Streamer(BaseStreamer):
+    """Hands generate()'s new tokens to a TokenStream (skipping the prompt it sends first)."""
 
-class _TokenSink(BaseStreamer):
-    """Receives token ids from generate() and emits text deltas."""
-
-    def __init__(
-        self,
-        tokenizer: PreTrainedTokenizerBase,
-        eos_token_ids: set[int],
-        matcher: StopSequenceMatcher,
-        emit: Emit,
-    ) -> None:
-        self._detokenizer = IncrementalDetokenizer(tokenizer)
-        self._eos_token_ids = eos_token_ids
-        self._matcher = matcher
-        self._emit = emit
+    def __init__(self, tokens: TokenStream) -> None:
+        self._tokens = tokens
         self._prompt_seen = False
-        self.completion_tokens = 0
-        self.saw_eos = False
 
     def put(self, value: torch.Tensor) -> None:
-        if not self._prompt_seen:  # generate() first hands over the prompt
+        if not self._prompt_seen:
             self._prompt_seen = True
             return
         for token_id in value.flatten().tolist():
-            if self._matcher.matched:  # generate() may run a step past the stop sequence
-                return
-            self.completion_tokens += 1
-            if token_id in self._eos_token_ids:
-                self.saw_eos = True
-                continue
-            text = self._matcher.feed(self._detokenizer.push(token_id))
-            if text:
-                self._emit(TextDelta(text, self.completion_tokens))
+            self._tokens.push(token_id)
 
     def end(self) -> None:
         pass
@@ -101,12 +78,12 @@ class SerialTextEngine:
         self._tokenizer = tokenizer
         self._worker = SerialWorker(f"text-{name}", max_queue)
         self._device = next(model.parameters()).device
-        self._eos_token_ids = _eos_token_ids(model, tokenizer)
+        self._eos_token_ids = eos_token_ids(model, tokenizer)
         self.last_final: TextFinal | None = None  # the most recent run's outcome
 
     @property
     def context_length(self) -> int:
-        return int(getattr(self._model.config, "max_position_embeddings", 2048))
+        return context_length(self._model)
 
     @property
     def pending_requests(self) -> int:
@@ -117,11 +94,11 @@ class SerialTextEngine:
         return self._worker.wait_idle(timeout)
 
     async def generate(self, request: TextRequest) -> AsyncGenerator[TextEvent, None]:
-        prompt_ids = await asyncio.to_thread(self._encode, request)
-        self._check_fits(prompt_ids.shape[-1], request.params.max_new_tokens)
+        prompt_ids = await asyncio.to_thread(encode_chat, self._tokenizer, request)
+        check_fits(len(prompt_ids), request.params.max_new_tokens, self.context_length)
 
         def run(job: Job) -> None:
-            final = self._generate(prompt_ids, request.params, job)
+            final = self._generate(as_tensor(prompt_ids), request.params, job)
             self.last_final = final
             job.emit(final)
 
@@ -131,12 +108,9 @@ class SerialTextEngine:
     def close(self) -> None:
         self._worker.close()
 
-    # -- on the worker thread -----------------------------------------------------------
-
     def _generate(self, prompt_ids: torch.Tensor, params: SamplingParams, job: Job) -> TextFinal:
-        matcher = StopSequenceMatcher(params.stop)
-        sink = _TokenSink(self._tokenizer, self._eos_token_ids, matcher, job.emit)
-        stop_when = _StopWhen(lambda: job.cancelled.is_set() or matcher.matched)
+        tokens = TokenStream(self._tokenizer, self._eos_token_ids, params, job.emit)
+        stop_when = _StopWhen(lambda: job.cancelled.is_set() or tokens.stopped)
         torch.manual_seed(params.seed)
         input_ids = prompt_ids.to(self._device)
         with torch.inference_mode():
@@ -144,23 +118,13 @@ class SerialTextEngine:
                 input_ids=input_ids,
                 attention_mask=torch.ones_like(input_ids),
                 generation_config=self._generation_config(params),
-                streamer=sink,
+                streamer=_Streamer(tokens),
                 stopping_criteria=StoppingCriteriaList([stop_when]),
             )
-        if job.cancelled.is_set():
-            reason = FinishReason.CANCELLED
-        elif matcher.matched or sink.saw_eos:
-            reason = FinishReason.STOP
-        else:
-            reason = FinishReason.LENGTH
-        if not matcher.matched and reason is not FinishReason.CANCELLED:
-            tail = matcher.flush()
-            if tail:
-                job.emit(TextDelta(tail, sink.completion_tokens))
         return TextFinal(
-            finish_reason=reason,
+            finish_reason=tokens.finish(cancelled=job.cancelled.is_set()),
             prompt_tokens=int(prompt_ids.shape[-1]),
-            completion_tokens=sink.completion_tokens,
+            completion_tokens=tokens.completion_tokens,
             seed=params.seed,
             queued_ms=job.queued_ms,
             inference_ms=(time.perf_counter() - job.started) * 1000,
@@ -180,36 +144,3 @@ class SerialTextEngine:
             config.top_k = params.top_k
             config.top_p = params.top_p
         return config
-
-    # -- helpers ---------------------------------------------------------------------
-
-    def _encode(self, request: TextRequest) -> torch.Tensor:
-        turns = [{"role": t.role, "content": t.content} for t in request.messages]
-        if self._tokenizer.chat_template:
-            encoded = self._tokenizer.apply_chat_template(
-                turns, add_generation_prompt=True, return_dict=True, return_tensors="pt"
-            )
-            return cast(torch.Tensor, cast(Any, encoded)["input_ids"])
-        text = "\n".join(t["content"] for t in turns)
-        plain: torch.Tensor = self._tokenizer(text, return_tensors="pt")["input_ids"]
-        return plain
-
-    def _check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
-        if prompt_tokens + max_new_tokens > self.context_length:
-            raise InvalidArgument(
-                "prompt",
-                f"{prompt_tokens} prompt tokens plus max_new_tokens={max_new_tokens} exceed "
-                f"the model's context of {self.context_length} tokens",
-            )
-
-
-def _eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
-    ids: set[int] = set()
-    configured = model.generation_config.eos_token_id
-    if isinstance(configured, int):
-        ids.add(configured)
-    elif configured:
-        ids.update(configured)
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    return ids

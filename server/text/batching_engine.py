@@ -1,0 +1,332 @@
+"""A text engine that batches concurrent requests into shared forward passes.
+
+Continuous batching: the scheduler thread takes the first waiting request, gathers the
+others that arrive within `max_wait_ms` (up to `max_batch_size` and `max_batch_tokens`),
+and decodes them together with its own loop over the model and a shared KV cache;
+requests arriving later join between decoding steps (prefilled on their own, then their
+cache rows merged in). Prompts are left-padded with an attention mask and position ids,
+so a sequence's greedy output is the same alone or in a batch. Each sequence keeps its
+own sampling parameters and seed (a generator per row), streams its own tokens, and
+leaves the batch (its cache rows dropped) when it finishes or its caller goes away; the
+others carry on. On this CPU batch 1 is bound by reading the weights once per token, so
+sharing each pass among B sequences multiplies throughput.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+
+from server.errors import ResourceExhausted
+from server.text.token_stream import (
+    TokenStream,
+    check_fits,
+    context_length,
+    encode_chat,
+    eos_token_ids,
+)
+from server.text.types import SamplingParams, TextEvent, TextFinal, TextRequest
+
+logger = logging.getLogger(__name__)
+
+_DONE = object()
+
+
+@dataclass
+class _Sequence:
+    prompt_ids: list[int]
+    params: SamplingParams
+    emit: Callable[[Any], None]
+    cancelled: threading.Event
+    submitted: float
+    tokens: TokenStream | None = None
+    generator: torch.Generator | None = None
+    started: float = 0.0
+    finished: bool = False
+
+    @property
+    def budget(self) -> int:
+        return len(self.prompt_ids) + self.params.max_new_tokens
+
+
+_State = tuple[list[_Sequence], DynamicCache, torch.Tensor, torch.Tensor]
+"""The running batch: its sequences, their KV cache, attention mask and next logits."""
+
+
+def _merge(running: _State, joining: _State) -> _State:
+    """One batch of two: the shorter cache and mask are left-padded (masked out)."""
+    rows_a, cache_a, mask_a, logits_a = running
+    rows_b, cache_b, mask_b, logits_b = joining
+    width = max(mask_a.shape[1], mask_b.shape[1])
+    for layer_a, layer_b in zip(cache_a.layers, cache_b.layers, strict=True):
+        a: Any = layer_a
+        b: Any = layer_b
+        a.keys = torch.cat([_left_pad(a.keys, width), _left_pad(b.keys, width)])
+        a.values = torch.cat([_left_pad(a.values, width), _left_pad(b.values, width)])
+    mask = torch.cat([_left_pad_mask(mask_a, width), _left_pad_mask(mask_b, width)])
+    return rows_a + rows_b, cache_a, mask, torch.cat([logits_a, logits_b])
+
+
+def _left_pad(states: torch.Tensor, width: int) -> torch.Tensor:
+    """[batch, heads, length, dim] -> [batch, heads, width, dim], zeros on the left."""
+    missing = width - states.shape[-2]
+    if missing == 0:
+        return states
+    pad = states.new_zeros((*states.shape[:-2], missing, states.shape[-1]))
+    return torch.cat([pad, states], dim=-2)
+
+
+def _left_pad_mask(mask: torch.Tensor, width: int) -> torch.Tensor:
+    missing = width - mask.shape[1]
+    if missing == 0:
+        return mask
+    return torch.cat([mask.new_zeros((mask.shape[0], missing)), mask], dim=1)
+
+
+class BatchingTextEngine:
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        name: str,
+        max_queue: int,
+        max_batch_size: int,
+        max_wait_ms: float,
+        max_batch_tokens: int,
+    ) -> None:
+        self._model = model
+        self._tokenizer = tokenizer
+        self._max_queue = max_queue
+        self._max_batch_size = max_batch_size
+        self._max_wait_s = max_wait_ms / 1000
+        self._max_batch_tokens = max_batch_tokens
+        self._device = next(model.parameters()).device
+        self._eos_token_ids = eos_token_ids(model, tokenizer)
+        pad = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        )
+        self._pad_id = int(pad or 0)
+        self._waiting: queue.Queue[_Sequence | None] = queue.Queue()
+        self._carry: _Sequence | None = None  # taken from the queue but did not fit a batch
+        self._pending = 0
+        self._idle = threading.Condition()
+        self.last_final: TextFinal | None = None
+        self._scheduler = threading.Thread(target=self._schedule, name=f"text-{name}", daemon=True)
+        self._scheduler.start()
+
+    @property
+    def context_length(self) -> int:
+        return context_length(self._model)
+
+    @property
+    def pending_requests(self) -> int:
+        return self._pending
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self._idle:
+            return self._idle.wait_for(lambda: self._pending == 0, timeout)
+
+    async def generate(self, request: TextRequest) -> AsyncGenerator[TextEvent, None]:
+        prompt_ids = await asyncio.to_thread(encode_chat, self._tokenizer, request)
+        check_fits(len(prompt_ids), request.params.max_new_tokens, self.context_length)
+        if self._pending >= self._max_queue + self._max_batch_size:
+            raise ResourceExhausted(
+                f"the text model has {self._pending} requests in flight; retry later"
+            )
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Any] = asyncio.Queue()
+        cancelled = threading.Event()
+
+        def emit(event: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, event)
+            except RuntimeError:  # the loop is gone: nobody is listening
+                cancelled.set()
+
+        sequence = _Sequence(prompt_ids, request.params, emit, cancelled, time.perf_counter())
+        with self._idle:
+            self._pending += 1
+        self._waiting.put(sequence)
+        try:
+            while True:
+                event = await events.get()
+                if event is _DONE:
+                    return
+                if isinstance(event, BaseException):
+                    raise event
+                yield event
+        finally:
+            cancelled.set()  # a no-op once finished; otherwise the sequence leaves its batch
+
+    def close(self) -> None:
+        self._waiting.put(None)
+
+    # -- the scheduler thread -------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        while True:
+            first = self._carry or self._waiting.get()
+            self._carry = None
+            if first is None:
+                return
+            batch = [first]
+            tokens = first.budget
+            deadline = time.perf_counter() + self._max_wait_s
+            while len(batch) < self._max_batch_size:
+                try:
+                    nxt = self._waiting.get(timeout=max(0.0, deadline - time.perf_counter()))
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._waiting.put(None)
+                    break
+                if tokens + nxt.budget > self._max_batch_tokens:
+                    self._carry = nxt
+                    break
+                batch.append(nxt)
+                tokens += nxt.budget
+            try:
+                self._run(batch)
+            except Exception as exc:
+                logger.exception("batch of %d failed", len(batch))
+                for sequence in batch:
+                    if not sequence.finished:
+                        sequence.emit(exc)
+                        self._finish(sequence, None)
+
+    def _run(self, batch: list[_Sequence]) -> None:
+        """Decodes a batch to its end; sequences arriving meanwhile join between steps."""
+        with torch.inference_mode():
+            state = self._prefill(batch)
+            while state is not None:
+                rows, cache, mask, logits = state
+                next_tokens = [self._sample(logits[i], s) for i, s in enumerate(rows)]
+                keep = []
+                for i, (sequence, token) in enumerate(zip(rows, next_tokens, strict=True)):
+                    assert sequence.tokens is not None
+                    sequence.tokens.push(token)
+                    if sequence.tokens.stopped or sequence.cancelled.is_set():
+                        self._finish(sequence, sequence.tokens)
+                    else:
+                        keep.append(i)
+                state = None
+                if keep:
+                    if len(keep) < len(rows):  # finished rows leave; the others carry on
+                        cache.batch_select_indices(torch.tensor(keep, device=self._device))
+                        mask = mask[keep]
+                        rows = [rows[i] for i in keep]
+                        next_tokens = [next_tokens[i] for i in keep]
+                    mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=torch.long)], dim=1)
+                    step_ids = torch.tensor(next_tokens, dtype=torch.long)[:, None]
+                    logits = self._forward(step_ids, mask, mask.sum(-1, keepdim=True) - 1, cache)
+                    state = (rows, cache, mask, logits)
+                newcomers = self._admit(len(state[0]) if state else 0)
+                if newcomers:
+                    joined = self._prefill(newcomers)
+                    if joined is not None:
+                        state = joined if state is None else _merge(state, joined)
+
+    def _admit(self, running: int) -> list[_Sequence]:
+        """Waiting sequences that fit beside the running ones, without blocking."""
+        admitted: list[_Sequence] = []
+        while running + len(admitted) < self._max_batch_size:
+            candidate: _Sequence | None
+            if self._carry is not None:
+                candidate, self._carry = self._carry, None
+            else:
+                try:
+                    candidate = self._waiting.get_nowait()
+                except queue.Empty:
+                    break
+            if candidate is None:  # closing: let the scheduler see it after this batch
+                self._waiting.put(None)
+                break
+            admitted.append(candidate)
+        return admitted
+
+    def _prefill(self, batch: list[_Sequence]) -> _State | None:
+        rows = []
+        for sequence in batch:
+            if sequence.cancelled.is_set():  # left while waiting
+                self._finish(sequence, None)
+                continue
+            sequence.started = time.perf_counter()
+            sequence.tokens = TokenStream(
+                self._tokenizer, self._eos_token_ids, sequence.params, sequence.emit
+            )
+            sequence.generator = torch.Generator().manual_seed(sequence.params.seed)
+            rows.append(sequence)
+        if not rows:
+            return None
+        width = max(len(s.prompt_ids) for s in rows)
+        input_ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, sequence in enumerate(rows):  # left padding: every row ends at the same step
+            input_ids[i, width - len(sequence.prompt_ids) :] = torch.tensor(sequence.prompt_ids)
+            mask[i, width - len(sequence.prompt_ids) :] = 1
+        cache = DynamicCache()
+        logits = self._forward(input_ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), cache)
+        return rows, cache, mask, logits
+
+    def _forward(
+        self,
+        input_ids: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        cache: DynamicCache,
+    ) -> torch.Tensor:
+        output = self._model(
+            input_ids=input_ids.to(self._device),
+            attention_mask=mask.to(self._device),
+            position_ids=positions.to(self._device),
+            past_key_values=cache,
+            use_cache=True,
+        )
+        return output.logits[:, -1, :].float().cpu()
+
+    def _sample(self, logits: torch.Tensor, sequence: _Sequence) -> int:
+        params = sequence.params
+        if not params.do_sample:
+            return int(torch.argmax(logits))
+        scores = logits / params.temperature
+        if 0 < params.top_k < scores.shape[-1]:
+            kth = torch.topk(scores, params.top_k).values[-1]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        if params.top_p < 1.0:
+            ordered, order = torch.sort(scores, descending=True)
+            cumulative = torch.softmax(ordered, dim=-1).cumsum(-1)
+            drop = cumulative - torch.softmax(ordered, dim=-1) > params.top_p  # keep the first
+            scores = scores.scatter(0, order, ordered.masked_fill(drop, float("-inf")))
+        probs = torch.softmax(scores, dim=-1)
+        return int(torch.multinomial(probs, 1, generator=sequence.generator))
+
+    def _finish(self, sequence: _Sequence, tokens: TokenStream | None) -> None:
+        if sequence.finished:
+            return
+        sequence.finished = True
+        if tokens is not None:
+            now = time.perf_counter()
+            final = TextFinal(
+                finish_reason=tokens.finish(cancelled=sequence.cancelled.is_set()),
+                prompt_tokens=len(sequence.prompt_ids),
+                completion_tokens=tokens.completion_tokens,
+                seed=sequence.params.seed,
+                queued_ms=(sequence.started - sequence.submitted) * 1000,
+                inference_ms=(now - sequence.started) * 1000,
+            )
+            self.last_final = final
+            sequence.emit(final)
+        sequence.emit(_DONE)
+        with self._idle:
+            self._pending -= 1
+            self._idle.notify_all()
