@@ -38,9 +38,11 @@ def concurrently(calls: list[Callable[[], TextResult]]) -> list[TextResult]:
 
 def test_batched_greedy_equals_unbatched_greedy(channel: grpc.Channel) -> None:
     alone = [generate(channel, greedy(p, max_new_tokens=12)).text for p in PROMPTS]
-    together = concurrently(
-        [lambda p=p: generate(channel, greedy(p, max_new_tokens=12)) for p in PROMPTS]
-    )
+
+    def ask(prompt: str) -> Callable[[], TextResult]:
+        return lambda: generate(channel, greedy(prompt, max_new_tokens=12))
+
+    together = concurrently([ask(p) for p in PROMPTS])
     assert [r.text for r in together] == alone
 
 
