@@ -14,7 +14,7 @@ MODEL_STORE := var/models
 MODELS    := $(MODEL_STORE)/.built
 PROTOS    := $(wildcard protos/genserve/v1/*.proto)
 
-.PHONY: all setup stubs models run serve ui test lint clean system-deps
+.PHONY: all setup stubs models run serve ui test bench lint clean system-deps
 
 all: setup
 
@@ -70,6 +70,18 @@ serve: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# Benchmarks, not part of `make test`: one run, ratios side by side, bench/results/.
+# llama-cpp-python (our CPU peer) goes in its own venv; it compiles llama.cpp from source
+# the first time (about 5 minutes here), then pip reuses the cached wheel.
+LLAMA_VENV := bench/.venv-llama
+$(LLAMA_VENV)/.installed:
+	$(PYTHON) -m venv $(LLAMA_VENV)
+	$(LLAMA_VENV)/bin/pip install -q 'llama-cpp-python[server]==0.3.36'
+	touch $@
+
+bench: setup $(LLAMA_VENV)/.installed
+	$(BIN)/python -m bench
 
 lint: setup
 	$(BIN)/ruff check .

@@ -46,6 +46,9 @@ class ModelSpec(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: DType = "auto"
     load_policy: LoadPolicy = LoadPolicy.PRELOAD
+    quantization: Literal["none", "int8_dynamic"] = Field(
+        "none", description="int8_dynamic: torch dynamic int8 Linear layers (CPU)"
+    )
     defaults: dict[str, Any] = Field(default_factory=dict)
 
     def resolved_source(self, model_store: Path) -> str:

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from server.manifest import ModelSpec
@@ -36,6 +37,8 @@ def load_text_engine(spec: ModelSpec, settings: Settings) -> TextEngine:
     tokenizer = AutoTokenizer.from_pretrained(source, **extra)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **extra)
     model = model.to(device).eval()  # type: ignore[arg-type]  # transformers types .to() oddly
+    if spec.quantization == "int8_dynamic":
+        model = quantize_int8_dynamic(model)
     limits = settings.text
     if limits.engine == "serial":
         return SerialTextEngine(model, tokenizer, name=spec.name, max_queue=limits.max_queue)
@@ -48,6 +51,12 @@ def load_text_engine(spec: ModelSpec, settings: Settings) -> TextEngine:
         max_wait_ms=limits.max_wait_ms,
         max_batch_tokens=limits.max_batch_tokens,
     )
+
+
+def quantize_int8_dynamic(model: Any) -> Any:
+    """int8 weights for every Linear layer, activations quantized on the fly (CPU only):
+    a quarter of fp32's bytes to read per token, at some cost in quality."""
+    return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
 def _checkpoint(spec: ModelSpec, model_store: Path) -> tuple[str, dict[str, Any]]:

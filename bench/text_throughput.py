@@ -1,0 +1,302 @@
+"""Text throughput: raw `generate` against the same request served over gRPC and the
+bridge, then a concurrency sweep (aggregate tokens/s, p50/p95 time to first token and
+inter-token latency) against our server and, when it is installed, against
+llama-cpp-python's OpenAI-compatible server on the same GGUF file."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from genserve.v1 import text_pb2, text_pb2_grpc
+from server.background import MODEL_STORE
+from server.manifest import Manifest, ModelSpec, load_manifest, manifest_path
+from server.text.loader import _checkpoint
+
+PROMPT = "Explain what FastAPI is and why people use it."
+
+
+@dataclass
+class StreamTiming:
+    tokens: int
+    ttft_s: float
+    gaps_s: list[float] = field(default_factory=list)
+
+
+@dataclass
+class SweepPoint:
+    server: str
+    concurrency: int
+    aggregate_tokens_per_s: float
+    ttft_p50_ms: float
+    ttft_p95_ms: float
+    itl_p50_ms: float
+    itl_p95_ms: float
+
+
+def text_spec() -> ModelSpec:
+    spec = load_manifest(manifest_path("tiny")).text
+    assert spec is not None
+    return spec
+
+
+def text_manifest() -> Manifest:
+    return Manifest(text=text_spec())
+
+
+def raw_generate_tokens_per_s(max_new_tokens: int, repeats: int) -> float:
+    """The bare model: transformers generate, greedy, batch 1, same prompt and length."""
+    source, extra = _checkpoint(text_spec(), MODEL_STORE)
+    tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **extra).eval()
+    messages = [{"role": "user", "content": PROMPT}]
+    ids: Any = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    rates = []
+    with torch.inference_mode():
+        for _ in range(repeats + 1):
+            started = time.perf_counter()
+            out = model.generate(
+                **ids, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False
+            )
+            produced = out.shape[1] - ids["input_ids"].shape[1]
+            rates.append(produced / (time.perf_counter() - started))
+    return statistics.median(rates[1:])  # the first run warms up
+
+
+def grpc_stream(channel: grpc.Channel, max_new_tokens: int) -> StreamTiming:
+    stub = text_pb2_grpc.TextServiceStub(channel)
+    request = text_pb2.TextGenerateRequest(
+        prompt=PROMPT, system_prompt="", max_new_tokens=max_new_tokens, do_sample=False
+    )
+    return _timed(
+        iter(stub.Generate(request)),
+        lambda r: r.HasField("delta"),
+        lambda r: r.final.usage.completion_tokens if r.HasField("final") else None,
+    )
+
+
+def bridge_stream(url: str, max_new_tokens: int) -> StreamTiming:
+    body = {
+        "prompt": PROMPT,
+        "system_prompt": "",
+        "max_new_tokens": max_new_tokens,
+        "do_sample": False,
+        "stream": True,
+    }
+    with (
+        httpx.Client(timeout=600) as client,
+        client.stream("POST", f"{url}/generate/text", json=body) as response,
+    ):
+        lines = (line for line in response.iter_lines() if line.startswith("data:"))
+        return _timed(
+            lines, lambda line: '"text"' in line and "finish_reason" not in line, _bridge_tokens
+        )
+
+
+def _bridge_tokens(line: str) -> int | None:
+    if "finish_reason" not in line:
+        return None
+    return int(json.loads(line[5:])["usage"]["completion_tokens"])
+
+
+def llama_stream(url: str, max_new_tokens: int) -> StreamTiming:
+    body = {
+        "model": "smollm2",
+        "messages": [{"role": "user", "content": PROMPT}],
+        "max_tokens": max_new_tokens,
+        "temperature": 0,
+        "stream": True,
+    }
+    count = 0
+    with (
+        httpx.Client(timeout=600) as client,
+        client.stream("POST", f"{url}/v1/chat/completions", json=body) as response,
+    ):
+        lines = (
+            line
+            for line in response.iter_lines()
+            if line.startswith("data:") and "[DONE]" not in line
+        )
+
+        def is_token(line: str) -> bool:
+            nonlocal count
+            choice = json.loads(line[5:])["choices"][0]
+            if choice["delta"].get("content"):
+                count += 1
+                return True
+            return False
+
+        timing = _timed(lines, is_token, lambda line: None)
+    timing.tokens = count
+    return timing
+
+
+def _timed(
+    events: Iterator[Any],
+    is_token: Callable[[Any], bool],
+    final_tokens: Callable[[Any], int | None],
+) -> StreamTiming:
+    started = time.perf_counter()
+    last = None
+    timing = StreamTiming(tokens=0, ttft_s=0.0)
+    for event in events:
+        if is_token(event):
+            now = time.perf_counter()
+            if last is None:
+                timing.ttft_s = now - started
+            else:
+                timing.gaps_s.append(now - last)
+            last = now
+        tokens = final_tokens(event)
+        if tokens is not None:
+            timing.tokens = tokens
+    return timing
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def _run_concurrently(
+    one_stream: Callable[[], StreamTiming], concurrency: int
+) -> tuple[list[StreamTiming], float]:
+    """`concurrency` streams released together; their timings and the wall time."""
+    timings: list[StreamTiming] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(concurrency)
+
+    def worker() -> None:
+        barrier.wait()
+        timing = one_stream()
+        with lock:
+            timings.append(timing)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return timings, time.perf_counter() - started
+
+
+def sweep(name: str, one_stream: Callable[[], StreamTiming], levels: list[int]) -> list[SweepPoint]:
+    one_stream()  # warm-up
+    points = []
+    for concurrency in levels:
+        timings, wall = _run_concurrently(one_stream, concurrency)
+        ttfts = [t.ttft_s * 1000 for t in timings]
+        gaps = [g * 1000 for t in timings for g in t.gaps_s]
+        points.append(
+            SweepPoint(
+                server=name,
+                concurrency=concurrency,
+                aggregate_tokens_per_s=round(sum(t.tokens for t in timings) / wall, 2),
+                ttft_p50_ms=round(percentile(ttfts, 0.5), 1),
+                ttft_p95_ms=round(percentile(ttfts, 0.95), 1),
+                itl_p50_ms=round(percentile(gaps, 0.5), 1),
+                itl_p95_ms=round(percentile(gaps, 0.95), 1),
+            )
+        )
+    return points
+
+
+def start_llama_server(python: Path, port: int) -> subprocess.Popen[bytes]:
+    spec = text_spec()
+    model = Path(spec.resolved_source(MODEL_STORE)) / str(spec.gguf_file)
+    return subprocess.Popen(
+        [
+            str(python),
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(model),
+            "--n_threads",
+            "2",
+            "--n_ctx",
+            "4096",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def wait_http(url: str, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not come up")
+
+
+def as_dicts(points: list[SweepPoint]) -> list[dict[str, Any]]:
+    return [asdict(p) for p in points]
+
+
+def quantization_comparison(max_new_tokens: int) -> dict[str, Any]:
+    """fp32 against dynamic int8 at batch 1: speed, and quality as the greedy answer's
+    agreement (tokens identical before the first difference) with both texts."""
+    from server.text.loader import quantize_int8_dynamic
+
+    source, extra = _checkpoint(text_spec(), MODEL_STORE)
+    tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+    fp32 = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **extra).eval()
+    int8 = quantize_int8_dynamic(
+        AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **extra).eval()
+    )
+    ids: Any = tokenizer.apply_chat_template(
+        [{"role": "user", "content": PROMPT}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
+    prompt_length = ids["input_ids"].shape[1]
+    rates: dict[str, list[float]] = {"fp32": [], "int8_dynamic": []}
+    answers: dict[str, list[int]] = {}
+    with torch.inference_mode():
+        for _ in range(2):  # alternated, so both see the same machine load
+            for name, model in (("fp32", fp32), ("int8_dynamic", int8)):
+                started = time.perf_counter()
+                out = model.generate(
+                    **ids,
+                    max_new_tokens=max_new_tokens,
+                    min_new_tokens=max_new_tokens,
+                    do_sample=False,
+                )
+                rates[name].append(max_new_tokens / (time.perf_counter() - started))
+                answers[name] = out[0, prompt_length:].tolist()
+    a, b = answers["fp32"], answers["int8_dynamic"]
+    agree = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), len(a))
+    return {
+        "fp32_tokens_per_s": round(statistics.median(rates["fp32"]), 2),
+        "int8_tokens_per_s": round(statistics.median(rates["int8_dynamic"]), 2),
+        "greedy_tokens_identical_before_first_difference": agree,
+        "of_tokens": len(a),
+        "fp32_text": tokenizer.decode(a, skip_special_tokens=True),
+        "int8_text": tokenizer.decode(b, skip_special_tokens=True),
+    }

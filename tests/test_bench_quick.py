@@ -1,0 +1,31 @@
+"""The benchmark harness in quick mode (tiny counts), so it cannot rot. No timing is
+asserted: only that every measurement ran and its outputs were written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from PIL import Image
+
+from bench.__main__ import run
+
+
+def test_quick_benchmark_writes_its_results(tmp_path: Path) -> None:
+    results = run(quick=True, out=tmp_path)
+    written = json.loads((tmp_path / "bench.json").read_text())
+    assert written["raw_generate_tokens_per_s"] > 0
+    assert written["served_grpc_tokens_per_s"] > 0
+    assert written["served_bridge_tokens_per_s"] > 0
+    assert [p["concurrency"] for p in written["sweep_genserve"]] == [1, 2]
+    assert all(p["aggregate_tokens_per_s"] > 0 for p in written["sweep_genserve"])
+    assert written["quantization"]["int8_tokens_per_s"] > 0
+    assert {row["modality"].split()[0] for row in written["media_overhead"]} == {
+        "image",
+        "audio",
+        "video",
+        "mesh",
+    }
+    assert "| genserve | 2 |" in (tmp_path / "summary.md").read_text()
+    assert Image.open(tmp_path / "throughput.png").format == "PNG"
+    assert results["max_new_tokens"] == 8
