@@ -80,6 +80,28 @@ class ModelInfo:
     detail: str
 
 
+def model_infos(reply: Any) -> list[ModelInfo]:
+    """ListModelsResponse -> ModelInfo list."""
+    return [
+        ModelInfo(m.name, m.modality, m.state, m.device, m.dtype, m.load_policy, m.source, m.detail)
+        for m in reply.models
+    ]
+
+
+def text_result(pieces: list[str], final: Any, request_id: str) -> TextResult:
+    """The deltas and the TextFinal of a stream -> TextResult."""
+    from clients.requests import FINISH_REASONS
+
+    return TextResult(
+        text="".join(pieces),
+        finish_reason=FINISH_REASONS.get(final.finish_reason, "stop"),
+        prompt_tokens=final.usage.prompt_tokens,
+        completion_tokens=final.usage.completion_tokens,
+        seed=final.seed,
+        request_id=request_id,
+    )
+
+
 @dataclass
 class MediaAssembler:
     """Folds a stream of MediaEvent messages into a MediaResult, checking the sha256."""

@@ -13,7 +13,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from clients import defaults, requests
 from clients.channel import ConnectionOptions, backoff_s, new_request_id, should_retry
 from clients.errors import from_rpc_error
-from clients.results import MediaAssembler, MediaResult, ModelInfo, Progress, TextResult
+from clients.results import (
+    MediaAssembler,
+    MediaResult,
+    ModelInfo,
+    Progress,
+    TextResult,
+    model_infos,
+    text_result,
+)
 from genserve.v1 import (
     audio_pb2_grpc,
     embedding_pb2,
@@ -79,12 +87,7 @@ class GenServe:
     def models(self, timeout: float = defaults.HEALTH_TIMEOUT_S) -> list[ModelInfo]:
         stub = models_pb2_grpc.ModelServiceStub(self._channel)
         reply = self._unary(stub.ListModels, models_pb2.ListModelsRequest(), timeout)
-        return [
-            ModelInfo(
-                m.name, m.modality, m.state, m.device, m.dtype, m.load_policy, m.source, m.detail
-            )
-            for m in reply.models
-        ]
+        return model_infos(reply)
 
     def close(self) -> None:
         self._channel.close()
@@ -190,15 +193,7 @@ class TextClient(_SubClient):
             if event.HasField("delta"):
                 pieces.append(event.delta.text)
             else:
-                final = event.final
-                return TextResult(
-                    text="".join(pieces),
-                    finish_reason=requests.FINISH_REASONS.get(final.finish_reason, "stop"),
-                    prompt_tokens=final.usage.prompt_tokens,
-                    completion_tokens=final.usage.completion_tokens,
-                    seed=final.seed,
-                    request_id=request_id,
-                )
+                return text_result(pieces, event.final, request_id)
         raise AssertionError("a text stream ends with a final event")
 
 
