@@ -103,14 +103,16 @@ def summary(results: dict[str, Any]) -> str:
         f"| served through the bridge | {results['served_bridge_tokens_per_s']} | "
         f"{results['served_bridge_tokens_per_s'] / raw:.2f} |",
         "",
-        "| server | streams | aggregate tokens/s | TTFT p50 / p95 ms | inter-token p50 / p95 ms |",
-        "|---|---|---|---|---|",
+        "| server | streams | aggregate tokens/s | TTFT p50 / p95 ms | inter-token p50 / p95 ms "
+        "| failed |",
+        "|---|---|---|---|---|---|",
     ]
     for key in ("sweep_genserve", "sweep_llama_cpp"):
         for p in results.get(key, []):
             lines.append(
                 f"| {p['server']} | {p['concurrency']} | {p['aggregate_tokens_per_s']} | "
-                f"{p['ttft_p50_ms']} / {p['ttft_p95_ms']} | {p['itl_p50_ms']} / {p['itl_p95_ms']} |"
+                f"{p['ttft_p50_ms']} / {p['ttft_p95_ms']} | {p['itl_p50_ms']} / {p['itl_p95_ms']} | "
+                f"{p['failed_streams']} |"
             )
     q = results["quantization"]
     lines += [

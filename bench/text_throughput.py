@@ -33,6 +33,7 @@ class StreamTiming:
     tokens: int
     ttft_s: float
     gaps_s: list[float] = field(default_factory=list)
+    error: str | None = None
 
 
 @dataclass
@@ -44,6 +45,7 @@ class SweepPoint:
     ttft_p95_ms: float
     itl_p50_ms: float
     itl_p95_ms: float
+    failed_streams: int
 
 
 def text_spec() -> ModelSpec:
@@ -184,7 +186,10 @@ def _run_concurrently(
 
     def worker() -> None:
         barrier.wait()
-        timing = one_stream()
+        try:
+            timing = one_stream()
+        except Exception as error:  # noqa: BLE001 - a failed stream is reported, not hidden
+            timing = StreamTiming(tokens=0, ttft_s=0.0, error=f"{type(error).__name__}: {error}")
         with lock:
             timings.append(timing)
 
@@ -202,8 +207,9 @@ def sweep(name: str, one_stream: Callable[[], StreamTiming], levels: list[int]) 
     points = []
     for concurrency in levels:
         timings, wall = _run_concurrently(one_stream, concurrency)
-        ttfts = [t.ttft_s * 1000 for t in timings]
-        gaps = [g * 1000 for t in timings for g in t.gaps_s]
+        ok = [t for t in timings if t.error is None]
+        ttfts = [t.ttft_s * 1000 for t in ok]
+        gaps = [g * 1000 for t in ok for g in t.gaps_s]
         points.append(
             SweepPoint(
                 server=name,
@@ -213,6 +219,7 @@ def sweep(name: str, one_stream: Callable[[], StreamTiming], levels: list[int]) 
                 ttft_p95_ms=round(percentile(ttfts, 0.95), 1),
                 itl_p50_ms=round(percentile(gaps, 0.5), 1),
                 itl_p95_ms=round(percentile(gaps, 0.95), 1),
+                failed_streams=len(timings) - len(ok),
             )
         )
     return points
@@ -232,6 +239,9 @@ def start_llama_server(python: Path, port: int) -> subprocess.Popen[bytes]:
             "2",
             "--n_ctx",
             "4096",
+            # by default a new request interrupts the running one; queue them instead
+            "--interrupt_requests",
+            "False",
             "--host",
             "127.0.0.1",
             "--port",

@@ -28,7 +28,7 @@ class TextLimits(BaseModel):
     engine: Literal["batching", "serial"] = Field(
         "batching", description="batching: concurrent requests share forward passes"
     )
-    max_batch_size: int = Field(8, ge=1, description="sequences decoded together")
+    max_batch_size: int = Field(16, ge=1, description="sequences decoded together")
     max_wait_ms: float = Field(10.0, ge=0, description="how long a batch waits for company")
     max_batch_tokens: int = Field(32768, ge=1, description="prompt + new tokens per batch")
 
