@@ -111,8 +111,8 @@ def summary(results: dict[str, Any]) -> str:
         for p in results.get(key, []):
             lines.append(
                 f"| {p['server']} | {p['concurrency']} | {p['aggregate_tokens_per_s']} | "
-                f"{p['ttft_p50_ms']} / {p['ttft_p95_ms']} | {p['itl_p50_ms']} / {p['itl_p95_ms']} | "
-                f"{p['failed_streams']} |"
+                f"{p['ttft_p50_ms']} / {p['ttft_p95_ms']} | "
+                f"{p['itl_p50_ms']} / {p['itl_p95_ms']} | {p['failed_streams']} |"
             )
     q = results["quantization"]
     lines += [
