@@ -88,7 +88,7 @@ class ModelRegistry:
         started = time.perf_counter()
         try:
             slot.instance = await asyncio.to_thread(slot.loader, slot.spec)
-        except Exception as exc:
+        except Exception as exc:  # one model's failure must not stop the rest
             slot.state = ModelState.FAILED
             slot.detail = f"{type(exc).__name__}: {exc}"
             logger.exception("failed to load %s model %s", slot.modality, slot.spec.name)

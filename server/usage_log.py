@@ -88,7 +88,7 @@ class UsageLog:
                     assert isinstance(item, CallRecord)
                     with connection:
                         connection.execute(INSERT, _row(item))
-                except Exception:
+                except Exception:  # a bad row must not stop the log
                     logger.exception("could not write a usage-log row")
                 finally:
                     self._rows.task_done()

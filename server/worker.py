@@ -107,7 +107,7 @@ class SerialWorker:
             function(job)
         except JobCancelled:
             self.cancelled_jobs += 1
-        except Exception as exc:
+        except Exception as exc:  # handed to the RPC, which logs and maps it
             job.emit(exc)
         finally:
             job.emit(_DONE)

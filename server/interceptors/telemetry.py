@@ -138,7 +138,7 @@ class TelemetryInterceptor(CallInterceptor):
             for sink in self._sinks:
                 try:
                     sink(record)
-                except Exception:
+                except Exception:  # telemetry must never fail the call
                     logger.exception("call sink %r failed", sink)
 
 

@@ -197,7 +197,7 @@ class BatchingTextEngine:
                 tokens += nxt.budget
             try:
                 self._run(batch)
-            except Exception as exc:
+            except Exception as exc:  # every caller in the batch gets the error
                 logger.exception("batch of %d failed", len(batch))
                 for sequence in batch:
                     if not sequence.finished:
