@@ -7,13 +7,12 @@ import argparse
 import json
 import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from bench.timing import alternate
 from genserve.v1 import image_pb2, image_pb2_grpc, text_pb2, text_pb2_grpc
 from rest_bridge.background import BridgeThread
 from rest_bridge.settings import BridgeSettings
@@ -22,20 +21,6 @@ from server.manifest import load_manifest, manifest_path
 
 TEXT = {"prompt": "What is FastAPI?", "max_new_tokens": 32, "do_sample": False}
 IMAGE = {"prompt": "a cozy living room", "num_inference_steps": 2, "seed": 1}
-
-
-def alternate(
-    a: Callable[[], object], b: Callable[[], object], repeats: int
-) -> tuple[list[float], list[float]]:
-    a(), b()
-    times_a: list[float] = []
-    times_b: list[float] = []
-    for _ in range(repeats):
-        for function, times in ((a, times_a), (b, times_b)):
-            started = time.perf_counter()
-            function()
-            times.append((time.perf_counter() - started) * 1000)
-    return times_a, times_b
 
 
 def run(repeats: int) -> list[dict[str, Any]]:

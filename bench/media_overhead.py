@@ -12,7 +12,6 @@ import io
 import json
 import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,6 +21,7 @@ import grpc
 import torch
 from PIL import Image
 
+from bench.timing import alternate
 from genserve.v1 import (
     audio_pb2,
     audio_pb2_grpc,
@@ -64,17 +64,7 @@ def _like_the_server(function: Callable[[], object]) -> Callable[[], object]:
 def timed_pair(
     bare: Callable[[], object], served: Callable[[], object], repeats: int
 ) -> tuple[list[float], list[float]]:
-    """Alternates the two so both see the same machine load (this machine is shared)."""
-    bare = _like_the_server(bare)
-    bare(), served()  # warm-up: first calls pay for lazy initialisation
-    bare_ms: list[float] = []
-    served_ms: list[float] = []
-    for _ in range(repeats):
-        for function, times in ((bare, bare_ms), (served, served_ms)):
-            started = time.perf_counter()
-            function()
-            times.append((time.perf_counter() - started) * 1000)
-    return bare_ms, served_ms
+    return alternate(_like_the_server(bare), served, repeats)
 
 
 def cases(

@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from diffusers import HeunDiscreteScheduler, PriorTransformer, ShapEPipeline
 from diffusers.pipelines.shap_e import ShapERenderer
-from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+from transformers import CLIPTextModelWithProjection
 
-from server.model_store.clip_tokenizer import build_clip_tokenizer
+from server.model_store.clip_tokenizer import build_clip_tokenizer, tiny_clip_text_config
 from server.model_store.marching_cubes_table import marching_cubes_table
 
 TEXT_HIDDEN = 32
@@ -40,20 +40,7 @@ def build_shap_e(target: Path, seed: int) -> None:
         encoder_hid_proj_type=None,
         added_emb_type=None,
     )
-    text_encoder = CLIPTextModelWithProjection(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=TEXT_HIDDEN,
-            projection_dim=TEXT_HIDDEN,
-            intermediate_size=37,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
+    text_encoder = CLIPTextModelWithProjection(tiny_clip_text_config(tokenizer, TEXT_HIDDEN))
     renderer = ShapERenderer(
         param_shapes=(
             (RENDERER_DIM, 93),

@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import CLIPTextModel
 
-from server.model_store.clip_tokenizer import build_clip_tokenizer
+from server.model_store.clip_tokenizer import build_clip_tokenizer, tiny_clip_text_config
 
 TEXT_HIDDEN = 32
 
@@ -38,19 +38,7 @@ def build_stable_diffusion(target: Path, seed: int) -> None:
         latent_channels=4,
         norm_num_groups=4,
     )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=TEXT_HIDDEN,
-            intermediate_size=37,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
+    text_encoder = CLIPTextModel(tiny_clip_text_config(tokenizer, TEXT_HIDDEN))
     scheduler = DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
