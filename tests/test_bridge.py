@@ -20,7 +20,7 @@ from PIL import Image
 
 from rest_bridge.background import BridgeThread
 from rest_bridge.settings import BridgeSettings, Timeouts
-from server.background import ServerThread
+from server.background import ServerThread, wait_until
 from server.errors import HTTP_STATUS_BY_GRPC_CODE
 from server.manifest import Modality
 from server.text.batching_engine import BatchingTextEngine
@@ -172,9 +172,17 @@ def test_request_id_joins_bridge_server_and_usage_logs(
             params={"prompt": "Hi", "max_new_tokens": 2},
             headers={"X-Request-ID": "joined-123"},
         )
-    assert response.headers["x-request-id"] == "joined-123"
-    loggers = {r.name for r in caplog.records if getattr(r, "request_id", None) == "joined-123"}
-    assert {"rest_bridge.access", "genserve.access"} <= loggers
+        assert response.headers["x-request-id"] == "joined-123"
+
+        def joined_loggers() -> set[str] | None:
+            names = {
+                r.name for r in caplog.records if getattr(r, "request_id", None) == "joined-123"
+            }
+            return names if {"rest_bridge.access", "genserve.access"} <= names else None
+
+        # Both access lines are written as each side finishes its call, which can be just
+        # after the client has the whole body: wait for them, boundedly.
+        assert wait_until(joined_loggers, timeout=10)
     row = tiny_server.wait_for_usage_row("joined-123")
     assert row["method"] == "/genserve.v1.TextService/Generate" and row["status_code"] == "OK"
 
@@ -279,8 +287,14 @@ def test_readyz_reports_each_modality(http: httpx.Client) -> None:
 
 def test_bridge_metrics(http: httpx.Client) -> None:
     http.get("/generate/text", params={"prompt": "Hi", "max_new_tokens": 2})
-    text = http.get("/metrics").text
-    assert 'genserve_bridge_requests_total{code="200",method="GET",route="/generate/text"}' in text
+    counted = 'genserve_bridge_requests_total{code="200",method="GET",route="/generate/text"}'
+
+    # a request is counted when its last byte is sent, which may trail the client a little
+    def scraped() -> str | None:
+        body = http.get("/metrics").text
+        return body if counted in body else None
+
+    text = wait_until(scraped, 10)
     assert "genserve_bridge_request_duration_seconds_bucket" in text
     assert "genserve_bridge_time_to_first_byte_seconds_bucket" in text
     assert "genserve_bridge_in_flight_requests" in text
