@@ -9,7 +9,6 @@ from pydantic import BaseModel
 
 from genserve.v1 import (
     audio_pb2,
-    common_pb2,
     image_pb2,
     mesh_pb2,
     text_pb2,
@@ -63,7 +62,3 @@ def finish_reason(final: text_pb2.TextFinal) -> str:
 
 def event_dict(message: Any) -> dict[str, Any]:
     return MessageToDict(message, preserving_proto_field_name=True)
-
-
-def header_dict(header: common_pb2.MediaHeader) -> dict[str, Any]:
-    return event_dict(header)

@@ -13,7 +13,6 @@ import grpc
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 
 from rest_bridge.request_id import current_request_id
 from server.errors import http_status_for
@@ -78,16 +77,6 @@ def documented_errors(schema: dict[str, Any]) -> dict[int | str, dict[str, Any]]
         status: {"description": text, "content": {"application/json": {"schema": schema}}}
         for status, text in ERROR_DESCRIPTIONS.items()
     }
-
-
-class ErrorDetail(BaseModel):
-    code: str
-    message: str
-    request_id: str
-
-
-class ErrorBody(BaseModel):
-    error: ErrorDetail
 
 
 class BridgeError(Exception):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from typing import Protocol
 
-from server.text.types import TextEvent, TextFinal, TextRequest
+from server.text.types import TextEvent, TextRequest
 
 
 class TextEngine(Protocol):
@@ -26,14 +26,3 @@ class TextEngine(Protocol):
     def close(self) -> None:
         """Stop running work and release the model."""
         ...
-
-
-class ObservableTextEngine(TextEngine, Protocol):
-    """What tests and metrics read: queue depth, idleness, the last outcome."""
-
-    last_final: TextFinal | None
-
-    @property
-    def pending_requests(self) -> int: ...
-
-    def wait_idle(self, timeout: float) -> bool: ...
