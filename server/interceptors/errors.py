@@ -2,6 +2,10 @@
 
 GenServeError subclasses carry their code and a client-safe message. Anything else is
 a bug: the traceback goes to the log and the caller gets INTERNAL with the request ID.
+
+The status is set, not raised with `context.abort()`: abort sends it at once, before
+the outer interceptors have run, so a caller could see the error before its usage row
+exists. Set this way, grpc sends it when the whole chain has finished.
 """
 
 from __future__ import annotations
@@ -35,10 +39,16 @@ class ErrorInterceptor(CallInterceptor):
             raise
         except GenServeError as exc:
             logger.info("%s rejected: %s %s", details.method, exc.grpc_code.name, exc)
-            await context.abort(exc.grpc_code, str(exc))
+            _fail(context, exc.grpc_code, str(exc))
         except Exception:
             logger.exception("unhandled error in %s", details.method)
-            await context.abort(
+            _fail(
+                context,
                 grpc.StatusCode.INTERNAL,
                 f"internal error; request_id={current_request_id()}",
             )
+
+
+def _fail(context: ServicerContext[Any, Any], code: grpc.StatusCode, message: str) -> None:
+    context.set_code(code)
+    context.set_details(message)

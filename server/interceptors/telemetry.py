@@ -99,6 +99,9 @@ class TelemetryInterceptor(CallInterceptor):
     ) -> AsyncIterator[Any]:
         started_at = datetime.now(UTC)
         start = time.perf_counter()
+        # Read the peer now: grpc_call_get_peer after a cancel reads freed transport
+        # memory and can crash the process (grpc/grpc#29927).
+        peer = context.peer()
         call_details = CallDetails()
         call_details_var.set(call_details)
         first_message_ms: float | None = None
@@ -127,7 +130,7 @@ class TelemetryInterceptor(CallInterceptor):
                 request_id=current_request_id(),
                 started_at=started_at,
                 method=details.method,
-                peer=context.peer(),
+                peer=peer,
                 status_code=code,
                 response_time_ms=(time.perf_counter() - start) * 1000,
                 time_to_first_message_ms=first_message_ms,
