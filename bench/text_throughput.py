@@ -24,6 +24,7 @@ from genserve.v1 import text_pb2, text_pb2_grpc
 from server.background import MODEL_STORE
 from server.manifest import Manifest, ModelSpec, load_manifest, manifest_path
 from server.text.loader import _checkpoint
+from server.text.weights import prepare_weights
 
 PROMPT = "Explain what FastAPI is and why people use it."
 
@@ -58,25 +59,45 @@ def text_manifest() -> Manifest:
     return Manifest(text=text_spec())
 
 
-def raw_generate_tokens_per_s(max_new_tokens: int, repeats: int) -> float:
-    """The bare model: transformers generate, greedy, batch 1, same prompt and length."""
+def load_text_model(quantization: str = "none", cpu_linear: str = "aten") -> tuple[Any, Any]:
+    """The bare model and tokenizer, with the server's weight options applied."""
     source, extra = _checkpoint(text_spec(), MODEL_STORE)
     tokenizer = AutoTokenizer.from_pretrained(source, **extra)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **extra).eval()
-    messages = [{"role": "user", "content": PROMPT}]
-    ids: Any = tokenizer.apply_chat_template(
-        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    return tokenizer, prepare_weights(model, quantization=quantization, cpu_linear=cpu_linear)
+
+
+def chat_ids(tokenizer: Any) -> Any:
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": PROMPT}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
     )
-    rates = []
+
+
+def raw_generate_tokens_per_s(
+    max_new_tokens: int, repeats: int, cpu_linears: tuple[str, ...] = ("aten", "onednn")
+) -> dict[str, float]:
+    """The bare model: transformers generate, greedy, batch 1, same prompt and length;
+    once per Linear kernel, alternated so both see the same machine load."""
+    models = {kernel: load_text_model(cpu_linear=kernel) for kernel in cpu_linears}
+    ids = chat_ids(next(iter(models.values()))[0])
+    rates: dict[str, list[float]] = {kernel: [] for kernel in models}
     with torch.inference_mode():
-        for _ in range(repeats + 1):
-            started = time.perf_counter()
-            out = model.generate(
-                **ids, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False
-            )
-            produced = out.shape[1] - ids["input_ids"].shape[1]
-            rates.append(produced / (time.perf_counter() - started))
-    return statistics.median(rates[1:])  # the first run warms up
+        for attempt in range(repeats + 1):
+            for kernel, (_, model) in models.items():
+                started = time.perf_counter()
+                out = model.generate(
+                    **ids,
+                    max_new_tokens=max_new_tokens,
+                    min_new_tokens=max_new_tokens,
+                    do_sample=False,
+                )
+                produced = out.shape[1] - ids["input_ids"].shape[1]
+                if attempt:  # the first round warms up
+                    rates[kernel].append(produced / (time.perf_counter() - started))
+    return {kernel: round(statistics.median(r), 2) for kernel, r in rates.items()}
 
 
 def grpc_stream(channel: grpc.Channel, max_new_tokens: int) -> StreamTiming:
@@ -266,47 +287,3 @@ def wait_http(url: str, timeout_s: float = 120) -> None:
 
 def as_dicts(points: list[SweepPoint]) -> list[dict[str, Any]]:
     return [asdict(p) for p in points]
-
-
-def quantization_comparison(max_new_tokens: int) -> dict[str, Any]:
-    """fp32 against dynamic int8 at batch 1: speed, and quality as the greedy answer's
-    agreement (tokens identical before the first difference) with both texts."""
-    from server.text.loader import quantize_int8_dynamic
-
-    source, extra = _checkpoint(text_spec(), MODEL_STORE)
-    tokenizer = AutoTokenizer.from_pretrained(source, **extra)
-    fp32 = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **extra).eval()
-    int8 = quantize_int8_dynamic(
-        AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **extra).eval()
-    )
-    ids: Any = tokenizer.apply_chat_template(
-        [{"role": "user", "content": PROMPT}],
-        add_generation_prompt=True,
-        return_tensors="pt",
-        return_dict=True,
-    )
-    prompt_length = ids["input_ids"].shape[1]
-    rates: dict[str, list[float]] = {"fp32": [], "int8_dynamic": []}
-    answers: dict[str, list[int]] = {}
-    with torch.inference_mode():
-        for _ in range(2):  # alternated, so both see the same machine load
-            for name, model in (("fp32", fp32), ("int8_dynamic", int8)):
-                started = time.perf_counter()
-                out = model.generate(
-                    **ids,
-                    max_new_tokens=max_new_tokens,
-                    min_new_tokens=max_new_tokens,
-                    do_sample=False,
-                )
-                rates[name].append(max_new_tokens / (time.perf_counter() - started))
-                answers[name] = out[0, prompt_length:].tolist()
-    a, b = answers["fp32"], answers["int8_dynamic"]
-    agree = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), len(a))
-    return {
-        "fp32_tokens_per_s": round(statistics.median(rates["fp32"]), 2),
-        "int8_tokens_per_s": round(statistics.median(rates["int8_dynamic"]), 2),
-        "greedy_tokens_identical_before_first_difference": agree,
-        "of_tokens": len(a),
-        "fp32_text": tokenizer.decode(a, skip_special_tokens=True),
-        "int8_text": tokenizer.decode(b, skip_special_tokens=True),
-    }

@@ -49,6 +49,10 @@ class ModelSpec(BaseModel):
     quantization: Literal["none", "int8_dynamic"] = Field(
         "none", description="int8_dynamic: torch dynamic int8 Linear layers (CPU)"
     )
+    cpu_linear: Literal["onednn", "aten"] = Field(
+        "onednn",
+        description="fp32 Linear layers on CPU: oneDNN prepacked weights, or PyTorch's default",
+    )
     defaults: dict[str, Any] = Field(default_factory=dict)
 
     def resolved_source(self, model_store: Path) -> str:

@@ -19,7 +19,13 @@ def test_quick_benchmark_writes_its_results(tmp_path: Path) -> None:
     assert written["served_bridge_tokens_per_s"] > 0
     assert [p["concurrency"] for p in written["sweep_genserve"]] == [1, 2]
     assert all(p["aggregate_tokens_per_s"] > 0 for p in written["sweep_genserve"])
-    assert written["quantization"]["int8_tokens_per_s"] > 0
+    assert written["raw_generate_stock_tokens_per_s"] > 0
+    assert [row["weights"] for row in written["weights"]] == [
+        "fp32, aten (stock)",
+        "fp32, oneDNN (served)",
+        "int8 dynamic",
+    ]
+    assert all(row["perplexity"] > 1 for row in written["weights"])
     assert {row["modality"].split()[0] for row in written["media_overhead"]} == {
         "image",
         "audio",

@@ -291,6 +291,7 @@ class BatchingTextEngine:
             position_ids=positions.to(self._device),
             past_key_values=cache,
             use_cache=True,
+            logits_to_keep=1,  # a prefill needs only the last position's logits
         )
         return output.logits[:, -1, :].float().cpu()
 

@@ -14,7 +14,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from server.manifest import ModelSpec
@@ -22,6 +21,7 @@ from server.settings import Settings
 from server.text.batching_engine import BatchingTextEngine
 from server.text.engine import TextEngine
 from server.text.transformers_engine import SerialTextEngine
+from server.text.weights import prepare_weights
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +37,7 @@ def load_text_engine(spec: ModelSpec, settings: Settings) -> TextEngine:
     tokenizer = AutoTokenizer.from_pretrained(source, **extra)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **extra)
     model = model.to(device).eval()  # type: ignore[arg-type]  # transformers types .to() oddly
-    if spec.quantization == "int8_dynamic":
-        model = quantize_int8_dynamic(model)
+    model = prepare_weights(model, quantization=spec.quantization, cpu_linear=spec.cpu_linear)
     limits = settings.text
     if limits.engine == "serial":
         return SerialTextEngine(model, tokenizer, name=spec.name, max_queue=limits.max_queue)
@@ -51,12 +50,6 @@ def load_text_engine(spec: ModelSpec, settings: Settings) -> TextEngine:
         max_wait_ms=limits.max_wait_ms,
         max_batch_tokens=limits.max_batch_tokens,
     )
-
-
-def quantize_int8_dynamic(model: Any) -> Any:
-    """int8 weights for every Linear layer, activations quantized on the fly (CPU only):
-    a quarter of fp32's bytes to read per token, at some cost in quality."""
-    return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
 def _checkpoint(spec: ModelSpec, model_store: Path) -> tuple[str, dict[str, Any]]:
