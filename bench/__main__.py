@@ -70,6 +70,17 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
             channel.close()
             bridge.stop()
             server.stop()
+    if not quick:  # the served sweep again on stock aten Linear layers: the kernel's share
+        with tempfile.TemporaryDirectory() as data_dir:
+            server = ServerThread(make_settings(Path(data_dir)), text_manifest("aten")).start()
+            channel = server.channel()
+            try:
+                results["sweep_genserve_aten"] = as_dicts(
+                    sweep("genserve (aten Linear)", lambda: grpc_stream(channel, tokens), [1, 8])
+                )
+            finally:
+                channel.close()
+                server.stop()
     if LLAMA_PYTHON.exists() and not quick:
         process = start_llama_server(LLAMA_PYTHON, LLAMA_PORT)
         try:
@@ -110,7 +121,7 @@ def summary(results: dict[str, Any]) -> str:
         "| failed |",
         "|---|---|---|---|---|---|",
     ]
-    for key in ("sweep_genserve", "sweep_llama_cpp"):
+    for key in ("sweep_genserve", "sweep_genserve_aten", "sweep_llama_cpp"):
         for p in results.get(key, []):
             lines.append(
                 f"| {p['server']} | {p['concurrency']} | {p['aggregate_tokens_per_s']} | "
@@ -134,7 +145,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, (throughput, ttft) = plt.subplots(1, 2, figsize=(10, 4))
-    for key in ("sweep_genserve", "sweep_llama_cpp"):
+    for key in ("sweep_genserve", "sweep_genserve_aten", "sweep_llama_cpp"):
         points = results.get(key, [])
         if not points:
             continue

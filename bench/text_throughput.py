@@ -55,8 +55,8 @@ def text_spec() -> ModelSpec:
     return spec
 
 
-def text_manifest() -> Manifest:
-    return Manifest(text=text_spec())
+def text_manifest(cpu_linear: str = "onednn") -> Manifest:
+    return Manifest(text=text_spec().model_copy(update={"cpu_linear": cpu_linear}))
 
 
 def load_text_model(quantization: str = "none", cpu_linear: str = "aten") -> tuple[Any, Any]:
