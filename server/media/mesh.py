@@ -1,19 +1,16 @@
-"""Text-to-3D with Shap-E, written with open3d as OBJ (vertex colours) or PLY."""
+"""Text-to-3D with Shap-E, written as OBJ (vertex colours) or PLY (see mesh_files)."""
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-import open3d
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from server.media.events import Header
+from server.media.mesh_files import write_obj, write_ply
 from server.media.run import MediaRun, diffusers_progress
 
 
@@ -23,6 +20,7 @@ class MeshFormat(StrEnum):
 
 
 MIME_TYPES = {MeshFormat.OBJ: "model/obj", MeshFormat.PLY: "model/ply"}
+WRITERS = {MeshFormat.OBJ: write_obj, MeshFormat.PLY: write_ply}
 
 
 class MeshDefaults(BaseModel):
@@ -58,29 +56,16 @@ def generate_mesh(pipeline: Any, params: MeshParams, run: MediaRun) -> None:
             latents[0][None], pipeline.device, grid_size=params.grid_size
         )
     run.inference_done()
-    mesh = open3d.geometry.TriangleMesh()
-    mesh.vertices = open3d.utility.Vector3dVector(
-        decoded.verts.float().cpu().numpy().astype(np.float64)
-    )
-    mesh.triangles = open3d.utility.Vector3iVector(decoded.faces.cpu().numpy().astype(np.int32))
-    colours = torch.stack([decoded.vertex_channels[c] for c in "RGB"], dim=1)
-    mesh.vertex_colors = open3d.utility.Vector3dVector(
-        colours.float().cpu().numpy().astype(np.float64)
-    )
+    vertices = decoded.verts.float().cpu().numpy()
+    faces = decoded.faces.cpu().numpy()
+    colours = torch.stack([decoded.vertex_channels[c] for c in "RGB"], dim=1).float().cpu().numpy()
     run.header(
         Header(
             mime_type=MIME_TYPES[params.format],
             file_name=f"mesh-{params.seed}.{params.format.value}",
-            vertex_count=len(mesh.vertices),
-            face_count=len(mesh.triangles),
+            vertex_count=len(vertices),
+            face_count=len(faces),
         )
     )
-    # open3d writes only to a path: a private temporary folder, gone when we are done.
-    with tempfile.TemporaryDirectory(prefix="genserve-mesh-") as folder:
-        path = Path(folder) / f"mesh.{params.format.value}"
-        if not open3d.io.write_triangle_mesh(path, mesh, write_vertex_colors=True):
-            raise RuntimeError(f"open3d could not write the {params.format.value} file")
-        with path.open("rb") as file:
-            while block := file.read(1 << 20):
-                run.output.write(block)
+    WRITERS[params.format](run.output, vertices, colours, faces)
     run.finish()
