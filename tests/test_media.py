@@ -247,7 +247,7 @@ def test_obj_writer_round_trips_through_open3d(tmp_path: Path) -> None:
     assert len(blocks) > 2 and max(map(len, blocks)) < 7 * 80
     path = tmp_path / "sphere.obj"
     path.write_bytes(b"".join(blocks))
-    loaded = open3d.io.read_triangle_mesh(str(path))
+    loaded = open3d.io.read_triangle_mesh(path)
     # open3d renumbers vertices as it reads; compare each triangle's corners instead
     corners = np.asarray(loaded.triangles)
     assert corners.shape == faces.shape
