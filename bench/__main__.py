@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from bench import media_overhead, weights
+from bench.server_process import served_text_model
 from bench.text_throughput import (
     as_dicts,
     bridge_stream,
@@ -23,12 +25,10 @@ from bench.text_throughput import (
     raw_generate_tokens_per_s,
     start_llama_server,
     sweep,
-    text_manifest,
     wait_http,
 )
 from rest_bridge.background import BridgeThread
 from rest_bridge.settings import BridgeSettings
-from server.background import ServerThread, make_settings
 
 LLAMA_PYTHON = Path("bench/.venv-llama/bin/python")
 LLAMA_PORT = 8099
@@ -47,10 +47,9 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
     raw = raw_generate_tokens_per_s(tokens, repeats)
     results["raw_generate_tokens_per_s"] = raw["onednn"]  # the kernel the server runs
     results["raw_generate_stock_tokens_per_s"] = raw["aten"]
-    with tempfile.TemporaryDirectory() as data_dir:
-        server = ServerThread(make_settings(Path(data_dir)), text_manifest()).start()
-        bridge = BridgeThread(BridgeSettings(grpc_target=f"localhost:{server.port}")).start()
-        channel = server.channel()
+    with served_text_model("onednn") as target:
+        bridge = BridgeThread(BridgeSettings(grpc_target=target)).start()
+        channel = grpc.insecure_channel(target)
         try:
             one = [grpc_stream(channel, tokens) for _ in range(repeats + 1)][1:]
             results["served_grpc_tokens_per_s"] = round(
@@ -69,18 +68,11 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
         finally:
             channel.close()
             bridge.stop()
-            server.stop()
     if not quick:  # the served sweep again on stock aten Linear layers: the kernel's share
-        with tempfile.TemporaryDirectory() as data_dir:
-            server = ServerThread(make_settings(Path(data_dir)), text_manifest("aten")).start()
-            channel = server.channel()
-            try:
-                results["sweep_genserve_aten"] = as_dicts(
-                    sweep("genserve (aten Linear)", lambda: grpc_stream(channel, tokens), [1, 8])
-                )
-            finally:
-                channel.close()
-                server.stop()
+        with served_text_model("aten") as target, grpc.insecure_channel(target) as channel:
+            results["sweep_genserve_aten"] = as_dicts(
+                sweep("genserve (aten Linear)", lambda: grpc_stream(channel, tokens), [1, 8])
+            )
     if LLAMA_PYTHON.exists() and not quick:
         process = start_llama_server(LLAMA_PYTHON, LLAMA_PORT)
         try:

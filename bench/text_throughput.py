@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from genserve.v1 import text_pb2, text_pb2_grpc
 from server.background import MODEL_STORE
-from server.manifest import Manifest, ModelSpec, load_manifest, manifest_path
+from server.manifest import ModelSpec, load_manifest, manifest_path
 from server.text.loader import _checkpoint
 from server.text.weights import prepare_weights
 
@@ -53,10 +53,6 @@ def text_spec() -> ModelSpec:
     spec = load_manifest(manifest_path("tiny")).text
     assert spec is not None
     return spec
-
-
-def text_manifest(cpu_linear: str = "onednn") -> Manifest:
-    return Manifest(text=text_spec().model_copy(update={"cpu_linear": cpu_linear}))
 
 
 def load_text_model(quantization: str = "none", cpu_linear: str = "aten") -> tuple[Any, Any]:
