@@ -82,21 +82,24 @@ def documented_errors(schema: dict[str, Any]) -> dict[int | str, dict[str, Any]]
 class BridgeError(Exception):
     """An error the bridge itself raises (an unsupported option, a bad upload)."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.param = param  # the request field at fault, for OpenAI's error shape
 
 
-def error_response(request: Request, status: int, code: str, message: str) -> JSONResponse:
+def error_response(
+    request: Request, status: int, code: str, message: str, param: str | None = None
+) -> JSONResponse:
     request_id = current_request_id()
     if request.url.path.startswith(OPENAI_PREFIX):
         body: dict[str, Any] = {
             "error": {
                 "message": message,
                 "type": OPENAI_ERROR_TYPES.get(status, "api_error"),
-                "param": None,
+                "param": param,
                 "code": code.lower(),
                 "request_id": request_id,
             }
@@ -118,7 +121,7 @@ async def grpc_error_handler(request: Request, exc: Exception) -> JSONResponse:
 
 async def bridge_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, BridgeError)
-    return error_response(request, exc.status, exc.code, exc.message)
+    return error_response(request, exc.status, exc.code, exc.message, exc.param)
 
 
 async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:

@@ -24,7 +24,7 @@ from genserve.v1 import (
 )
 from rest_bridge import convert
 from rest_bridge.backend import request_metadata
-from rest_bridge.errors import OPENAI_ERROR_SCHEMA, documented_errors
+from rest_bridge.errors import OPENAI_ERROR_SCHEMA, BridgeError, documented_errors
 from rest_bridge.observability import BridgeMetrics
 from rest_bridge.request_id import current_request_id
 from rest_bridge.settings import BridgeSettings, PublicLimits
@@ -253,7 +253,15 @@ def build_openai_router(
     backend: Any, settings: BridgeSettings, metrics: BridgeMetrics
 ) -> APIRouter:
     router = APIRouter(
-        prefix="/v1", tags=["openai"], responses=documented_errors(OPENAI_ERROR_SCHEMA)
+        prefix="/v1",
+        tags=["openai"],
+        responses={
+            **documented_errors(OPENAI_ERROR_SCHEMA),
+            404: {
+                "description": "no model of that name serves this route (see /v1/models)",
+                "content": {"application/json": {"schema": OPENAI_ERROR_SCHEMA}},
+            },
+        },
     )
     timeouts = settings.timeouts
     ChatRequest = chat_request_model(settings.limits)
@@ -262,12 +270,28 @@ def build_openai_router(
     def metadata() -> tuple[tuple[str, str], ...]:
         return request_metadata(current_request_id())
 
-    @router.get("/models", response_model=ModelList)
-    async def list_models() -> ModelList:
+    async def served_models() -> list[models_pb2.ModelInfo]:
         reply = await backend.current.models.ListModels(
             models_pb2.ListModelsRequest(), metadata=metadata(), timeout=timeouts.health
         )
-        return ModelList(data=[ModelCard(id=m.name) for m in reply.models if m.name])
+        return [m for m in reply.models if m.name]
+
+    async def require_model(name: str | None, modality: str) -> None:
+        """As vLLM does: a model name that serves no such route is a 404, not ignored."""
+        if name is None:
+            return
+        names = [m.name for m in await served_models() if m.modality == modality]
+        if name not in names:
+            raise BridgeError(
+                404,
+                "model_not_found",
+                f"The model `{name}` does not exist here; {modality} models: {names}",
+                param="model",
+            )
+
+    @router.get("/models", response_model=ModelList)
+    async def list_models() -> ModelList:
+        return ModelList(data=[ModelCard(id=m.name) for m in await served_models()])
 
     @router.post(
         "/chat/completions",
@@ -276,6 +300,7 @@ def build_openai_router(
     )
     async def chat_completions(body: ChatRequest) -> Any:  # type: ignore[valid-type]
         chat: ChatCompletionRequest = body
+        await require_model(chat.model, "text")
         call = backend.current.text.Generate(
             chat_request_pb(body), metadata=metadata(), timeout=timeouts.text
         )
@@ -352,6 +377,7 @@ def build_openai_router(
 
     @router.post("/embeddings", response_model=EmbeddingList)
     async def embeddings(body: EmbeddingRequest) -> EmbeddingList:
+        await require_model(body.model, "embedding")
         texts = [body.input] if isinstance(body.input, str) else body.input
         reply = await backend.current.embedding.Embed(
             embedding_pb2.EmbedRequest(texts=texts), metadata=metadata(), timeout=timeouts.embedding
@@ -372,6 +398,7 @@ def build_openai_router(
     @router.post("/images/generations", response_model=ImageList)
     async def images(body: ImageGenerationRequest) -> ImageList:  # type: ignore[valid-type]
         request: ImageRequest = body
+        await require_model(request.model, "image")
         fields: dict[str, Any] = {"prompt": request.prompt}
         if request.size:
             width, height = (int(v) for v in request.size.split("x"))
@@ -395,6 +422,7 @@ def build_openai_router(
         },
     )
     async def speech(body: SpeechRequest) -> Response:
+        await require_model(body.model, "audio")
         preset = VOICES.get(body.voice, body.voice)
         call = backend.current.audio.Generate(
             audio_pb2.AudioGenerateRequest(prompt=body.input, preset=preset),

@@ -377,6 +377,29 @@ def test_openai_chat_error_shape(openai_client) -> None:  # type: ignore[no-unty
     assert "top_p" in str(error.value.body)
 
 
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda c: c.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
+        ),
+        lambda c: c.embeddings.create(model="smollm2-135m-instruct", input=["hi"]),
+        lambda c: c.images.generate(model="dall-e-3", prompt="a room", size="64x64"),
+        lambda c: c.audio.speech.create(model="tts-1", voice="alloy", input="Hello"),
+    ],
+    ids=["chat", "embeddings", "images", "speech"],
+)
+def test_openai_unknown_model_is_404_model_not_found(openai_client, call) -> None:  # type: ignore[no-untyped-def]
+    import openai
+
+    with pytest.raises(openai.NotFoundError) as error:
+        call(openai_client)
+    body = error.value.body
+    assert isinstance(body, dict)
+    assert (body["code"], body["param"]) == ("model_not_found", "model")
+    assert body["request_id"]
+
+
 def test_openai_embeddings(openai_client) -> None:  # type: ignore[no-untyped-def]
     result = openai_client.embeddings.create(
         model="all-MiniLM-L6-v2", input=["How do I build an API?", "How to create an API?"]
