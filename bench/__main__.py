@@ -38,11 +38,13 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
     tokens = 8 if quick else 128
     repeats = 1 if quick else 3
     levels = [1, 2] if quick else [1, 2, 4, 8, 16]
+    waves = 1 if quick else 3
     results: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, "
         f"{__import__('os').cpu_count()} cores",
         "max_new_tokens": tokens,
+        "waves_per_level": waves,
     }
     raw = raw_generate_tokens_per_s(tokens, repeats)
     results["raw_generate_tokens_per_s"] = raw["onednn"]  # the kernel the server runs
@@ -63,7 +65,7 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
                 2,
             )
             results["sweep_genserve"] = as_dicts(
-                sweep("genserve", lambda: grpc_stream(channel, tokens), levels)
+                sweep("genserve", lambda: grpc_stream(channel, tokens), levels, waves)
             )
         finally:
             channel.close()
@@ -71,7 +73,7 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
     if not quick:  # the served sweep again on stock aten Linear layers: the kernel's share
         with served_text_model("aten") as target, grpc.insecure_channel(target) as channel:
             results["sweep_genserve_aten"] = as_dicts(
-                sweep("genserve (aten Linear)", lambda: grpc_stream(channel, tokens), [1, 8])
+                sweep("genserve (aten Linear)", lambda: grpc_stream(channel, tokens), [1, 8], waves)
             )
     if LLAMA_PYTHON.exists() and not quick:
         process = start_llama_server(LLAMA_PYTHON, LLAMA_PORT)
@@ -79,7 +81,7 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
             url = f"http://127.0.0.1:{LLAMA_PORT}"
             wait_http(f"{url}/v1/models")
             results["sweep_llama_cpp"] = as_dicts(
-                sweep("llama.cpp", lambda: llama_stream(url, tokens), levels)
+                sweep("llama.cpp", lambda: llama_stream(url, tokens), levels, waves)
             )
         finally:
             process.terminate()
@@ -100,7 +102,8 @@ def summary(results: dict[str, Any]) -> str:
     bridge = results["served_bridge_tokens_per_s"]
     lines = [
         f"Measured {results['date']} on {results['machine']}; {results['max_new_tokens']} new "
-        "tokens, greedy; medians.",
+        f"tokens, greedy; medians; {results['waves_per_level']} waves of streams per "
+        "concurrency level.",
         "",
         "| one stream | tokens/s | vs raw generate (same kernel) |",
         "|---|---|---|",

@@ -219,11 +219,20 @@ def _run_concurrently(
     return timings, time.perf_counter() - started
 
 
-def sweep(name: str, one_stream: Callable[[], StreamTiming], levels: list[int]) -> list[SweepPoint]:
+def sweep(
+    name: str, one_stream: Callable[[], StreamTiming], levels: list[int], waves: int = 1
+) -> list[SweepPoint]:
+    """Per concurrency level, `waves` waves of streams released together: the aggregate
+    is the median wave's, latencies are percentiles over every stream of every wave."""
     one_stream()  # warm-up
     points = []
     for concurrency in levels:
-        timings, wall = _run_concurrently(one_stream, concurrency)
+        timings: list[StreamTiming] = []
+        aggregates = []
+        for _ in range(waves):
+            wave, wall = _run_concurrently(one_stream, concurrency)
+            timings += wave
+            aggregates.append(sum(t.tokens for t in wave) / wall)
         ok = [t for t in timings if t.error is None]
         ttfts = [t.ttft_s * 1000 for t in ok]
         gaps = [g * 1000 for t in ok for g in t.gaps_s]
@@ -231,7 +240,7 @@ def sweep(name: str, one_stream: Callable[[], StreamTiming], levels: list[int]) 
             SweepPoint(
                 server=name,
                 concurrency=concurrency,
-                aggregate_tokens_per_s=round(sum(t.tokens for t in timings) / wall, 2),
+                aggregate_tokens_per_s=round(statistics.median(aggregates), 2),
                 ttft_p50_ms=round(percentile(ttfts, 0.5), 1),
                 ttft_p95_ms=round(percentile(ttfts, 0.95), 1),
                 itl_p50_ms=round(percentile(gaps, 0.5), 1),
