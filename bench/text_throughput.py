@@ -72,6 +72,15 @@ def chat_ids(tokenizer: Any) -> Any:
     )
 
 
+def greedy(model: Any, ids: Any, max_new_tokens: int) -> list[int]:
+    """One greedy `generate` of exactly `max_new_tokens`; the new token ids."""
+    with torch.inference_mode():
+        out = model.generate(
+            **ids, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False
+        )
+    return list(out[0, ids["input_ids"].shape[1] :].tolist())
+
+
 def raw_generate_tokens_per_s(
     max_new_tokens: int, repeats: int, cpu_linears: tuple[str, ...] = ("aten", "onednn")
 ) -> dict[str, float]:
@@ -80,19 +89,12 @@ def raw_generate_tokens_per_s(
     models = {kernel: load_text_model(cpu_linear=kernel) for kernel in cpu_linears}
     ids = chat_ids(next(iter(models.values()))[0])
     rates: dict[str, list[float]] = {kernel: [] for kernel in models}
-    with torch.inference_mode():
-        for attempt in range(repeats + 1):
-            for kernel, (_, model) in models.items():
-                started = time.perf_counter()
-                out = model.generate(
-                    **ids,
-                    max_new_tokens=max_new_tokens,
-                    min_new_tokens=max_new_tokens,
-                    do_sample=False,
-                )
-                produced = out.shape[1] - ids["input_ids"].shape[1]
-                if attempt:  # the first round warms up
-                    rates[kernel].append(produced / (time.perf_counter() - started))
+    for attempt in range(repeats + 1):
+        for kernel, (_, model) in models.items():
+            started = time.perf_counter()
+            produced = len(greedy(model, ids, max_new_tokens))
+            if attempt:  # the first round warms up
+                rates[kernel].append(produced / (time.perf_counter() - started))
     return {kernel: round(statistics.median(r), 2) for kernel, r in rates.items()}
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from bench.text_throughput import chat_ids, load_text_model
+from bench.text_throughput import chat_ids, greedy, load_text_model
 
 PERPLEXITY_TEXT = Path(__file__).parent / "data" / "perplexity.txt"
 VARIANTS: dict[str, dict[str, str]] = {
@@ -24,14 +24,6 @@ VARIANTS: dict[str, dict[str, str]] = {
     "fp32, oneDNN (served)": {"quantization": "none", "cpu_linear": "onednn"},
     "int8 dynamic": {"quantization": "int8_dynamic", "cpu_linear": "aten"},
 }
-
-
-def greedy(model: Any, ids: Any, max_new_tokens: int) -> list[int]:
-    with torch.inference_mode():
-        out = model.generate(
-            **ids, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False
-        )
-    return list(out[0, ids["input_ids"].shape[1] :].tolist())
 
 
 def decode_step_ms(model: Any, batch: int, context: int = 64, steps: int = 8) -> float:
