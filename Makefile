@@ -47,7 +47,7 @@ stubs: $(STUBS)
 
 # The offline model store: tiny audio/image/video/3D pipelines with random weights.
 $(MODELS): $(INSTALLED) $(wildcard server/model_store/*.py)
-	$(BIN)/python -m server.model_store --store $(MODEL_STORE)
+	$(BIN)/python -m genserve.server.model_store --store $(MODEL_STORE)
 	touch $@
 
 models: $(MODELS)
@@ -56,8 +56,8 @@ models: $(MODELS)
 run: setup
 	@echo "gRPC server on :50051 (metrics :9464), HTTP bridge on :8000 (docs: /docs). Ctrl-C stops both."
 	@trap 'kill -INT $$server $$bridge 2>/dev/null; wait' INT TERM; \
-	  $(BIN)/python -m server $(ARGS) & server=$$!; \
-	  $(BIN)/python -m rest_bridge $(BRIDGE_ARGS) & bridge=$$!; \
+	  $(BIN)/python -m genserve.server $(ARGS) & server=$$!; \
+	  $(BIN)/python -m genserve.bridge $(BRIDGE_ARGS) & bridge=$$!; \
 	  wait
 
 # The Streamlit chat UI (talks to the gRPC server on :50051; start it with `make run`).
@@ -66,7 +66,7 @@ ui: setup
 
 # The gRPC server alone.
 serve: setup
-	$(BIN)/python -m server $(ARGS)
+	$(BIN)/python -m genserve.server $(ARGS)
 
 test: setup
 	$(BIN)/python -m pytest -q

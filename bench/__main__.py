@@ -27,8 +27,8 @@ from bench.text_throughput import (
     sweep,
     wait_http,
 )
-from rest_bridge.background import BridgeThread
-from rest_bridge.settings import BridgeSettings
+from genserve.bridge.background import BridgeThread
+from genserve.bridge.settings import BridgeSettings
 
 LLAMA_PYTHON = Path("bench/.venv-llama/bin/python")
 LLAMA_PORT = 8099

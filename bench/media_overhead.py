@@ -32,9 +32,9 @@ from genserve.v1 import (
     video_pb2,
     video_pb2_grpc,
 )
-from server.background import ServerThread, make_settings
-from server.manifest import Manifest, Modality, load_manifest, manifest_path
-from server.media.pipelines import LoadedPipeline
+from genserve.server.background import ServerThread, make_settings
+from genserve.server.manifest import Manifest, Modality, load_manifest, manifest_path
+from genserve.server.media.pipelines import LoadedPipeline
 
 
 def media_manifest() -> Manifest:

@@ -1,4 +1,4 @@
-"""The text model served by `python -m server` in its own process, as users run it and
+"""The text model served by `python -m genserve.server` in its own process, as users run it and
 as llama.cpp's server runs beside it: the benchmark's client threads then share no GIL
 with the server's scheduler and event loop."""
 
@@ -18,7 +18,7 @@ import tomli_w
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.text_throughput import text_spec
-from server.background import MODEL_STORE
+from genserve.server.background import MODEL_STORE
 
 
 def free_port() -> int:
@@ -54,7 +54,7 @@ def served_text_model(cpu_linear: str = "onednn") -> Iterator[str]:
             tomli_w.dumps({"text": spec.model_dump(mode="json", exclude_none=True)})
         )
         port = free_port()
-        command = [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port)]
+        command = [sys.executable, "-m", "genserve.server", "--host", "127.0.0.1", "--port", str(port)]
         command += ["--metrics-port", "0", "--data-dir", folder, "--manifest", str(manifest)]
         command += ["--model-store", str(MODEL_STORE), "--log-level", "WARNING"]
         process = subprocess.Popen(command)

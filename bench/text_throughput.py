@@ -21,10 +21,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from genserve.v1 import text_pb2, text_pb2_grpc
-from server.background import MODEL_STORE
-from server.manifest import ModelSpec, load_manifest, manifest_path
-from server.text.loader import _checkpoint
-from server.text.weights import prepare_weights
+from genserve.server.background import MODEL_STORE
+from genserve.server.manifest import ModelSpec, load_manifest, manifest_path
+from genserve.server.text.loader import _checkpoint
+from genserve.server.text.weights import prepare_weights
 
 PROMPT = "Explain what FastAPI is and why people use it."
 

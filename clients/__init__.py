@@ -1,14 +1,14 @@
 """genserve's Python clients: the SDK (sync and async), the `genserve` CLI, the UI.
 
-from clients import GenServe
+from genserve.client import GenServe
 with GenServe("localhost:50051") as gs:
     for delta in gs.text.stream("What is FastAPI?"):
         print(delta, end="")
     gs.image.generate("a cozy living room", steps=10).save("room.png")
 """
 
-from clients.async_client import AsyncGenServe
-from clients.errors import (
+from genserve.client.async_client import AsyncGenServe
+from genserve.client.errors import (
     CancelledError,
     DeadlineExceededError,
     GenServeError,
@@ -20,8 +20,8 @@ from clients.errors import (
     UnauthenticatedError,
     UnavailableError,
 )
-from clients.results import MediaHeader, MediaResult, ModelInfo, Progress, TextResult, Timings
-from clients.sync_client import GenServe
+from genserve.client.results import MediaHeader, MediaResult, ModelInfo, Progress, TextResult, Timings
+from genserve.client.sync_client import GenServe
 
 __all__ = [
     "AsyncGenServe",

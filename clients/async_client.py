@@ -10,10 +10,10 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from clients import defaults, requests
-from clients.channel import ConnectionOptions, backoff_s, new_request_id, should_retry
-from clients.errors import from_rpc_error
-from clients.results import (
+from genserve.client import defaults, requests
+from genserve.client.channel import ConnectionOptions, backoff_s, new_request_id, should_retry
+from genserve.client.errors import from_rpc_error
+from genserve.client.results import (
     MediaAssembler,
     MediaResult,
     ModelInfo,

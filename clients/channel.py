@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from clients.defaults import (
+from genserve.client.defaults import (
     API_KEY_METADATA,
     MAX_MESSAGE_MB,
     MAX_RETRIES,

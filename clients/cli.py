@@ -19,17 +19,17 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from clients import defaults
-from clients.errors import (
+from genserve.client import defaults
+from genserve.client.errors import (
     DeadlineExceededError,
     GenServeError,
     InvalidArgumentError,
     ResourceExhaustedError,
     UnavailableError,
 )
-from clients.results import MediaResult
-from clients.results import Progress as StepProgress
-from clients.sync_client import GenServe
+from genserve.client.results import MediaResult
+from genserve.client.results import Progress as StepProgress
+from genserve.client.sync_client import GenServe
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INVALID, EXIT_UNAVAILABLE, EXIT_DEADLINE = 0, 1, 2, 3, 4, 5
 EXIT_BY_ERROR: dict[type[GenServeError], int] = {

@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 
-from clients.errors import IntegrityError
+from genserve.client.errors import IntegrityError
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def model_infos(reply: Any) -> list[ModelInfo]:
 
 def text_result(pieces: list[str], final: Any, request_id: str) -> TextResult:
     """The deltas and the TextFinal of a stream -> TextResult."""
-    from clients.requests import FINISH_REASONS
+    from genserve.client.requests import FINISH_REASONS
 
     return TextResult(
         text="".join(pieces),

@@ -13,8 +13,8 @@ from typing import Any
 import streamlit as st
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from clients.errors import GenServeError
-from clients.sync_client import GenServe
+from genserve.client.errors import GenServeError
+from genserve.client.sync_client import GenServe
 
 MODALITIES = ("text", "image", "audio", "video", "3d")
 

@@ -1,4 +1,4 @@
-"""`python -m rest_bridge`: settings once, logging once, then uvicorn."""
+"""`python -m genserve.bridge`: settings once, logging once, then uvicorn."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import sys
 
 import uvicorn
 
-from rest_bridge.app import create_app
-from rest_bridge.settings import BridgeSettings
-from server.logging_setup import configure_logging
+from genserve.bridge.app import create_app
+from genserve.bridge.settings import BridgeSettings
+from genserve.server.logging_setup import configure_logging
 
 logger = logging.getLogger("rest_bridge")
 

@@ -11,20 +11,20 @@ import grpc
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 
-from rest_bridge.backend import Backend
-from rest_bridge.errors import (
+from genserve.bridge.backend import Backend
+from genserve.bridge.errors import (
     BridgeError,
     bridge_error_handler,
     grpc_error_handler,
     unhandled_error_handler,
     validation_error_handler,
 )
-from rest_bridge.observability import BridgeMetrics, ObservabilityMiddleware
-from rest_bridge.routes_health import build_health_router
-from rest_bridge.routes_openai import build_openai_router
-from rest_bridge.routes_seed import build_seed_router
-from rest_bridge.schemas import build_schemas
-from rest_bridge.settings import BridgeSettings
+from genserve.bridge.observability import BridgeMetrics, ObservabilityMiddleware
+from genserve.bridge.routes_health import build_health_router
+from genserve.bridge.routes_openai import build_openai_router
+from genserve.bridge.routes_seed import build_seed_router
+from genserve.bridge.schemas import build_schemas
+from genserve.bridge.settings import BridgeSettings
 
 
 @dataclass

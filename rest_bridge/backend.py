@@ -16,7 +16,7 @@ from genserve.v1 import (
     text_pb2_grpc,
     video_pb2_grpc,
 )
-from server.request_context import REQUEST_ID_METADATA_KEY
+from genserve.server.request_context import REQUEST_ID_METADATA_KEY
 
 MiB = 1024 * 1024
 

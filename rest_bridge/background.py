@@ -8,8 +8,8 @@ from typing import Any
 
 import uvicorn
 
-from rest_bridge.app import create_app
-from rest_bridge.settings import BridgeSettings
+from genserve.bridge.app import create_app
+from genserve.bridge.settings import BridgeSettings
 
 STARTUP_TIMEOUT_S = 30
 

@@ -14,8 +14,8 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from rest_bridge.request_id import current_request_id
-from server.errors import http_status_for
+from genserve.bridge.request_id import current_request_id
+from genserve.server.errors import http_status_for
 
 logger = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from rest_bridge.request_id import REQUEST_ID_HEADER, accept_request_id, request_id_var
+from genserve.bridge.request_id import REQUEST_ID_HEADER, accept_request_id, request_id_var
 
-logger = logging.getLogger("rest_bridge.access")
+logger = logging.getLogger("genserve.bridge.access")
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from server.interceptors.request_id import accept_request_id
-from server.request_context import current_request_id, request_id_var
+from genserve.server.interceptors.request_id import accept_request_id
+from genserve.server.request_context import current_request_id, request_id_var
 
 REQUEST_ID_HEADER = "X-Request-ID"
 

@@ -11,8 +11,8 @@ from grpc_health.v1 import health_pb2
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
-from rest_bridge.observability import BridgeMetrics
-from rest_bridge.settings import BridgeSettings
+from genserve.bridge.observability import BridgeMetrics
+from genserve.bridge.settings import BridgeSettings
 
 MODALITY_SERVICES = {
     "text": "genserve.v1.TextService",

@@ -22,13 +22,13 @@ from genserve.v1 import (
     models_pb2,
     text_pb2,
 )
-from rest_bridge import convert
-from rest_bridge.backend import request_metadata
-from rest_bridge.errors import OPENAI_ERROR_SCHEMA, BridgeError, documented_errors
-from rest_bridge.observability import BridgeMetrics
-from rest_bridge.request_id import current_request_id
-from rest_bridge.settings import BridgeSettings, PublicLimits
-from rest_bridge.streams import SSE_EVENT_SCHEMA, first_event, media_file_response, until_end
+from genserve.bridge import convert
+from genserve.bridge.backend import request_metadata
+from genserve.bridge.errors import OPENAI_ERROR_SCHEMA, BridgeError, documented_errors
+from genserve.bridge.observability import BridgeMetrics
+from genserve.bridge.request_id import current_request_id
+from genserve.bridge.settings import BridgeSettings, PublicLimits
+from genserve.bridge.streams import SSE_EVENT_SCHEMA, first_event, media_file_response, until_end
 
 OPENAI_MODEL = ConfigDict(extra="ignore")  # the SDK may send fields we do not use
 # OpenAI's voice names, mapped onto Bark presets; a Bark preset name works as well.

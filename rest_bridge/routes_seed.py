@@ -12,14 +12,14 @@ from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 
-from rest_bridge import convert
-from rest_bridge.backend import Backend, request_metadata
-from rest_bridge.errors import ERROR_SCHEMA, BridgeError, documented_errors
-from rest_bridge.observability import BridgeMetrics
-from rest_bridge.request_id import current_request_id
-from rest_bridge.schemas import Schemas
-from rest_bridge.settings import BridgeSettings
-from rest_bridge.streams import (
+from genserve.bridge import convert
+from genserve.bridge.backend import Backend, request_metadata
+from genserve.bridge.errors import ERROR_SCHEMA, BridgeError, documented_errors
+from genserve.bridge.observability import BridgeMetrics
+from genserve.bridge.request_id import current_request_id
+from genserve.bridge.schemas import Schemas
+from genserve.bridge.settings import BridgeSettings
+from genserve.bridge.streams import (
     SSE_EVENT_SCHEMA,
     first_event,
     media_file_response,

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from rest_bridge.settings import PublicLimits
+from genserve.bridge.settings import PublicLimits
 
 # Seeds stay within what a JSON number holds exactly (JavaScript's safe integers).
 MAX_SAFE_INTEGER = 2**53 - 1

@@ -39,7 +39,7 @@ class BridgeSettings(BaseSettings):
         env_prefix="GENSERVE_BRIDGE_",
         env_nested_delimiter="__",
         cli_kebab_case=True,
-        cli_prog_name="python -m rest_bridge",
+        cli_prog_name="python -m genserve.bridge",
     )
 
     host: str = "0.0.0.0"

@@ -19,10 +19,10 @@ from fastapi.responses import StreamingResponse
 from sse_starlette import EventSourceResponse
 
 from genserve.v1 import common_pb2
-from rest_bridge.convert import event_dict
-from rest_bridge.errors import BridgeError
-from rest_bridge.request_id import current_request_id
-from server.errors import http_status_for
+from genserve.bridge.convert import event_dict
+from genserve.bridge.errors import BridgeError
+from genserve.bridge.request_id import current_request_id
+from genserve.server.errors import http_status_for
 
 logger = logging.getLogger(__name__)
 

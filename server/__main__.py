@@ -1,4 +1,4 @@
-"""`python -m server`: build the settings once, configure logging, serve until a signal."""
+"""`python -m genserve.server`: build the settings once, configure logging, serve until a signal."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import signal
 import sys
 import time
 
-from server.app import GenServeServer
-from server.logging_setup import configure_logging
-from server.manifest import load_manifest, manifest_path
-from server.settings import Settings
+from genserve.server.app import GenServeServer
+from genserve.server.logging_setup import configure_logging
+from genserve.server.manifest import load_manifest, manifest_path
+from genserve.server.settings import Settings
 
-logger = logging.getLogger("server")
+logger = logging.getLogger("genserve.server")
 
 
 async def serve(settings: Settings) -> None:

@@ -24,29 +24,29 @@ from genserve.v1 import (
     text_pb2_grpc,
     video_pb2_grpc,
 )
-from server.interceptors import ErrorInterceptor, RequestIdInterceptor, TelemetryInterceptor
-from server.interceptors.telemetry import log_access
-from server.manifest import Manifest, Modality
-from server.media.loaders import (
+from genserve.server.interceptors import ErrorInterceptor, RequestIdInterceptor, TelemetryInterceptor
+from genserve.server.interceptors.telemetry import log_access
+from genserve.server.manifest import Manifest, Modality
+from genserve.server.media.loaders import (
     load_audio_pipeline,
     load_embedding_model,
     load_image_pipeline,
     load_mesh_pipeline,
     load_video_pipeline,
 )
-from server.metrics import ServerMetrics
-from server.registry import Loader, ModelRegistry
-from server.service_names import MODEL_SERVICE, SERVICE_BY_MODALITY
-from server.servicers.audio import AudioServicer
-from server.servicers.embedding import EmbeddingServicer
-from server.servicers.image import ImageServicer
-from server.servicers.mesh import MeshServicer
-from server.servicers.models import ModelServicer
-from server.servicers.text import TextServicer
-from server.servicers.video import VideoServicer
-from server.settings import Settings
-from server.text.loader import load_text_engine
-from server.usage_log import UsageLog
+from genserve.server.metrics import ServerMetrics
+from genserve.server.registry import Loader, ModelRegistry
+from genserve.server.service_names import MODEL_SERVICE, SERVICE_BY_MODALITY
+from genserve.server.servicers.audio import AudioServicer
+from genserve.server.servicers.embedding import EmbeddingServicer
+from genserve.server.servicers.image import ImageServicer
+from genserve.server.servicers.mesh import MeshServicer
+from genserve.server.servicers.models import ModelServicer
+from genserve.server.servicers.text import TextServicer
+from genserve.server.servicers.video import VideoServicer
+from genserve.server.settings import Settings
+from genserve.server.text.loader import load_text_engine
+from genserve.server.usage_log import UsageLog
 
 logger = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ from typing import Any, TypeVar
 
 import grpc
 
-from server.app import GenServeServer
-from server.manifest import Manifest, Modality
-from server.registry import Loader
-from server.settings import Settings
+from genserve.server.app import GenServeServer
+from genserve.server.manifest import Manifest, Modality
+from genserve.server.registry import Loader
+from genserve.server.settings import Settings
 
 T = TypeVar("T")
 

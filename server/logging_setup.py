@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pythonjsonlogger.json import JsonFormatter
 
-from server.request_context import current_request_id
+from genserve.server.request_context import current_request_id
 
 LogFormat = Literal["text", "json"]
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from server.errors import Unavailable
-from server.manifest import LoadPolicy, Manifest, Modality, ModelSpec
+from genserve.server.errors import Unavailable
+from genserve.server.manifest import LoadPolicy, Manifest, Modality, ModelSpec
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from genserve.v1 import (
     text_pb2,
     video_pb2,
 )
-from server.manifest import Modality
+from genserve.server.manifest import Modality
 
 SERVICE_BY_MODALITY: dict[Modality, str] = {
     Modality.TEXT: text_pb2.DESCRIPTOR.services_by_name["TextService"].full_name,

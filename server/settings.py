@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from server.logging_setup import LogFormat
+from genserve.server.logging_setup import LogFormat
 
 
 class TextLimits(BaseModel):
@@ -80,7 +80,7 @@ class Settings(BaseSettings):
         env_prefix="GENSERVE_",
         env_nested_delimiter="__",
         cli_kebab_case=True,
-        cli_prog_name="python -m server",
+        cli_prog_name="python -m genserve.server",
         cli_implicit_flags=True,
     )
 

@@ -14,7 +14,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from server.interceptors.telemetry import CallRecord
+from genserve.server.interceptors.telemetry import CallRecord
 
 logger = logging.getLogger(__name__)
 

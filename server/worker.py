@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.errors import ResourceExhausted
+from genserve.server.errors import ResourceExhausted
 
 
 class JobCancelled(Exception):

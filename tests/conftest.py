@@ -7,10 +7,10 @@ import grpc
 import pytest
 import torch
 
-from server.background import ServerThread, make_settings
-from server.logging_setup import configure_logging
-from server.manifest import load_manifest, manifest_path
-from server.settings import MediaLimits
+from genserve.server.background import ServerThread, make_settings
+from genserve.server.logging_setup import configure_logging
+from genserve.server.manifest import load_manifest, manifest_path
+from genserve.server.settings import MediaLimits
 from tests.media_calls import TEST_CHUNK_SIZE
 
 

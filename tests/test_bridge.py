@@ -18,14 +18,14 @@ import pytest
 import soundfile
 from PIL import Image
 
-from rest_bridge.background import BridgeThread
-from rest_bridge.settings import BridgeSettings, Timeouts
-from server.background import ServerThread, wait_until
-from server.errors import HTTP_STATUS_BY_GRPC_CODE
-from server.manifest import Modality
-from server.text.batching_engine import BatchingTextEngine
-from server.text.transformers_engine import SerialTextEngine
-from server.text.types import FinishReason
+from genserve.bridge.background import BridgeThread
+from genserve.bridge.settings import BridgeSettings, Timeouts
+from genserve.server.background import ServerThread, wait_until
+from genserve.server.errors import HTTP_STATUS_BY_GRPC_CODE
+from genserve.server.manifest import Modality
+from genserve.server.text.batching_engine import BatchingTextEngine
+from genserve.server.text.transformers_engine import SerialTextEngine
+from genserve.server.text.types import FinishReason
 from tests.media_calls import png_bytes
 
 HTTP_TIMEOUT_S = 120
@@ -178,7 +178,7 @@ def test_request_id_joins_bridge_server_and_usage_logs(
             names = {
                 r.name for r in caplog.records if getattr(r, "request_id", None) == "joined-123"
             }
-            return names if {"rest_bridge.access", "genserve.access"} <= names else None
+            return names if {"genserve.bridge.access", "genserve.access"} <= names else None
 
         # Both access lines are written as each side finishes its call, which can be just
         # after the client has the whole body: wait for them, boundedly.

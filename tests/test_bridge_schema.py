@@ -16,10 +16,10 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import negative_data_rejection
 
-from rest_bridge.background import BridgeThread
-from rest_bridge.settings import BridgeSettings, PublicLimits
-from server.background import ServerThread, make_settings
-from server.manifest import Manifest, load_manifest, manifest_path
+from genserve.bridge.background import BridgeThread
+from genserve.bridge.settings import BridgeSettings, PublicLimits
+from genserve.server.background import ServerThread, make_settings
+from genserve.server.manifest import Manifest, load_manifest, manifest_path
 from tests.media_calls import png_bytes
 
 EXAMPLES_PER_OPERATION = 6

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from server.background import ServerThread
+from genserve.server.background import ServerThread
 from tests.media_calls import png_bytes
 
 CLI_TIMEOUT_S = 180
@@ -21,7 +21,7 @@ def genserve(
 ) -> subprocess.CompletedProcess[str]:
     target = ["--target", f"localhost:{server.port}"] if server else ["--target", "localhost:1"]
     return subprocess.run(
-        [sys.executable, "-m", "clients.cli", *target, *args],
+        [sys.executable, "-m", "genserve.client.cli", *target, *args],
         capture_output=True,
         text=True,
         timeout=CLI_TIMEOUT_S,

@@ -16,8 +16,8 @@ import soundfile
 from PIL import Image
 
 from genserve.v1 import models_pb2, models_pb2_grpc
-from server.background import ServerThread, make_settings
-from server.manifest import Manifest, load_manifest, manifest_path
+from genserve.server.background import ServerThread, make_settings
+from genserve.server.manifest import Manifest, load_manifest, manifest_path
 from tests.test_media import audio, image, mesh, video
 from tests.text_calls import generate, greedy
 

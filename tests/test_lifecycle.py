@@ -15,9 +15,9 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 
 from genserve.v1 import models_pb2, models_pb2_grpc, text_pb2
-from server.background import ServerThread, make_settings
-from server.manifest import LoadPolicy, Manifest, Modality, load_manifest, manifest_path
-from server.text.types import TextEvent, TextRequest
+from genserve.server.background import ServerThread, make_settings
+from genserve.server.manifest import LoadPolicy, Manifest, Modality, load_manifest, manifest_path
+from genserve.server.text.types import TextEvent, TextRequest
 from tests.text_calls import generate, greedy
 
 SERVING = health_pb2.HealthCheckResponse.SERVING

@@ -24,10 +24,10 @@ from genserve.v1 import (
     video_pb2,
     video_pb2_grpc,
 )
-from server.background import ServerThread
-from server.manifest import Modality
-from server.media.mesh_files import obj_blocks
-from server.media.pipelines import LoadedPipeline
+from genserve.server.background import ServerThread
+from genserve.server.manifest import Modality
+from genserve.server.media.mesh_files import obj_blocks
+from genserve.server.media.pipelines import LoadedPipeline
 from tests.media_calls import TEST_CHUNK_SIZE, MediaResult, collect, png_bytes
 
 WORKER_IDLE_TIMEOUT_S = 60

@@ -11,7 +11,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from genserve.v1 import models_pb2, models_pb2_grpc, text_pb2_grpc
-from server.background import ServerThread
+from genserve.server.background import ServerThread
 from tests.text_calls import generate, greedy
 
 SERVING = health_pb2.HealthCheckResponse.SERVING

@@ -13,7 +13,7 @@ import pytest
 import soundfile
 from PIL import Image
 
-from clients import (
+from genserve.client import (
     AsyncGenServe,
     DeadlineExceededError,
     GenServe,
@@ -25,14 +25,14 @@ from clients import (
     UnauthenticatedError,
     UnavailableError,
 )
-from clients.channel import should_retry
-from clients.errors import from_rpc_error
-from server.background import ServerThread, make_settings
-from server.manifest import Manifest, Modality, load_manifest, manifest_path
-from server.settings import MediaLimits
-from server.text.batching_engine import BatchingTextEngine
-from server.text.transformers_engine import SerialTextEngine
-from server.text.types import FinishReason
+from genserve.client.channel import should_retry
+from genserve.client.errors import from_rpc_error
+from genserve.server.background import ServerThread, make_settings
+from genserve.server.manifest import Manifest, Modality, load_manifest, manifest_path
+from genserve.server.settings import MediaLimits
+from genserve.server.text.batching_engine import BatchingTextEngine
+from genserve.server.text.transformers_engine import SerialTextEngine
+from genserve.server.text.types import FinishReason
 from tests.media_calls import png_bytes
 
 

@@ -8,11 +8,11 @@ import grpc
 import pytest
 
 from genserve.v1 import text_pb2, text_pb2_grpc
-from server.background import ServerThread
-from server.manifest import Modality
-from server.text.batching_engine import BatchingTextEngine
-from server.text.transformers_engine import SerialTextEngine
-from server.text.types import FinishReason
+from genserve.server.background import ServerThread
+from genserve.server.manifest import Modality
+from genserve.server.text.batching_engine import BatchingTextEngine
+from genserve.server.text.transformers_engine import SerialTextEngine
+from genserve.server.text.types import FinishReason
 from tests.text_calls import generate, greedy, request
 
 ENGINE_IDLE_TIMEOUT_S = 30

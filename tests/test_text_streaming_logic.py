@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from server.text.detokenizer import IncrementalDetokenizer
-from server.text.stop_sequences import StopSequenceMatcher
+from genserve.server.text.detokenizer import IncrementalDetokenizer
+from genserve.server.text.stop_sequences import StopSequenceMatcher
 
 
 def feed_all(matcher: StopSequenceMatcher, pieces: list[str]) -> str:
@@ -43,7 +43,7 @@ def test_no_stop_sequences_passes_text_through() -> None:
 def tokenizer():  # type: ignore[no-untyped-def]
     from transformers import AutoTokenizer
 
-    from server.manifest import load_manifest, manifest_path
+    from genserve.server.manifest import load_manifest, manifest_path
 
     spec = load_manifest(manifest_path("tiny")).text
     assert spec is not None

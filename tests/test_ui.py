@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from clients.ui import Message
-from server.background import REPO_ROOT, ServerThread
+from genserve.client.ui import Message
+from genserve.server.background import REPO_ROOT, ServerThread
 
 UI_SCRIPT = str(REPO_ROOT / "clients" / "ui.py")
 APP_TIMEOUT_S = 120
@@ -58,7 +58,7 @@ def test_video_without_an_upload_says_so(app: AppTest) -> None:
 
 def test_a_video_reply_renders_a_player(app: AppTest, tiny_server: ServerThread) -> None:
     # AppTest cannot drive a file upload: the reply comes from the SDK and is replayed
-    from clients import GenServe
+    from genserve.client import GenServe
     from tests.media_calls import png_bytes
 
     with GenServe(f"localhost:{tiny_server.port}") as gs:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from bench.text_throughput import chat_ids, load_text_model
-from server.text.weights import OneDnnLinear, onednn_available, use_onednn_linears
+from genserve.server.text.weights import OneDnnLinear, onednn_available, use_onednn_linears
 
 pytestmark = pytest.mark.skipif(not onednn_available(), reason="torch built without oneDNN")
 

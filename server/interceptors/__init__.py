@@ -1,7 +1,7 @@
 """Server interceptors, outermost first: request ID, telemetry (timing + usage log), errors."""
 
-from server.interceptors.errors import ErrorInterceptor
-from server.interceptors.request_id import RequestIdInterceptor
-from server.interceptors.telemetry import CallRecord, TelemetryInterceptor
+from genserve.server.interceptors.errors import ErrorInterceptor
+from genserve.server.interceptors.request_id import RequestIdInterceptor
+from genserve.server.interceptors.telemetry import CallRecord, TelemetryInterceptor
 
 __all__ = ["CallRecord", "ErrorInterceptor", "RequestIdInterceptor", "TelemetryInterceptor"]

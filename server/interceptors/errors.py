@@ -18,9 +18,9 @@ from typing import Any
 import grpc
 from grpc.aio import AbortError, ServicerContext
 
-from server.errors import GenServeError
-from server.interceptors.base import CallInterceptor, Responses
-from server.request_context import current_request_id
+from genserve.server.errors import GenServeError
+from genserve.server.interceptors.base import CallInterceptor, Responses
+from genserve.server.request_context import current_request_id
 
 logger = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from typing import Any
 import grpc
 from grpc.aio import ServicerContext
 
-from server.interceptors.base import CallInterceptor, Responses, metadata_value
-from server.request_context import REQUEST_ID_METADATA_KEY, new_request_id, request_id_var
+from genserve.server.interceptors.base import CallInterceptor, Responses, metadata_value
+from genserve.server.request_context import REQUEST_ID_METADATA_KEY, new_request_id, request_id_var
 
 # A caller's ID goes into logs and headers: accept only a sane token, else make our own.
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")

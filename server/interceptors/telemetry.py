@@ -18,8 +18,8 @@ from typing import Any
 import grpc
 from grpc.aio import AbortError, ServicerContext
 
-from server.interceptors.base import CallInterceptor, Responses
-from server.request_context import CallDetails, call_details_var, current_request_id
+from genserve.server.interceptors.base import CallInterceptor, Responses
+from genserve.server.request_context import CallDetails, call_details_var, current_request_id
 
 logger = logging.getLogger("genserve.access")
 

@@ -11,8 +11,8 @@ import soundfile
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from server.media.events import Header
-from server.media.run import MediaRun
+from genserve.server.media.events import Header
+from genserve.server.media.run import MediaRun
 
 
 class AudioDefaults(BaseModel):

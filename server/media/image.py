@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.media.events import Header
-from server.media.run import MediaRun, diffusers_progress
+from genserve.server.media.events import Header
+from genserve.server.media.run import MediaRun, diffusers_progress
 
 
 class ImageFormat(StrEnum):

@@ -6,15 +6,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from server.manifest import ModelSpec
-from server.media.audio import AudioDefaults, BarkBundle
-from server.media.embedding import EmbeddingModel
-from server.media.image import ImageDefaults
-from server.media.mesh import MeshDefaults
-from server.media.pipelines import LoadedPipeline
-from server.media.video import VideoDefaults
-from server.settings import Settings
-from server.worker import SerialWorker
+from genserve.server.manifest import ModelSpec
+from genserve.server.media.audio import AudioDefaults, BarkBundle
+from genserve.server.media.embedding import EmbeddingModel
+from genserve.server.media.image import ImageDefaults
+from genserve.server.media.mesh import MeshDefaults
+from genserve.server.media.pipelines import LoadedPipeline
+from genserve.server.media.video import VideoDefaults
+from genserve.server.settings import Settings
+from genserve.server.worker import SerialWorker
 
 logger = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.media.events import Header
-from server.media.mesh_files import write_obj, write_ply
-from server.media.run import MediaRun, diffusers_progress
+from genserve.server.media.events import Header
+from genserve.server.media.mesh_files import write_obj, write_ply
+from genserve.server.media.run import MediaRun, diffusers_progress
 
 
 class MeshFormat(StrEnum):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from server.worker import SerialWorker
+from genserve.server.worker import SerialWorker
 
 
 @dataclass

@@ -16,8 +16,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from server.media.events import Chunk, Final, Header, Progress
-from server.worker import Job
+from genserve.server.media.events import Chunk, Final, Header, Progress
+from genserve.server.worker import Job
 
 
 class ChunkedOutput(io.RawIOBase):

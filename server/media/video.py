@@ -18,8 +18,8 @@ import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.media.events import Header
-from server.media.run import MediaRun, diffusers_progress
+from genserve.server.media.events import Header
+from genserve.server.media.run import MediaRun, diffusers_progress
 
 KEYFRAME_INTERVAL_S = 1.0  # one fragment per second of video
 

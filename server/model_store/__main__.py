@@ -1,4 +1,4 @@
-"""`python -m server.model_store [--store DIR]`: build the tiny offline pipelines.
+"""`python -m genserve.server.model_store [--store DIR]`: build the tiny offline pipelines.
 
 Each pipeline is built deterministically (fixed seed) and saved with save_pretrained.
 A pipeline already in the store is skipped, so the make step is cheap after the first run.
@@ -13,10 +13,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from server.model_store.bark import build_bark
-from server.model_store.shap_e import build_shap_e
-from server.model_store.stable_diffusion import build_stable_diffusion
-from server.model_store.stable_video_diffusion import build_stable_video_diffusion
+from genserve.server.model_store.bark import build_bark
+from genserve.server.model_store.shap_e import build_shap_e
+from genserve.server.model_store.stable_diffusion import build_stable_diffusion
+from genserve.server.model_store.stable_video_diffusion import build_stable_video_diffusion
 
 logger = logging.getLogger("server.model_store")
 

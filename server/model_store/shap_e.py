@@ -10,8 +10,8 @@ from diffusers import HeunDiscreteScheduler, PriorTransformer, ShapEPipeline
 from diffusers.pipelines.shap_e import ShapERenderer
 from transformers import CLIPTextModelWithProjection
 
-from server.model_store.clip_tokenizer import build_clip_tokenizer, tiny_clip_text_config
-from server.model_store.marching_cubes_table import marching_cubes_table
+from genserve.server.model_store.clip_tokenizer import build_clip_tokenizer, tiny_clip_text_config
+from genserve.server.model_store.marching_cubes_table import marching_cubes_table
 
 TEXT_HIDDEN = 32
 TIME_INPUT_DIM = 32

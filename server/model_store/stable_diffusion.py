@@ -9,7 +9,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextModel
 
-from server.model_store.clip_tokenizer import build_clip_tokenizer, tiny_clip_text_config
+from genserve.server.model_store.clip_tokenizer import build_clip_tokenizer, tiny_clip_text_config
 
 TEXT_HIDDEN = 32
 

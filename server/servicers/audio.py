@@ -8,13 +8,13 @@ from typing import Any
 from grpc.aio import ServicerContext
 
 from genserve.v1 import audio_pb2, audio_pb2_grpc, common_pb2
-from server.errors import InvalidArgument
-from server.manifest import Modality
-from server.media.audio import AudioDefaults, AudioParams, generate_audio
-from server.registry import ModelRegistry
-from server.servicers.media import MediaStreamer, defaults_for
-from server.servicers.validation import check_prompt, optional, seed_of
-from server.settings import Settings
+from genserve.server.errors import InvalidArgument
+from genserve.server.manifest import Modality
+from genserve.server.media.audio import AudioDefaults, AudioParams, generate_audio
+from genserve.server.registry import ModelRegistry
+from genserve.server.servicers.media import MediaStreamer, defaults_for
+from genserve.server.servicers.validation import check_prompt, optional, seed_of
+from genserve.server.settings import Settings
 
 
 class AudioServicer(audio_pb2_grpc.AudioServiceServicer):

@@ -7,12 +7,12 @@ from typing import Any
 from grpc.aio import ServicerContext
 
 from genserve.v1 import embedding_pb2, embedding_pb2_grpc
-from server.errors import InvalidArgument
-from server.manifest import Modality
-from server.media.embedding import EmbeddingModel
-from server.registry import ModelRegistry
-from server.request_context import current_call_details
-from server.settings import EmbeddingLimits
+from genserve.server.errors import InvalidArgument
+from genserve.server.manifest import Modality
+from genserve.server.media.embedding import EmbeddingModel
+from genserve.server.registry import ModelRegistry
+from genserve.server.request_context import current_call_details
+from genserve.server.settings import EmbeddingLimits
 
 
 class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):

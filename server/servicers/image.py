@@ -8,12 +8,12 @@ from typing import Any
 from grpc.aio import ServicerContext
 
 from genserve.v1 import common_pb2, image_pb2, image_pb2_grpc
-from server.manifest import Modality
-from server.media.image import ImageDefaults, ImageFormat, ImageParams, generate_image
-from server.registry import ModelRegistry
-from server.servicers.media import MediaStreamer, defaults_for
-from server.servicers.validation import check_prompt, check_range, check_size, optional, seed_of
-from server.settings import Settings
+from genserve.server.manifest import Modality
+from genserve.server.media.image import ImageDefaults, ImageFormat, ImageParams, generate_image
+from genserve.server.registry import ModelRegistry
+from genserve.server.servicers.media import MediaStreamer, defaults_for
+from genserve.server.servicers.validation import check_prompt, check_range, check_size, optional, seed_of
+from genserve.server.settings import Settings
 
 FORMATS = {
     image_pb2.IMAGE_FORMAT_UNSPECIFIED: ImageFormat.PNG,

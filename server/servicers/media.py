@@ -10,12 +10,12 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from genserve.v1 import common_pb2
-from server.manifest import Modality
-from server.media.events import Chunk, Final, Header, MediaEvent, Progress
-from server.media.pipelines import LoadedPipeline
-from server.media.run import MediaRun
-from server.registry import ModelRegistry
-from server.request_context import current_call_details
+from genserve.server.manifest import Modality
+from genserve.server.media.events import Chunk, Final, Header, MediaEvent, Progress
+from genserve.server.media.pipelines import LoadedPipeline
+from genserve.server.media.run import MediaRun
+from genserve.server.registry import ModelRegistry
+from genserve.server.request_context import current_call_details
 
 P = TypeVar("P")
 D = TypeVar("D", bound=BaseModel)

@@ -8,12 +8,12 @@ from typing import Any
 from grpc.aio import ServicerContext
 
 from genserve.v1 import common_pb2, mesh_pb2, mesh_pb2_grpc
-from server.manifest import Modality
-from server.media.mesh import MeshDefaults, MeshFormat, MeshParams, generate_mesh
-from server.registry import ModelRegistry
-from server.servicers.media import MediaStreamer, defaults_for
-from server.servicers.validation import check_prompt, check_range, optional, seed_of
-from server.settings import Settings
+from genserve.server.manifest import Modality
+from genserve.server.media.mesh import MeshDefaults, MeshFormat, MeshParams, generate_mesh
+from genserve.server.registry import ModelRegistry
+from genserve.server.servicers.media import MediaStreamer, defaults_for
+from genserve.server.servicers.validation import check_prompt, check_range, optional, seed_of
+from genserve.server.settings import Settings
 
 FORMATS = {
     mesh_pb2.MESH_FORMAT_UNSPECIFIED: MeshFormat.OBJ,

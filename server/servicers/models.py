@@ -7,8 +7,8 @@ from typing import Any
 from grpc.aio import ServicerContext
 
 from genserve.v1 import models_pb2, models_pb2_grpc
-from server.registry import ModelRegistry, ModelSlot
-from server.service_names import SERVICE_BY_MODALITY
+from genserve.server.registry import ModelRegistry, ModelSlot
+from genserve.server.service_names import SERVICE_BY_MODALITY
 
 
 class ModelServicer(models_pb2_grpc.ModelServiceServicer):

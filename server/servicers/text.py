@@ -11,14 +11,14 @@ from typing import Any
 from grpc.aio import ServicerContext
 
 from genserve.v1 import common_pb2, text_pb2, text_pb2_grpc
-from server.errors import InvalidArgument
-from server.manifest import Modality
-from server.registry import ModelRegistry
-from server.request_context import current_call_details
-from server.settings import TextLimits
-from server.text.defaults import TextDefaults
-from server.text.engine import TextEngine
-from server.text.types import (
+from genserve.server.errors import InvalidArgument
+from genserve.server.manifest import Modality
+from genserve.server.registry import ModelRegistry
+from genserve.server.request_context import current_call_details
+from genserve.server.settings import TextLimits
+from genserve.server.text.defaults import TextDefaults
+from genserve.server.text.engine import TextEngine
+from genserve.server.text.types import (
     ChatTurn,
     FinishReason,
     SamplingParams,

@@ -6,7 +6,7 @@ import math
 import secrets
 from typing import Any, TypeVar
 
-from server.errors import InvalidArgument
+from genserve.server.errors import InvalidArgument
 
 N = TypeVar("N", int, float)
 

@@ -11,13 +11,13 @@ from grpc.aio import ServicerContext
 from PIL import Image, UnidentifiedImageError
 
 from genserve.v1 import common_pb2, video_pb2, video_pb2_grpc
-from server.errors import InvalidArgument
-from server.manifest import Modality
-from server.media.video import VideoDefaults, VideoParams, generate_video
-from server.registry import ModelRegistry
-from server.servicers.media import MediaStreamer, defaults_for
-from server.servicers.validation import check_range, check_size, optional, seed_of
-from server.settings import Settings, VideoLimits
+from genserve.server.errors import InvalidArgument
+from genserve.server.manifest import Modality
+from genserve.server.media.video import VideoDefaults, VideoParams, generate_video
+from genserve.server.registry import ModelRegistry
+from genserve.server.servicers.media import MediaStreamer, defaults_for
+from genserve.server.servicers.validation import check_range, check_size, optional, seed_of
+from genserve.server.settings import Settings, VideoLimits
 
 ACCEPTED_IMAGE_FORMATS = frozenset({"PNG", "JPEG", "WEBP"})
 

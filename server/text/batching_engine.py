@@ -26,15 +26,15 @@ from typing import Any
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from server.errors import ResourceExhausted
-from server.text.token_stream import (
+from genserve.server.errors import ResourceExhausted
+from genserve.server.text.token_stream import (
     TokenStream,
     check_fits,
     context_length,
     encode_chat,
     eos_token_ids,
 )
-from server.text.types import SamplingParams, TextEvent, TextFinal, TextRequest
+from genserve.server.text.types import SamplingParams, TextEvent, TextFinal, TextRequest
 
 logger = logging.getLogger(__name__)
 

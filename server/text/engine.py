@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from typing import Protocol
 
-from server.text.types import TextEvent, TextRequest
+from genserve.server.text.types import TextEvent, TextRequest
 
 
 class TextEngine(Protocol):

@@ -16,12 +16,12 @@ from typing import Any
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from server.manifest import ModelSpec
-from server.settings import Settings
-from server.text.batching_engine import BatchingTextEngine
-from server.text.engine import TextEngine
-from server.text.transformers_engine import SerialTextEngine
-from server.text.weights import prepare_weights
+from genserve.server.manifest import ModelSpec
+from genserve.server.settings import Settings
+from genserve.server.text.batching_engine import BatchingTextEngine
+from genserve.server.text.engine import TextEngine
+from genserve.server.text.transformers_engine import SerialTextEngine
+from genserve.server.text.weights import prepare_weights
 
 logger = logging.getLogger(__name__)
 

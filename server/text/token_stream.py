@@ -9,10 +9,10 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from server.errors import InvalidArgument
-from server.text.detokenizer import IncrementalDetokenizer
-from server.text.stop_sequences import StopSequenceMatcher
-from server.text.types import FinishReason, SamplingParams, TextDelta, TextRequest
+from genserve.server.errors import InvalidArgument
+from genserve.server.text.detokenizer import IncrementalDetokenizer
+from genserve.server.text.stop_sequences import StopSequenceMatcher
+from genserve.server.text.types import FinishReason, SamplingParams, TextDelta, TextRequest
 
 Emit = Callable[[TextDelta], None]
 

@@ -19,7 +19,7 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerB
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from server.text.token_stream import (
+from genserve.server.text.token_stream import (
     TokenStream,
     as_tensor,
     check_fits,
@@ -27,8 +27,8 @@ from server.text.token_stream import (
     encode_chat,
     eos_token_ids,
 )
-from server.text.types import SamplingParams, TextEvent, TextFinal, TextRequest
-from server.worker import Job, SerialWorker
+from genserve.server.text.types import SamplingParams, TextEvent, TextFinal, TextRequest
+from genserve.server.worker import Job, SerialWorker
 
 logger = logging.getLogger(__name__)
 
