@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -148,10 +148,13 @@ class MediaAssembler:
                 self.request_id,
             )
         assert self._header is not None, "a media stream has a header before its data"
+        header = self._header
+        if final.vertex_count or final.face_count:  # known only at the end (mesh)
+            header = replace(header, vertex_count=final.vertex_count, face_count=final.face_count)
         t = final.timings
         return MediaResult(
             data=data,
-            header=self._header,
+            header=header,
             sha256=digest,
             seed=final.seed,
             timings=Timings(t.queued_ms, t.inference_ms, t.encoding_ms),

@@ -8,64 +8,61 @@ in-flight streams drain for the grace period before cancelling them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from functools import partial
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
-from genserve.v1 import (
-    audio_pb2_grpc,
-    embedding_pb2_grpc,
-    image_pb2_grpc,
-    mesh_pb2_grpc,
-    models_pb2_grpc,
-    text_pb2_grpc,
-    video_pb2_grpc,
+from genserve.server.interceptors import (
+    ErrorInterceptor,
+    RequestIdInterceptor,
+    TelemetryInterceptor,
 )
-from genserve.server.interceptors import ErrorInterceptor, RequestIdInterceptor, TelemetryInterceptor
 from genserve.server.interceptors.telemetry import log_access
-from genserve.server.manifest import Manifest, Modality
-from genserve.server.media.loaders import (
-    load_audio_pipeline,
-    load_embedding_model,
-    load_image_pipeline,
-    load_mesh_pipeline,
-    load_video_pipeline,
-)
+from genserve.server.manifest import Manifest, Modality, ModelSpec
 from genserve.server.metrics import ServerMetrics
-from genserve.server.registry import Loader, ModelRegistry
-from genserve.server.service_names import MODEL_SERVICE, SERVICE_BY_MODALITY
-from genserve.server.servicers.audio import AudioServicer
+from genserve.server.modalities import MODALITIES, ROW_BY_MODALITY, ModalityRow
+from genserve.server.reflection import enable_reflection
+from genserve.server.registry import Loader, LoaderFor, ModelEntry, ModelRegistry
 from genserve.server.servicers.embedding import EmbeddingServicer
-from genserve.server.servicers.image import ImageServicer
-from genserve.server.servicers.mesh import MeshServicer
+from genserve.server.servicers.media import MediaServicer
 from genserve.server.servicers.models import ModelServicer
 from genserve.server.servicers.text import TextServicer
-from genserve.server.servicers.video import VideoServicer
 from genserve.server.settings import Settings
-from genserve.server.text.loader import load_text_engine
 from genserve.server.usage_log import UsageLog
+from genserve.v1 import models_pb2, models_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 OVERALL = ""  # the health service name that stands for the whole server
+MODEL_SERVICE = models_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
 
 MiB = 1024 * 1024
 
 
-def default_loaders(settings: Settings) -> dict[Modality, Loader]:
-    return {
-        Modality.TEXT: partial(load_text_engine, settings=settings),
-        Modality.IMAGE: partial(load_image_pipeline, settings=settings),
-        Modality.AUDIO: partial(load_audio_pipeline, settings=settings),
-        Modality.VIDEO: partial(load_video_pipeline, settings=settings),
-        Modality.MESH: partial(load_mesh_pipeline, settings=settings),
-        Modality.EMBEDDING: partial(load_embedding_model, settings=settings),
-    }
+def model_health_name(entry: ModelEntry) -> str:
+    """One health status per model: `<service>/<model name>`."""
+    return f"{ROW_BY_MODALITY[entry.modality].service}/{entry.name}"
+
+
+def default_loader_for(settings: Settings) -> LoaderFor:
+    """The engine loader for a model: its modality's row, its engine kind, these settings."""
+
+    def loader_for(modality: Modality, spec: ModelSpec) -> Loader | None:
+        load = ROW_BY_MODALITY[modality].loader_for(spec)
+        return partial(load, settings=settings) if load is not None else None
+
+    return loader_for
+
+
+def _servicer(row: ModalityRow, registry: ModelRegistry, settings: Settings) -> object:
+    if row.servicer_kind == "text":
+        return TextServicer(registry, settings.text)
+    if row.servicer_kind == "embedding":
+        return EmbeddingServicer(registry, settings.embedding)
+    return MediaServicer(row, registry, settings)
 
 
 class GenServeServer:
@@ -73,12 +70,16 @@ class GenServeServer:
         self,
         settings: Settings,
         manifest: Manifest,
-        loaders: Mapping[Modality, Loader] | None = None,
+        loader_for: LoaderFor | None = None,
     ) -> None:
         self.settings = settings
         self.registry = ModelRegistry(
-            manifest, loaders if loaders is not None else default_loaders(settings)
+            manifest,
+            loader_for if loader_for is not None else default_loader_for(settings),
+            model_store=settings.model_store,
+            memory_budget_bytes=settings.memory_budget_mb * MiB,
         )
+        self.registry.on_change(self._report_health)
         self.usage_log = UsageLog(settings.usage_db_path)
         self.metrics = ServerMetrics(self.registry)
         self.health = health.aio.HealthServicer()
@@ -101,33 +102,27 @@ class GenServeServer:
 
     def _add_servicers(self) -> None:
         server = self._server
-        text_pb2_grpc.add_TextServiceServicer_to_server(
-            TextServicer(self.registry, self.settings.text), server
+        for row in MODALITIES:
+            row.add_servicer(_servicer(row, self.registry, self.settings), server)
+        models_pb2_grpc.add_ModelServiceServicer_to_server(
+            ModelServicer(self.registry, self.settings), server
         )
-        registry, settings = self.registry, self.settings
-        audio_pb2_grpc.add_AudioServiceServicer_to_server(AudioServicer(registry, settings), server)
-        image_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(registry, settings), server)
-        video_pb2_grpc.add_VideoServiceServicer_to_server(VideoServicer(registry, settings), server)
-        mesh_pb2_grpc.add_MeshServiceServicer_to_server(MeshServicer(registry, settings), server)
-        embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server(
-            EmbeddingServicer(registry, settings.embedding), server
-        )
-        models_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.registry), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if self.settings.reflection:
             names = [
-                *SERVICE_BY_MODALITY.values(),
+                *(row.service for row in MODALITIES),
                 MODEL_SERVICE,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
             ]
-            reflection.enable_server_reflection(names, server)
+            enable_reflection(names, server)
 
     async def start(self) -> int:
         """Bind and start answering; every service reports NOT_SERVING until loaded."""
         address = f"{self.settings.host}:{self.settings.port}"
         self.port = self._server.add_insecure_port(address)
-        for name in (OVERALL, *SERVICE_BY_MODALITY.values()):
+        names = [OVERALL, *(row.service for row in MODALITIES)]
+        names += [model_health_name(entry) for entry in self.registry.entries()]
+        for name in names:
             await self.health.set(name, NOT_SERVING)
         await self._server.start()
         logger.info("gRPC listening on %s:%d", self.settings.host, self.port)
@@ -137,16 +132,25 @@ class GenServeServer:
         return self.port
 
     async def load_models(self) -> None:
-        """Preload, then report each modality's health, then the server's."""
+        """Preload, then report every model's and every service's health, then the server's."""
         await self.registry.preload()
-        for slot in self.registry.slots():
-            name = SERVICE_BY_MODALITY[slot.modality]
-            if slot.ready:
-                await self.health.set(name, SERVING)
-            else:
-                await self.health.set(name, NOT_SERVING)
-                logger.warning("%s is NOT_SERVING: %s: %s", name, slot.state, slot.detail)
+        for entry in self.registry.entries():
+            await self._report_health(entry)
+        for row in MODALITIES:
+            default = self.registry.default_entry(row.modality)
+            if default is None or not default.ready:
+                detail = f"{default.state}: {default.detail}" if default else "no model"
+                logger.warning("%s is NOT_SERVING: %s", row.service, detail)
         await self.health.set(OVERALL, SERVING)
+
+    async def _report_health(self, entry: ModelEntry) -> None:
+        """A model's own status, and its service's: SERVING while its default model can
+        serve (loaded, loadable on use, or loaded per request)."""
+        await self.health.set(model_health_name(entry), SERVING if entry.ready else NOT_SERVING)
+        default = self.registry.default_entry(entry.modality)
+        if default is entry:
+            service = ROW_BY_MODALITY[entry.modality].service
+            await self.health.set(service, SERVING if entry.ready else NOT_SERVING)
 
     async def stop(self, grace: float | None = None) -> None:
         """NOT_SERVING first, then stop accepting, then drain in-flight calls."""

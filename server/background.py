@@ -10,15 +10,15 @@ import asyncio
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 
 from genserve.server.app import GenServeServer
-from genserve.server.manifest import Manifest, Modality
-from genserve.server.registry import Loader
+from genserve.server.manifest import Manifest
+from genserve.server.registry import LoaderFor
 from genserve.server.settings import Settings
 
 T = TypeVar("T")
@@ -33,11 +33,11 @@ class ServerThread:
         self,
         settings: Settings,
         manifest: Manifest,
-        loaders: Mapping[Modality, Loader] | None = None,
+        loader_for: LoaderFor | None = None,
     ) -> None:
         self._settings = settings
         self._manifest = manifest
-        self._loaders = loaders
+        self._loader_for = loader_for
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
@@ -45,7 +45,7 @@ class ServerThread:
         self.port = 0
 
     async def _create(self) -> GenServeServer:
-        return GenServeServer(self._settings, self._manifest, self._loaders)
+        return GenServeServer(self._settings, self._manifest, self._loader_for)
 
     def run(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run a coroutine on the server's loop and wait for its result."""

@@ -39,8 +39,15 @@ class ResourceExhausted(GenServeError):
     grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class FailedPrecondition(GenServeError):
+    """The model cannot serve until an operator acts (it failed to load, or was
+    unloaded): clients must not retry it as they would a transient UNAVAILABLE."""
+
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class Unavailable(GenServeError):
-    """The model is not loaded (failed, or the server is shutting down)."""
+    """Passing: a model still loading, or the server shutting down. Clients may retry."""
 
     grpc_code = grpc.StatusCode.UNAVAILABLE
 
@@ -56,6 +63,7 @@ HTTP_STATUS_BY_GRPC_CODE: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.UNAUTHENTICATED: 401,
     grpc.StatusCode.PERMISSION_DENIED: 403,
     grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.FAILED_PRECONDITION: 409,
     grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
     grpc.StatusCode.CANCELLED: 499,
     grpc.StatusCode.UNIMPLEMENTED: 501,

@@ -1,6 +1,9 @@
-"""Model manifests: which model serves each modality, from where, on what device.
+"""Model manifests: the models the server knows, by name, per modality.
 
-A manifest is a TOML file with one table per modality (see manifests/*.toml). The
+A manifest is a TOML file with an array of tables per modality (`[[text]]`, `[[image]]`,
+...; see manifests/*.toml). Each model has a unique name, an engine, a load policy and
+its request defaults; one per modality is marked `default = true` (a lone model is the
+default without saying so). A plain `[text]` table still reads as a list of one. The
 profiles ship inside the package; `--manifest` points at your own.
 """
 
@@ -13,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MANIFEST_DIR = Path(__file__).parent / "manifests"
 PACKAGE_SCHEME = "package:"  # package:<python package>[/<folder inside it>]
@@ -31,6 +34,7 @@ class Modality(StrEnum):
 
 class LoadPolicy(StrEnum):
     PRELOAD = "preload"  # loaded before the server reports SERVING
+    LAZY = "lazy"  # loaded on first use and kept; evicted (least recently used) for the budget
     ON_DEMAND = "on_demand"  # loaded per request and dropped after (the seed's strategy)
 
 
@@ -40,8 +44,10 @@ DType = Literal["auto", "float32", "float16", "bfloat16"]
 class ModelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")
     source: str = Field(description="hub id, local folder, package:<pkg>[/dir] or store:<dir>")
+    default: bool = Field(False, description="serves requests of its modality naming no model")
+    engine: str | None = Field(None, description="engine kind; unset: the modality's default")
     gguf_file: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: DType = "auto"
@@ -84,17 +90,42 @@ class ModelSpec(BaseModel):
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    text: ModelSpec | None = None
-    audio: ModelSpec | None = None
-    image: ModelSpec | None = None
-    video: ModelSpec | None = None
-    mesh: ModelSpec | None = None
-    embedding: ModelSpec | None = None
+    text: tuple[ModelSpec, ...] = ()
+    audio: tuple[ModelSpec, ...] = ()
+    image: tuple[ModelSpec, ...] = ()
+    video: tuple[ModelSpec, ...] = ()
+    mesh: tuple[ModelSpec, ...] = ()
+    embedding: tuple[ModelSpec, ...] = ()
+
+    @field_validator(*(m.value for m in Modality), mode="before")
+    @classmethod
+    def _one_table_is_a_list_of_one(cls, value: Any) -> Any:
+        return [value] if isinstance(value, dict) else value
+
+    @model_validator(mode="after")
+    def _names_unique_and_one_default(self) -> Manifest:
+        seen: set[str] = set()
+        for modality in Modality:
+            specs = self.specs(modality)
+            for spec in specs:
+                if spec.name in seen:
+                    raise ValueError(f"model name {spec.name!r} appears twice")
+                seen.add(spec.name)
+            defaults = [spec.name for spec in specs if spec.default]
+            if len(defaults) > 1:
+                raise ValueError(f"{modality}: more than one default model: {defaults}")
+            if len(specs) > 1 and not defaults:
+                raise ValueError(f"{modality}: {len(specs)} models, mark one `default = true`")
+        return self
+
+    def specs(self, modality: Modality) -> tuple[ModelSpec, ...]:
+        specs: tuple[ModelSpec, ...] = getattr(self, modality.value)
+        return specs
 
     def spec_for(self, modality: Modality) -> ModelSpec | None:
-        spec: ModelSpec | None = getattr(self, modality.value)
-        return spec
-
+        """The modality's default model."""
+        specs = self.specs(modality)
+        return next((s for s in specs if s.default), specs[0] if specs else None)
 
 def load_manifest(path: Path) -> Manifest:
     with path.open("rb") as f:

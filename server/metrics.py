@@ -26,16 +26,32 @@ class _QueueDepth(Collector):
         self._models = models
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily(
+        queued = GaugeMetricFamily(
             "genserve_model_queue_depth",
-            "Requests queued or running per loaded model.",
+            "Requests waiting per loaded model.",
             labels=["modality", "model"],
         )
-        for slot in self._models.slots():
-            pending = getattr(slot.instance, "pending_requests", None)
-            if slot.spec is not None and pending is not None:
-                family.add_metric([slot.modality.value, slot.spec.name], float(pending))
-        yield family
+        in_flight = GaugeMetricFamily(
+            "genserve_model_in_flight",
+            "Requests running on the model now, per loaded model.",
+            labels=["modality", "model"],
+        )
+        memory = GaugeMetricFamily(
+            "genserve_model_memory_bytes",
+            "Weights and buffers held per loaded model.",
+            labels=["modality", "model"],
+        )
+        for entry in self._models.entries():
+            if entry.engine is None:
+                continue
+            labels = [entry.modality.value, entry.name]
+            stats = entry.engine.stats()
+            queued.add_metric(labels, float(stats.queued))
+            in_flight.add_metric(labels, float(stats.in_flight))
+            memory.add_metric(labels, float(entry.resident_bytes))
+        yield queued
+        yield in_flight
+        yield memory
 
 
 class ServerMetrics:

@@ -1,9 +1,17 @@
-"""The model registry: loads each modality's model per its manifest entry and load policy.
+"""The model registry: every model of the manifest by name, its engine and its policy.
 
-`preload` models load before the server reports SERVING; `on_demand` models load for
-each request and are dropped after it (the seed's load-per-request strategy: slow, but
-holds no memory between requests). A model that fails to load is recorded as failed
-with its reason; the other modalities still serve.
+Policies (the seed's serving strategies, side by side in one registry):
+- `preload`: loaded before the server reports SERVING, kept.
+- `lazy`: loaded on first use, kept; when a memory budget is set and a load would
+  exceed it, the least recently used idle lazy model is unloaded first.
+- `on_demand`: loaded for each request and dropped after (holds no memory between
+  requests). Each on-demand model has its own lock: two requests for it never load two
+  copies, and on-demand models of other modalities do not wait for it.
+
+`unload` refuses new requests for the model, drains the ones in flight, then releases
+it; `load` brings it back (or pins an on-demand model). A model that failed to load
+answers FAILED_PRECONDITION, which clients do not retry; UNAVAILABLE stays for causes
+that pass (a preload still running, the server stopping).
 """
 
 from __future__ import annotations
@@ -11,123 +19,349 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
-from genserve.server.errors import Unavailable
+from genserve.server.engine.contract import Engine
+from genserve.server.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable
 from genserve.server.manifest import LoadPolicy, Manifest, Modality, ModelSpec
 
 logger = logging.getLogger(__name__)
 
-Loader = Callable[[ModelSpec], Any]
-"""Builds a model (engine or pipeline) from its spec. Runs on a worker thread."""
+Loader = Callable[[ModelSpec], Engine[Any, Any]]
+"""Builds a model's engine from its spec. Runs on a worker thread."""
+
+LoaderFor = Callable[[Modality, ModelSpec], Loader | None]
+"""The loader for a model's engine kind; None when this version has none."""
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".onnx")
 
 
 class ModelState(StrEnum):
-    NOT_CONFIGURED = "not_configured"  # the manifest has no entry, or no loader exists yet
-    PENDING = "pending"  # preload not finished yet
+    PENDING = "pending"  # a preload not finished yet
+    LOADING = "loading"
     LOADED = "loaded"
+    UNLOADED = "unloaded"  # lazy and not loaded yet, evicted, or unloaded by an operator
+    DRAINING = "draining"  # being unloaded: refuses new requests, in-flight ones finish
     ON_DEMAND = "on_demand"  # loads per request
     FAILED = "failed"
 
 
-READY_STATES = frozenset({ModelState.LOADED, ModelState.ON_DEMAND})
-
-
 @dataclass
-class ModelSlot:
+class ModelEntry:
     modality: Modality
-    spec: ModelSpec | None
+    spec: ModelSpec
     loader: Loader | None
-    state: ModelState = ModelState.NOT_CONFIGURED
+    state: ModelState
     detail: str = ""
-    instance: Any = None
+    engine: Engine[Any, Any] | None = None
+    held_back: bool = False  # unloaded by an operator: stays so until LoadModel
+    in_use: int = 0  # requests holding the model now
+    last_used: float = 0.0
+    memory_bytes: int = 0  # last measured; an estimate before the first load
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one load at a time
+    released: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def policy(self) -> LoadPolicy:
+        return self.spec.load_policy
 
     @property
     def ready(self) -> bool:
-        return self.state in READY_STATES
+        """Would a request for it be served (possibly after a load)?"""
+        if self.state in (ModelState.LOADED, ModelState.ON_DEMAND):
+            return True
+        return self.state is ModelState.UNLOADED and self.policy is LoadPolicy.LAZY and (
+            not self.held_back
+        )
+
+    @property
+    def resident_bytes(self) -> int:
+        return self.memory_bytes if self.engine is not None else 0
+
+
+StateListener = Callable[[ModelEntry], Awaitable[None]]
 
 
 class ModelRegistry:
-    def __init__(self, manifest: Manifest, loaders: Mapping[Modality, Loader]) -> None:
-        self._slots: dict[Modality, ModelSlot] = {}
+    def __init__(
+        self,
+        manifest: Manifest,
+        loader_for: LoaderFor,
+        *,
+        model_store: Path,
+        memory_budget_bytes: int = 0,
+    ) -> None:
+        self._entries: dict[str, ModelEntry] = {}
+        self._defaults: dict[Modality, str] = {}
+        self._model_store = model_store
+        self.memory_budget_bytes = memory_budget_bytes
+        self._listeners: list[StateListener] = []
+        self._closed = False
         for modality in Modality:
-            spec = manifest.spec_for(modality)
-            loader = loaders.get(modality)
-            slot = ModelSlot(modality, spec, loader)
-            if spec is None:
-                slot.detail = "no model in the manifest"
-            elif loader is None:
-                slot.detail = f"{modality} serving is not implemented in this version"
-            elif spec.load_policy is LoadPolicy.ON_DEMAND:
-                slot.state = ModelState.ON_DEMAND
-            else:
-                slot.state = ModelState.PENDING
-            self._slots[modality] = slot
-        self._on_demand_lock = asyncio.Lock()
+            default = manifest.spec_for(modality)
+            if default is not None:
+                self._defaults[modality] = default.name
+            for spec in manifest.specs(modality):
+                loader = loader_for(modality, spec)
+                entry = ModelEntry(modality, spec, loader, _initial_state(spec, loader))
+                if loader is None:
+                    entry.detail = f"no {spec.engine or 'default'} engine for {modality} here"
+                entry.memory_bytes = _estimate_bytes(spec, model_store)
+                self._entries[spec.name] = entry
 
-    def slots(self) -> list[ModelSlot]:
-        return list(self._slots.values())
+    # -- lookups ---------------------------------------------------------------------------
 
-    def slot(self, modality: Modality) -> ModelSlot:
-        return self._slots[modality]
+    def entries(self, modality: Modality | None = None) -> list[ModelEntry]:
+        return [e for e in self._entries.values() if modality is None or e.modality is modality]
 
-    async def preload(self, on_loaded: Callable[[ModelSlot], None] | None = None) -> None:
-        """Load every `preload` model, one after the other, off the event loop."""
-        for slot in self._slots.values():
-            if slot.state is ModelState.PENDING:
-                await self._load(slot)
-                if on_loaded is not None:
-                    on_loaded(slot)
+    def default_entry(self, modality: Modality) -> ModelEntry | None:
+        name = self._defaults.get(modality)
+        return self._entries[name] if name is not None else None
 
-    async def _load(self, slot: ModelSlot) -> None:
-        assert slot.spec is not None and slot.loader is not None
-        started = time.perf_counter()
-        try:
-            slot.instance = await asyncio.to_thread(slot.loader, slot.spec)
-        except Exception as exc:  # one model's failure must not stop the rest
-            slot.state = ModelState.FAILED
-            slot.detail = f"{type(exc).__name__}: {exc}"
-            logger.exception("failed to load %s model %s", slot.modality, slot.spec.name)
+    def spec(self, modality: Modality, name: str | None = None) -> ModelSpec | None:
+        """The spec a request would get, known before the model loads (its defaults)."""
+        if name is None:
+            entry = self.default_entry(modality)
+            return entry.spec if entry else None
+        entry = self._entries.get(name)
+        return entry.spec if entry is not None and entry.modality is modality else None
+
+    def resolve(self, modality: Modality, name: str | None) -> ModelEntry:
+        """The named model of this modality, or the modality's default; NotFound else."""
+        if not name:
+            entry = self.default_entry(modality)
+            if entry is None:
+                raise NotFound(f"no {modality} model is configured on this server")
+            return entry
+        entry = self._entries.get(name)
+        if entry is None or entry.modality is not modality:
+            known = ", ".join(e.name for e in self.entries(modality)) or "none"
+            raise NotFound(f"model: no {modality} model named {name!r} (known: {known})")
+        return entry
+
+    def get(self, name: str) -> ModelEntry:
+        entry = self._entries.get(name)
+        if entry is None:
+            raise NotFound(f"name: no model named {name!r} (known: {', '.join(self._entries)})")
+        return entry
+
+    def resident_bytes(self) -> int:
+        return sum(e.resident_bytes for e in self._entries.values())
+
+    def on_change(self, listener: StateListener) -> None:
+        self._listeners.append(listener)
+
+    # -- serving -----------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def use(self, modality: Modality, name: str | None = None) -> AsyncIterator[Any]:
+        """The named (or default) model's engine for the duration of one request."""
+        entry = self.resolve(modality, name)
+        if entry.state is ModelState.ON_DEMAND:
+            async with self._on_demand(entry) as engine:
+                yield engine
             return
-        slot.state = ModelState.LOADED
-        slot.detail = ""
-        logger.info(
-            "loaded %s model %s in %.1f s",
-            slot.modality,
-            slot.spec.name,
-            time.perf_counter() - started,
+        if entry.state is ModelState.UNLOADED and entry.ready:
+            await self._load(entry)
+        engine = self._check_servable(entry)
+        entry.in_use += 1
+        entry.last_used = time.monotonic()
+        try:
+            yield engine
+        finally:
+            entry.in_use -= 1
+            entry.last_used = time.monotonic()
+            async with entry.released:
+                entry.released.notify_all()
+
+    def _check_servable(self, entry: ModelEntry) -> Engine[Any, Any]:
+        if self._closed:
+            raise Unavailable("the server is shutting down; retry on another replica")
+        if entry.state is ModelState.LOADED and entry.engine is not None:
+            return entry.engine
+        if entry.state is ModelState.FAILED:
+            raise FailedPrecondition(f"model {entry.name} failed to load: {entry.detail}")
+        if entry.state in (ModelState.PENDING, ModelState.LOADING):
+            raise Unavailable(f"model {entry.name} is still loading; retry shortly")
+        if entry.state is ModelState.DRAINING:
+            raise FailedPrecondition(f"model {entry.name} is being unloaded")
+        raise FailedPrecondition(
+            f"model {entry.name} is unloaded; ModelService/LoadModel loads it again"
         )
 
     @asynccontextmanager
-    async def use(self, modality: Modality) -> AsyncIterator[Any]:
-        """The modality's model for the duration of one request."""
-        slot = self._slots[modality]
-        if slot.state is ModelState.LOADED:
-            yield slot.instance
-            return
-        if slot.state is not ModelState.ON_DEMAND:
-            raise Unavailable(f"{modality} model is not available ({slot.state}: {slot.detail})")
-        assert slot.spec is not None and slot.loader is not None
-        # One on-demand load at a time: two concurrent loads would double the memory.
-        async with self._on_demand_lock:
-            instance = await asyncio.to_thread(slot.loader, slot.spec)
+    async def _on_demand(self, entry: ModelEntry) -> AsyncIterator[Any]:
+        if self._closed:
+            raise Unavailable("the server is shutting down; retry on another replica")
+        async with entry.lock:  # this model only: one copy at a time
+            await self._make_room(entry)
+            engine = await self._build(entry)
+            entry.in_use += 1
             try:
-                yield instance
+                yield engine
             finally:
-                _close(instance)
+                entry.in_use -= 1
+                entry.engine = None
+                await asyncio.to_thread(_close_quietly, engine, entry.name)
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    async def preload(self) -> None:
+        """Load every `preload` model, one after the other, off the event loop."""
+        for entry in self._entries.values():
+            if entry.state is ModelState.PENDING:
+                await self._load(entry)
+
+    async def load(self, name: str) -> ModelEntry:
+        """LoadModel: load now and keep (an on-demand model is pinned until unloaded)."""
+        entry = self.get(name)
+        if entry.loader is None:
+            raise FailedPrecondition(f"model {name}: {entry.detail}")
+        entry.held_back = False
+        if entry.state is ModelState.DRAINING:
+            raise FailedPrecondition(f"model {name} is being unloaded; load it after")
+        if entry.state is not ModelState.LOADED:
+            await self._load(entry, retry_failed=True)
+        if entry.state is ModelState.FAILED:
+            raise FailedPrecondition(f"model {name} failed to load: {entry.detail}")
+        return entry
+
+    async def unload(self, name: str) -> ModelEntry:
+        """UnloadModel: refuse new requests, drain those in flight, release the model."""
+        entry = self.get(name)
+        if entry.policy is LoadPolicy.ON_DEMAND and entry.state is ModelState.ON_DEMAND:
+            return entry  # holds nothing between requests already
+        if entry.state is ModelState.LOADED:
+            await self._release(entry, reason="unloaded by request")
+        entry.held_back = entry.policy is not LoadPolicy.ON_DEMAND
+        if entry.policy is LoadPolicy.ON_DEMAND:
+            entry.state = ModelState.ON_DEMAND
+        await self._changed(entry)
+        return entry
+
+    async def _load(self, entry: ModelEntry, retry_failed: bool = False) -> None:
+        async with entry.lock:
+            if entry.state is ModelState.LOADED or (
+                entry.state is ModelState.FAILED and not retry_failed
+            ):
+                return  # another request loaded it (or failed to) while this one waited
+            entry.state = ModelState.LOADING
+            await self._changed(entry)
+            try:
+                await self._make_room(entry)
+                entry.engine = await self._build(entry)
+            except ResourceExhausted:
+                entry.state = ModelState.UNLOADED
+                raise
+            except Exception as exc:  # one model's failure must not stop the rest
+                entry.state = ModelState.FAILED
+                entry.detail = f"{type(exc).__name__}: {exc}"
+                logger.exception("failed to load %s model %s", entry.modality, entry.name)
+            else:
+                entry.state = ModelState.LOADED
+                entry.detail = ""
+            finally:
+                await self._changed(entry)
+
+    async def _build(self, entry: ModelEntry) -> Engine[Any, Any]:
+        assert entry.loader is not None
+        started = time.perf_counter()
+        engine = await asyncio.to_thread(entry.loader, entry.spec)
+        entry.memory_bytes = engine.memory_bytes or entry.memory_bytes
+        entry.last_used = time.monotonic()
+        logger.info(
+            "loaded %s model %s (%s, %.0f MB) in %.1f s",
+            entry.modality,
+            entry.name,
+            entry.spec.load_policy,
+            engine.memory_bytes / 2**20,
+            time.perf_counter() - started,
+        )
+        return engine
+
+    async def _release(self, entry: ModelEntry, reason: str) -> None:
+        entry.state = ModelState.DRAINING
+        await self._changed(entry)
+        async with entry.released:
+            await entry.released.wait_for(lambda: entry.in_use == 0)
+        engine, entry.engine = entry.engine, None
+        entry.state = ModelState.UNLOADED
+        if engine is not None:
+            await asyncio.to_thread(_close_quietly, engine, entry.name)
+        logger.info("unloaded %s model %s (%s)", entry.modality, entry.name, reason)
+
+    async def _make_room(self, entry: ModelEntry) -> None:
+        """Evict idle lazy models, least recently used first, until `entry` fits."""
+        budget = self.memory_budget_bytes
+        if not budget:
+            return
+        while self.resident_bytes() + entry.memory_bytes > budget:
+            idle = [
+                e
+                for e in self._entries.values()
+                if e is not entry
+                and e.policy is LoadPolicy.LAZY
+                and e.state is ModelState.LOADED
+                and e.in_use == 0
+            ]
+            if not idle:
+                raise ResourceExhausted(
+                    f"model {entry.name} needs ~{entry.memory_bytes / 2**20:.0f} MB; the "
+                    f"memory budget of {budget / 2**20:.0f} MB holds "
+                    f"{self.resident_bytes() / 2**20:.0f} MB in models that are busy or "
+                    "pinned; retry later"
+                )
+            victim = min(idle, key=lambda e: e.last_used)
+            await self._release(victim, reason=f"evicted for {entry.name} (memory budget)")
+            await self._changed(victim)
+
+    async def _changed(self, entry: ModelEntry) -> None:
+        for listener in self._listeners:
+            await listener(entry)
 
     def close(self) -> None:
-        for slot in self._slots.values():
-            if slot.instance is not None:
-                _close(slot.instance)
-                slot.instance = None
+        """Refuse new requests and release every engine (their daemon threads end)."""
+        self._closed = True
+        for entry in self._entries.values():
+            if entry.engine is not None:
+                _close_quietly(entry.engine, entry.name)
+                entry.engine = None
 
 
-def _close(instance: Any) -> None:
-    close = getattr(instance, "close", None)
-    if callable(close):
-        close()
+def _initial_state(spec: ModelSpec, loader: Loader | None) -> ModelState:
+    if loader is None:
+        return ModelState.FAILED
+    return {
+        LoadPolicy.PRELOAD: ModelState.PENDING,
+        LoadPolicy.LAZY: ModelState.UNLOADED,
+        LoadPolicy.ON_DEMAND: ModelState.ON_DEMAND,
+    }[spec.load_policy]
+
+
+def _estimate_bytes(spec: ModelSpec, model_store: Path) -> int:
+    """Weight files on disk, before a model's first load has measured it."""
+    try:
+        source = Path(spec.resolved_source(model_store))
+    except FileNotFoundError:
+        return 0
+    if not source.is_dir():
+        return source.stat().st_size if source.is_file() else 0
+    files: Iterable[Path] = source.rglob("*")
+    return sum(p.stat().st_size for p in files if p.suffix in WEIGHT_SUFFIXES and p.is_file())
+
+
+def _close_quietly(engine: Engine[Any, Any], name: str) -> None:
+    try:
+        engine.close()
+    except Exception:  # closing one model must not stop the others closing
+        logger.exception("closing model %s failed", name)
+

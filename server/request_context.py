@@ -31,6 +31,7 @@ class CallDetails:
     Written by servicers (token counts, model timings), read by the usage log.
     """
 
+    model: str | None = None  # the model that served it, by name
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     queued_ms: float | None = None

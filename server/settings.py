@@ -6,7 +6,6 @@ Built once in main() and passed down; nothing here is read at import time.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,9 +24,6 @@ class TextLimits(BaseModel):
     max_top_k: int = Field(1000, ge=1)
     max_temperature: float = Field(10.0, gt=0)
     max_queue: int = Field(64, ge=1, description="requests waiting for the model before 429")
-    engine: Literal["batching", "serial"] = Field(
-        "batching", description="batching: concurrent requests share forward passes"
-    )
     max_batch_size: int = Field(16, ge=1, description="sequences decoded together")
     max_wait_ms: float = Field(10.0, ge=0, description="how long a batch waits for company")
     max_batch_tokens: int = Field(32768, ge=1, description="prompt + new tokens per batch")
@@ -73,6 +69,7 @@ class MeshLimits(BaseModel):
 class EmbeddingLimits(BaseModel):
     max_texts: int = Field(64, ge=1)
     max_text_chars: int = Field(8192, ge=1)
+    max_queue: int = Field(64, ge=1, description="batches waiting for the model before 429")
 
 
 class Settings(BaseSettings):
@@ -97,6 +94,9 @@ class Settings(BaseSettings):
         9464, ge=0, le=65535, description="Prometheus /metrics port; unset to disable"
     )
     reflection: bool = True
+    memory_budget_mb: int = Field(
+        0, ge=0, description="models' memory; past it, idle lazy models are evicted (0: none)"
+    )
     max_receive_message_mb: int = Field(32, ge=1, description="largest request (video images)")
     text: TextLimits = Field(default_factory=TextLimits)
     media: MediaLimits = Field(default_factory=MediaLimits)

@@ -35,7 +35,8 @@ CREATE TABLE IF NOT EXISTS usage (
     completion_tokens INTEGER,
     queued_ms REAL,
     inference_ms REAL,
-    encoding_ms REAL
+    encoding_ms REAL,
+    model TEXT
 );
 CREATE INDEX IF NOT EXISTS usage_request_id ON usage (request_id);
 """
@@ -44,8 +45,8 @@ INSERT = """
 INSERT INTO usage (
     request_id, datetime_utc, method, client_address, response_time_ms, status_code,
     successful, time_to_first_message_ms, messages_out, bytes_out, prompt_tokens,
-    completion_tokens, queued_ms, inference_ms, encoding_ms
-) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    completion_tokens, queued_ms, inference_ms, encoding_ms, model
+) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 _STOP = object()
@@ -62,6 +63,9 @@ class UsageLog:
         with connection:
             connection.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
             connection.executescript(SCHEMA)
+            columns = {row[1] for row in connection.execute("PRAGMA table_info(usage)")}
+            if "model" not in columns:  # a log written before models had names
+                connection.execute("ALTER TABLE usage ADD COLUMN model TEXT")
         connection.close()
         self._writer = threading.Thread(target=self._write_rows, name="usage-log", daemon=True)
         self._writer.start()
@@ -114,4 +118,5 @@ def _row(record: CallRecord) -> tuple[object, ...]:
         details.queued_ms,
         details.inference_ms,
         details.encoding_ms,
+        details.model,
     )

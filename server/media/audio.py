@@ -11,6 +11,7 @@ import soundfile
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from genserve.server.engine.rng import seeded_global_generator
 from genserve.server.media.events import Header
 from genserve.server.media.run import MediaRun
 
@@ -38,16 +39,15 @@ def generate_audio(bundle: BarkBundle, params: AudioParams, run: MediaRun) -> No
     device = bundle.model.device
     inputs = bundle.processor(params.prompt, voice_preset=params.preset)
     inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
-    torch.manual_seed(params.seed)
-    with torch.inference_mode():
+    sample_rate = int(bundle.model.generation_config.sample_rate)
+    # Bark draws from torch's global generator (it takes none of its own).
+    with seeded_global_generator(params.seed), torch.inference_mode():
         # Bark runs its three stages inside one generate() call: progress is per call.
         waveform = bundle.model.generate(**inputs, do_sample=True)
-    run.progress(1, 1, "generate")
     run.inference_done()
     samples = waveform[0].float().cpu().numpy().astype(np.float32)
-    sample_rate = int(bundle.model.generation_config.sample_rate)
-    encoded = io.BytesIO()
-    soundfile.write(encoded, samples, sample_rate, format="WAV", subtype="PCM_16")
+    # Bark has no steps to report as they happen, so the header (with the duration, known
+    # only now) comes first and its one progress event after it, as common.proto orders.
     run.header(
         Header(
             mime_type="audio/wav",
@@ -56,5 +56,8 @@ def generate_audio(bundle: BarkBundle, params: AudioParams, run: MediaRun) -> No
             duration_s=len(samples) / sample_rate,
         )
     )
+    run.progress(1, 1, "generate")
+    encoded = io.BytesIO()
+    soundfile.write(encoded, samples, sample_rate, format="WAV", subtype="PCM_16")
     run.output.write_all(encoded.getbuffer())
     run.finish()

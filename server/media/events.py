@@ -40,6 +40,8 @@ class Final:
     inference_ms: float
     encoding_ms: float
     seed: int
+    vertex_count: int = 0  # mesh: known only once the file is made
+    face_count: int = 0
 
 
 MediaEvent = Header | Progress | Chunk | Final

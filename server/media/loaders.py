@@ -1,22 +1,31 @@
-"""Builds each media pipeline from its manifest entry through from_pretrained, the same
-code path for the tiny offline store and for real weights."""
+"""Builds each media engine from its manifest entry: the pipeline through
+from_pretrained (the same code path for the tiny offline store and for real weights),
+run by a SerialEngine (pipelines are not re-entrant: diffusers schedulers keep per-call
+state)."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
+from genserve.server.engine.contract import module_bytes
+from genserve.server.engine.serial import Job, SerialEngine
 from genserve.server.manifest import ModelSpec
-from genserve.server.media.audio import AudioDefaults, BarkBundle
-from genserve.server.media.embedding import EmbeddingModel
-from genserve.server.media.image import ImageDefaults
-from genserve.server.media.mesh import MeshDefaults
-from genserve.server.media.pipelines import LoadedPipeline
-from genserve.server.media.video import VideoDefaults
+from genserve.server.media.audio import BarkBundle, generate_audio
+from genserve.server.media.embedding import embed
+from genserve.server.media.events import MediaEvent
+from genserve.server.media.image import generate_image
+from genserve.server.media.mesh import generate_mesh
+from genserve.server.media.run import MediaRun
+from genserve.server.media.video import generate_video
 from genserve.server.settings import Settings
-from genserve.server.worker import SerialWorker
+
+MediaEngine = SerialEngine[Any, MediaEvent]
 
 logger = logging.getLogger(__name__)
+
+GenerateFunction = Callable[[Any, Any, MediaRun], None]
 
 
 def _diffusers(pipeline_class: Any, spec: ModelSpec, settings: Settings, **extra: Any) -> Any:
@@ -28,11 +37,20 @@ def _diffusers(pipeline_class: Any, spec: ModelSpec, settings: Settings, **extra
     return pipeline
 
 
-def _worker(spec: ModelSpec, settings: Settings) -> SerialWorker:
-    return SerialWorker(f"media-{spec.name}", settings.media.max_queue)
+def _media_engine(
+    spec: ModelSpec, settings: Settings, pipeline: Any, generate: GenerateFunction
+) -> MediaEngine:
+    chunk_size = settings.media.chunk_size
+
+    def work(params: Any, job: Job[MediaEvent]) -> None:
+        generate(pipeline, params, MediaRun(job, chunk_size, params.seed))
+
+    return SerialEngine(
+        spec.name, work, max_queue=settings.media.max_queue, memory_bytes=module_bytes(pipeline)
+    )
 
 
-def load_image_pipeline(spec: ModelSpec, settings: Settings) -> LoadedPipeline:
+def load_image_engine(spec: ModelSpec, settings: Settings) -> MediaEngine:
     from diffusers import StableDiffusionPipeline
 
     pipeline = _diffusers(
@@ -43,24 +61,24 @@ def load_image_pipeline(spec: ModelSpec, settings: Settings) -> LoadedPipeline:
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    return LoadedPipeline(pipeline, _worker(spec, settings), ImageDefaults(**spec.defaults))
+    return _media_engine(spec, settings, pipeline, generate_image)
 
 
-def load_video_pipeline(spec: ModelSpec, settings: Settings) -> LoadedPipeline:
+def load_video_engine(spec: ModelSpec, settings: Settings) -> MediaEngine:
     from diffusers import StableVideoDiffusionPipeline
 
     pipeline = _diffusers(StableVideoDiffusionPipeline, spec, settings)
-    return LoadedPipeline(pipeline, _worker(spec, settings), VideoDefaults(**spec.defaults))
+    return _media_engine(spec, settings, pipeline, generate_video)
 
 
-def load_mesh_pipeline(spec: ModelSpec, settings: Settings) -> LoadedPipeline:
+def load_mesh_engine(spec: ModelSpec, settings: Settings) -> MediaEngine:
     from diffusers import ShapEPipeline
 
     pipeline = _diffusers(ShapEPipeline, spec, settings)
-    return LoadedPipeline(pipeline, _worker(spec, settings), MeshDefaults(**spec.defaults))
+    return _media_engine(spec, settings, pipeline, generate_mesh)
 
 
-def load_audio_pipeline(spec: ModelSpec, settings: Settings) -> LoadedPipeline:
+def load_audio_engine(spec: ModelSpec, settings: Settings) -> MediaEngine:
     from transformers import BarkModel, BarkProcessor
 
     source = spec.resolved_source(settings.model_store)
@@ -70,13 +88,21 @@ def load_audio_pipeline(spec: ModelSpec, settings: Settings) -> LoadedPipeline:
     # transformers 5 takes no device= in from_pretrained (the seed's listing breaks): .to()
     model = BarkModel.from_pretrained(source, dtype=dtype).to(device).eval()  # type: ignore[arg-type]
     bundle = BarkBundle(processor=processor, model=model)
-    return LoadedPipeline(bundle, _worker(spec, settings), AudioDefaults(**spec.defaults))
+    return _media_engine(spec, settings, bundle, generate_audio)
 
 
-def load_embedding_model(spec: ModelSpec, settings: Settings) -> EmbeddingModel:
+def load_embedding_engine(spec: ModelSpec, settings: Settings) -> SerialEngine[Any, Any]:
     from sentence_transformers import SentenceTransformer
 
     source = spec.resolved_source(settings.model_store)
     device = spec.resolved_device()
     logger.info("loading %s from %s on %s", spec.name, source, device)
-    return EmbeddingModel(SentenceTransformer(source, device=str(device)), spec.name)
+    model = SentenceTransformer(source, device=str(device))
+
+    # One batch at a time on the model thread: the batch is the parallelism.
+    def work(texts: list[str], job: Job[Any]) -> None:
+        job.emit(embed(model, texts))
+
+    return SerialEngine(
+        spec.name, work, max_queue=settings.embedding.max_queue, memory_bytes=module_bytes(model)
+    )

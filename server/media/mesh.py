@@ -42,6 +42,14 @@ class MeshParams:
 
 
 def generate_mesh(pipeline: Any, params: MeshParams, run: MediaRun) -> None:
+    # The header goes first, before the denoising progress; the vertex and face counts
+    # are known only after decoding, so they come in the final event.
+    run.header(
+        Header(
+            mime_type=MIME_TYPES[params.format],
+            file_name=f"mesh-{params.seed}.{params.format.value}",
+        )
+    )
     generator = torch.Generator(device="cpu").manual_seed(params.seed)
     with diffusers_progress(pipeline, run, "denoise"), torch.inference_mode():
         latents = pipeline(
@@ -59,13 +67,5 @@ def generate_mesh(pipeline: Any, params: MeshParams, run: MediaRun) -> None:
     vertices = decoded.verts.float().cpu().numpy()
     faces = decoded.faces.cpu().numpy()
     colours = torch.stack([decoded.vertex_channels[c] for c in "RGB"], dim=1).float().cpu().numpy()
-    run.header(
-        Header(
-            mime_type=MIME_TYPES[params.format],
-            file_name=f"mesh-{params.seed}.{params.format.value}",
-            vertex_count=len(vertices),
-            face_count=len(faces),
-        )
-    )
     WRITERS[params.format](run.output, vertices, colours, faces)
-    run.finish()
+    run.finish(vertex_count=len(vertices), face_count=len(faces))

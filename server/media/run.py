@@ -16,14 +16,14 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from genserve.server.engine.serial import Job
 from genserve.server.media.events import Chunk, Final, Header, Progress
-from genserve.server.worker import Job
 
 
 class ChunkedOutput(io.RawIOBase):
     """A write-only stream that emits Chunk events of at most chunk_size bytes."""
 
-    def __init__(self, job: Job, chunk_size: int) -> None:
+    def __init__(self, job: Job[Any], chunk_size: int) -> None:
         super().__init__()
         self._job = job
         self._chunk_size = chunk_size
@@ -65,7 +65,7 @@ class ChunkedOutput(io.RawIOBase):
 
 
 class MediaRun:
-    def __init__(self, job: Job, chunk_size: int, seed: int) -> None:
+    def __init__(self, job: Job[Any], chunk_size: int, seed: int) -> None:
         self.job = job
         self.seed = seed
         self.output = ChunkedOutput(job, chunk_size)
@@ -81,7 +81,7 @@ class MediaRun:
         self.job.check_cancelled()
         self._inference_done_at = time.perf_counter()
 
-    def finish(self) -> Final:
+    def finish(self, vertex_count: int = 0, face_count: int = 0) -> Final:
         self.output.flush_remainder()
         now = time.perf_counter()
         inference_end = self._inference_done_at or now
@@ -92,6 +92,8 @@ class MediaRun:
             inference_ms=(inference_end - self.job.started) * 1000,
             encoding_ms=(now - inference_end) * 1000,
             seed=self.seed,
+            vertex_count=vertex_count,
+            face_count=face_count,
         )
         self.job.emit(final)
         return final

@@ -6,13 +6,14 @@ from typing import Any
 
 from grpc.aio import ServicerContext
 
-from genserve.v1 import embedding_pb2, embedding_pb2_grpc
 from genserve.server.errors import InvalidArgument
 from genserve.server.manifest import Modality
-from genserve.server.media.embedding import EmbeddingModel
+from genserve.server.media.embedding import Embeddings
 from genserve.server.registry import ModelRegistry
 from genserve.server.request_context import current_call_details
+from genserve.server.servicers.media import requested_model
 from genserve.server.settings import EmbeddingLimits
+from genserve.v1 import embedding_pb2, embedding_pb2_grpc
 
 
 class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
@@ -23,14 +24,17 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
     async def Embed(
         self, request: embedding_pb2.EmbedRequest, context: ServicerContext[Any, Any]
     ) -> embedding_pb2.EmbedResponse:
+        name = self._registry.resolve(Modality.EMBEDDING, requested_model(request)).name
         texts = check_texts(list(request.texts), self._limits)
-        model: EmbeddingModel
-        async with self._registry.use(Modality.EMBEDDING) as model:
-            result = await model.embed(texts)
-        current_call_details().prompt_tokens = result.prompt_tokens
+        call = current_call_details()
+        call.model = name
+        async with self._registry.use(Modality.EMBEDDING, name) as engine:
+            results: list[Embeddings] = [r async for r in engine.generate(texts)]
+        (result,) = results  # an embedding engine answers once
+        call.prompt_tokens = result.prompt_tokens
         return embedding_pb2.EmbedResponse(
             embeddings=[embedding_pb2.Embedding(values=v) for v in result.vectors],
-            model=model.name,
+            model=name,
             prompt_tokens=result.prompt_tokens,
         )
 

@@ -1,19 +1,17 @@
-"""ImageService: text-to-image, streamed as header, progress per step, chunks, final."""
+"""ImageService requests: protobuf in, validated ImageParams out."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
-
-from grpc.aio import ServicerContext
-
-from genserve.v1 import common_pb2, image_pb2, image_pb2_grpc
-from genserve.server.manifest import Modality
-from genserve.server.media.image import ImageDefaults, ImageFormat, ImageParams, generate_image
-from genserve.server.registry import ModelRegistry
-from genserve.server.servicers.media import MediaStreamer, defaults_for
-from genserve.server.servicers.validation import check_prompt, check_range, check_size, optional, seed_of
+from genserve.server.media.image import ImageDefaults, ImageFormat, ImageParams
+from genserve.server.servicers.validation import (
+    check_prompt,
+    check_range,
+    check_size,
+    optional,
+    seed_of,
+)
 from genserve.server.settings import Settings
+from genserve.v1 import image_pb2
 
 FORMATS = {
     image_pb2.IMAGE_FORMAT_UNSPECIFIED: ImageFormat.PNG,
@@ -21,20 +19,6 @@ FORMATS = {
     image_pb2.IMAGE_FORMAT_JPEG: ImageFormat.JPEG,
     image_pb2.IMAGE_FORMAT_WEBP: ImageFormat.WEBP,
 }
-
-
-class ImageServicer(image_pb2_grpc.ImageServiceServicer):
-    def __init__(self, registry: ModelRegistry, settings: Settings) -> None:
-        self._settings = settings
-        self._defaults = defaults_for(registry, Modality.IMAGE, ImageDefaults)
-        self._streamer = MediaStreamer(registry, Modality.IMAGE, settings.media.chunk_size)
-
-    async def Generate(
-        self, request: image_pb2.ImageGenerateRequest, context: ServicerContext[Any, Any]
-    ) -> AsyncIterator[common_pb2.MediaEvent]:
-        params = image_params_from_pb(request, self._defaults, self._settings)
-        async for event in self._streamer.stream(generate_image, params, params.seed):
-            yield event
 
 
 def image_params_from_pb(

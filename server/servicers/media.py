@@ -1,55 +1,71 @@
-"""What the four media servicers share: running a job on the pipeline's worker and
-turning the plain events into genserve.v1.MediaEvent messages."""
+"""The one media servicer: every media modality's Generate, by its row in the table.
+
+Resolves the model by name (NOT_FOUND for an unknown one), converts the request with
+the modality's converter and that model's defaults, streams the engine's plain events
+back as genserve.v1.MediaEvent messages.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import aclosing
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
+from grpc.aio import ServicerContext
 from pydantic import BaseModel
 
-from genserve.v1 import common_pb2
-from genserve.server.manifest import Modality
 from genserve.server.media.events import Chunk, Final, Header, MediaEvent, Progress
-from genserve.server.media.pipelines import LoadedPipeline
-from genserve.server.media.run import MediaRun
+from genserve.server.modalities import ModalityRow
 from genserve.server.registry import ModelRegistry
 from genserve.server.request_context import current_call_details
-
-P = TypeVar("P")
-D = TypeVar("D", bound=BaseModel)
-GenerateFunction = Callable[[Any, P, MediaRun], None]
+from genserve.server.settings import Settings
+from genserve.v1 import common_pb2
 
 
-def defaults_for(registry: ModelRegistry, modality: Modality, model: type[D]) -> D:
-    """The manifest's request defaults for a modality, known before its model loads."""
-    spec = registry.slot(modality).spec
-    return model(**spec.defaults) if spec is not None else model()
+def requested_model(request: Any) -> str | None:
+    """The request's `model` field; None (the modality's default) when unset or empty."""
+    return request.model or None if request.HasField("model") else None
 
 
-class MediaStreamer:
-    def __init__(self, registry: ModelRegistry, modality: Modality, chunk_size: int) -> None:
+class ModelDefaults:
+    """Each model's request defaults, validated once (a bad manifest fails at start)."""
+
+    def __init__(self, row: ModalityRow, registry: ModelRegistry) -> None:
+        self._row = row
         self._registry = registry
-        self._modality = modality
-        self._chunk_size = chunk_size
+        self._by_name = {
+            entry.name: row.defaults_for(entry.spec) for entry in registry.entries(row.modality)
+        }
 
-    async def stream(
-        self, generate: GenerateFunction[P], params: P, seed: int
+    def resolve(self, request: Any) -> tuple[str | None, BaseModel]:
+        """The model a request names (checked to exist) and its defaults."""
+        name = requested_model(request)
+        entry = self._registry.resolve(self._row.modality, name)
+        return entry.name, self._by_name[entry.name]
+
+
+class MediaServicer:
+    def __init__(self, row: ModalityRow, registry: ModelRegistry, settings: Settings) -> None:
+        assert row.converter is not None, f"{row.modality} has no converter"
+        self._row = row
+        self._convert = row.converter
+        self._registry = registry
+        self._settings = settings
+        self._defaults = ModelDefaults(row, registry)
+
+    async def Generate(
+        self, request: Any, context: ServicerContext[Any, Any]
     ) -> AsyncIterator[common_pb2.MediaEvent]:
+        name, defaults = self._defaults.resolve(request)
+        params = self._convert(request, defaults, self._settings)
         call = current_call_details()
-        loaded: LoadedPipeline
-        async with self._registry.use(self._modality) as loaded:
-            job_events = loaded.worker.run(
-                lambda job: generate(loaded.pipeline, params, MediaRun(job, self._chunk_size, seed))
-            )
-            async with aclosing(job_events) as events:
-                async for event in events:
-                    if isinstance(event, Final):
-                        call.queued_ms = event.queued_ms
-                        call.inference_ms = event.inference_ms
-                        call.encoding_ms = event.encoding_ms
-                    yield media_event_to_pb(event)
+        call.model = name
+        async with self._registry.use(self._row.modality, name) as engine:
+            async for event in engine.generate(params):
+                if isinstance(event, Final):
+                    call.queued_ms = event.queued_ms
+                    call.inference_ms = event.inference_ms
+                    call.encoding_ms = event.encoding_ms
+                yield media_event_to_pb(event)
 
 
 def media_event_to_pb(event: MediaEvent) -> common_pb2.MediaEvent:
@@ -88,5 +104,7 @@ def media_event_to_pb(event: MediaEvent) -> common_pb2.MediaEvent:
                 encoding_ms=event.encoding_ms,
             ),
             seed=event.seed,
+            vertex_count=event.vertex_count,
+            face_count=event.face_count,
         )
     )

@@ -1,39 +1,17 @@
-"""MeshService: text-to-3D with Shap-E, streamed as an OBJ or PLY file."""
+"""MeshService requests: protobuf in, validated MeshParams out (Shap-E, OBJ or PLY)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
-
-from grpc.aio import ServicerContext
-
-from genserve.v1 import common_pb2, mesh_pb2, mesh_pb2_grpc
-from genserve.server.manifest import Modality
-from genserve.server.media.mesh import MeshDefaults, MeshFormat, MeshParams, generate_mesh
-from genserve.server.registry import ModelRegistry
-from genserve.server.servicers.media import MediaStreamer, defaults_for
+from genserve.server.media.mesh import MeshDefaults, MeshFormat, MeshParams
 from genserve.server.servicers.validation import check_prompt, check_range, optional, seed_of
 from genserve.server.settings import Settings
+from genserve.v1 import mesh_pb2
 
 FORMATS = {
     mesh_pb2.MESH_FORMAT_UNSPECIFIED: MeshFormat.OBJ,
     mesh_pb2.MESH_FORMAT_OBJ: MeshFormat.OBJ,
     mesh_pb2.MESH_FORMAT_PLY: MeshFormat.PLY,
 }
-
-
-class MeshServicer(mesh_pb2_grpc.MeshServiceServicer):
-    def __init__(self, registry: ModelRegistry, settings: Settings) -> None:
-        self._settings = settings
-        self._defaults = defaults_for(registry, Modality.MESH, MeshDefaults)
-        self._streamer = MediaStreamer(registry, Modality.MESH, settings.media.chunk_size)
-
-    async def Generate(
-        self, request: mesh_pb2.MeshGenerateRequest, context: ServicerContext[Any, Any]
-    ) -> AsyncIterator[common_pb2.MediaEvent]:
-        params = mesh_params_from_pb(request, self._defaults, self._settings)
-        async for event in self._streamer.stream(generate_mesh, params, params.seed):
-            yield event
 
 
 def mesh_params_from_pb(

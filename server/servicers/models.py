@@ -1,19 +1,26 @@
-"""ModelService: what the registry holds, per modality."""
+"""ModelService: the models the registry holds, by name; loading and unloading them."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from google.protobuf import struct_pb2
 from grpc.aio import ServicerContext
 
+from genserve.server.errors import InvalidArgument
+from genserve.server.modalities import MODALITIES, ROW_BY_MODALITY
+from genserve.server.registry import ModelEntry, ModelRegistry
+from genserve.server.settings import Settings
 from genserve.v1 import models_pb2, models_pb2_grpc
-from genserve.server.registry import ModelRegistry, ModelSlot
-from genserve.server.service_names import SERVICE_BY_MODALITY
 
 
 class ModelServicer(models_pb2_grpc.ModelServiceServicer):
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, settings: Settings) -> None:
         self._registry = registry
+        self._limits = struct_pb2.Struct()
+        self._limits.update(
+            {row.modality.value: row.public_limits(settings) for row in MODALITIES}
+        )
 
     async def ListModels(
         self,
@@ -21,20 +28,48 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
         context: ServicerContext[Any, Any],
     ) -> models_pb2.ListModelsResponse:
         return models_pb2.ListModelsResponse(
-            models=[model_info_to_pb(slot) for slot in self._registry.slots()]
+            models=[model_info_to_pb(entry, self._registry) for entry in self._registry.entries()],
+            limits=self._limits,
+            memory_budget_bytes=self._registry.memory_budget_bytes,
         )
 
+    async def LoadModel(
+        self, request: models_pb2.LoadModelRequest, context: ServicerContext[Any, Any]
+    ) -> models_pb2.ModelInfo:
+        entry = await self._registry.load(_name(request))
+        return model_info_to_pb(entry, self._registry)
 
-def model_info_to_pb(slot: ModelSlot) -> models_pb2.ModelInfo:
-    spec = slot.spec
+    async def UnloadModel(
+        self, request: models_pb2.UnloadModelRequest, context: ServicerContext[Any, Any]
+    ) -> models_pb2.ModelInfo:
+        entry = await self._registry.unload(_name(request))
+        return model_info_to_pb(entry, self._registry)
+
+
+def _name(request: Any) -> str:
+    if not request.name:
+        raise InvalidArgument("name", "must name a model (see ListModels)")
+    return str(request.name)
+
+
+def model_info_to_pb(entry: ModelEntry, registry: ModelRegistry) -> models_pb2.ModelInfo:
+    spec = entry.spec
+    row = ROW_BY_MODALITY[entry.modality]
+    stats = entry.engine.stats() if entry.engine is not None else None
+    default = registry.default_entry(entry.modality)
     return models_pb2.ModelInfo(
-        name=spec.name if spec else "",
-        modality=slot.modality.value,
-        service=SERVICE_BY_MODALITY[slot.modality],
-        source=spec.source if spec else "",
-        device=str(spec.resolved_device()) if spec else "",
-        dtype=str(spec.resolved_dtype()).removeprefix("torch.") if spec else "",
-        load_policy=spec.load_policy.value if spec else "",
-        state=slot.state.value,
-        detail=slot.detail,
+        name=spec.name,
+        modality=entry.modality.value,
+        service=row.service,
+        source=spec.source,
+        device=str(spec.resolved_device()),
+        dtype=str(spec.resolved_dtype()).removeprefix("torch."),
+        load_policy=spec.load_policy.value,
+        state=entry.state.value,
+        detail=entry.detail,
+        engine=spec.engine or row.default_engine,
+        is_default=default is entry,
+        memory_bytes=entry.resident_bytes,
+        queued=stats.queued if stats else 0,
+        in_flight=stats.in_flight if stats else 0,
     )

@@ -5,19 +5,18 @@ from __future__ import annotations
 import math
 import secrets
 from collections.abc import AsyncIterator
-from contextlib import aclosing
 from typing import Any
 
 from grpc.aio import ServicerContext
 
-from genserve.v1 import common_pb2, text_pb2, text_pb2_grpc
 from genserve.server.errors import InvalidArgument
 from genserve.server.manifest import Modality
+from genserve.server.modalities import ROW_BY_MODALITY
 from genserve.server.registry import ModelRegistry
 from genserve.server.request_context import current_call_details
+from genserve.server.servicers.media import ModelDefaults
 from genserve.server.settings import TextLimits
 from genserve.server.text.defaults import TextDefaults
-from genserve.server.text.engine import TextEngine
 from genserve.server.text.types import (
     ChatTurn,
     FinishReason,
@@ -26,6 +25,7 @@ from genserve.server.text.types import (
     TextFinal,
     TextRequest,
 )
+from genserve.v1 import common_pb2, text_pb2, text_pb2_grpc
 
 CHAT_ROLES = frozenset({"system", "user", "assistant"})
 GREEDY_BELOW = 1e-5
@@ -41,22 +41,20 @@ class TextServicer(text_pb2_grpc.TextServiceServicer):
     def __init__(self, registry: ModelRegistry, limits: TextLimits) -> None:
         self._registry = registry
         self._limits = limits
-        spec = registry.slot(Modality.TEXT).spec
-        self._defaults = TextDefaults.model_validate(spec.defaults if spec else {})
+        self._defaults = ModelDefaults(ROW_BY_MODALITY[Modality.TEXT], registry)
 
     async def Generate(
         self,
         request: text_pb2.TextGenerateRequest,
         context: ServicerContext[Any, Any],
     ) -> AsyncIterator[text_pb2.TextGenerateResponse]:
-        text_request = text_request_from_pb(request, self._defaults, self._limits)
+        name, defaults = self._defaults.resolve(request)
+        assert isinstance(defaults, TextDefaults)
+        text_request = text_request_from_pb(request, defaults, self._limits)
         call = current_call_details()
-        engine: TextEngine
-        async with (
-            self._registry.use(Modality.TEXT) as engine,
-            aclosing(engine.generate(text_request)) as events,
-        ):
-            async for event in events:
+        call.model = name
+        async with self._registry.use(Modality.TEXT, name) as engine:
+            async for event in engine.generate(text_request):
                 if isinstance(event, TextFinal):
                     call.prompt_tokens = event.prompt_tokens
                     call.queued_ms = event.queued_ms

@@ -1,39 +1,19 @@
-"""VideoService: image-to-video with Stable Video Diffusion, streamed as a fragmented MP4."""
+"""VideoService requests: protobuf in, validated VideoParams out (image decoded safely)."""
 
 from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import AsyncIterator
-from typing import Any
 
-from grpc.aio import ServicerContext
 from PIL import Image, UnidentifiedImageError
 
-from genserve.v1 import common_pb2, video_pb2, video_pb2_grpc
 from genserve.server.errors import InvalidArgument
-from genserve.server.manifest import Modality
-from genserve.server.media.video import VideoDefaults, VideoParams, generate_video
-from genserve.server.registry import ModelRegistry
-from genserve.server.servicers.media import MediaStreamer, defaults_for
+from genserve.server.media.video import VideoDefaults, VideoParams
 from genserve.server.servicers.validation import check_range, check_size, optional, seed_of
 from genserve.server.settings import Settings, VideoLimits
+from genserve.v1 import video_pb2
 
 ACCEPTED_IMAGE_FORMATS = frozenset({"PNG", "JPEG", "WEBP"})
-
-
-class VideoServicer(video_pb2_grpc.VideoServiceServicer):
-    def __init__(self, registry: ModelRegistry, settings: Settings) -> None:
-        self._settings = settings
-        self._defaults = defaults_for(registry, Modality.VIDEO, VideoDefaults)
-        self._streamer = MediaStreamer(registry, Modality.VIDEO, settings.media.chunk_size)
-
-    async def Generate(
-        self, request: video_pb2.VideoGenerateRequest, context: ServicerContext[Any, Any]
-    ) -> AsyncIterator[common_pb2.MediaEvent]:
-        params = video_params_from_pb(request, self._defaults, self._settings.video)
-        async for event in self._streamer.stream(generate_video, params, params.seed):
-            yield event
 
 
 def decode_image(data: bytes, limits: VideoLimits) -> Image.Image:
@@ -70,8 +50,9 @@ def decode_image(data: bytes, limits: VideoLimits) -> Image.Image:
 
 
 def video_params_from_pb(
-    request: video_pb2.VideoGenerateRequest, defaults: VideoDefaults, limits: VideoLimits
+    request: video_pb2.VideoGenerateRequest, defaults: VideoDefaults, settings: Settings
 ) -> VideoParams:
+    limits = settings.video
     num_frames = check_range(
         "num_frames", optional(request, "num_frames", defaults.num_frames), 1, limits.max_frames
     )

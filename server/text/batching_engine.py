@@ -10,6 +10,11 @@ own sampling parameters and seed (a generator per row), streams its own tokens, 
 leaves the batch (its cache rows dropped) when it finishes or its caller goes away; the
 others carry on. On this CPU batch 1 is bound by reading the weights once per token, so
 sharing each pass among B sequences multiplies throughput.
+
+Each sequence's events go through its own EventChannel. The scheduler never waits on one
+slow reader (that would stall the whole batch): a channel holds up to the sequence's
+max_new_tokens deltas plus its final event, so an unread stream is bounded by its own
+size (a few KB of text).
 """
 
 from __future__ import annotations
@@ -19,13 +24,15 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from genserve.server.engine.channel import EventChannel
+from genserve.server.engine.contract import EngineStats, module_bytes
 from genserve.server.errors import ResourceExhausted
 from genserve.server.text.token_stream import (
     TokenStream,
@@ -38,15 +45,15 @@ from genserve.server.text.types import SamplingParams, TextEvent, TextFinal, Tex
 
 logger = logging.getLogger(__name__)
 
-_DONE = object()
+# Events beyond the deltas that a sequence's channel must hold: its final event.
+_CHANNEL_SLACK = 2
 
 
 @dataclass
 class _Sequence:
     prompt_ids: list[int]
     params: SamplingParams
-    emit: Callable[[Any], None]
-    cancelled: threading.Event
+    channel: EventChannel[TextEvent]
     submitted: float
     tokens: TokenStream | None = None
     generator: torch.Generator | None = None
@@ -56,6 +63,14 @@ class _Sequence:
     @property
     def budget(self) -> int:
         return len(self.prompt_ids) + self.params.max_new_tokens
+
+    @property
+    def cancelled(self) -> bool:
+        return self.channel.cancelled
+
+    def emit(self, event: TextEvent) -> None:
+        # Sized to hold every event of the sequence: False only once its reader has gone.
+        self.channel.try_send(event)
 
 
 _State = tuple[list[_Sequence], DynamicCache, torch.Tensor, torch.Tensor]
@@ -104,6 +119,8 @@ class BatchingTextEngine:
         max_wait_ms: float,
         max_batch_tokens: int,
     ) -> None:
+        self.name = name
+        self.memory_bytes = module_bytes(model)
         self._model = model
         self._tokenizer = tokenizer
         self._max_queue = max_queue
@@ -118,11 +135,26 @@ class BatchingTextEngine:
         self._pad_id = int(pad or 0)
         self._waiting: queue.Queue[_Sequence | None] = queue.Queue()
         self._carry: _Sequence | None = None  # taken from the queue but did not fit a batch
-        self._pending = 0
+        self._pending = 0  # accepted and not finished
+        self._running = 0  # in the batch now
+        self._cancelled = 0
+        self._members: list[_Sequence] = []  # every sequence of the running batch, joiners too
         self._idle = threading.Condition()
+        self._closed = False
         self.last_final: TextFinal | None = None
         self._scheduler = threading.Thread(target=self._schedule, name=f"text-{name}", daemon=True)
         self._scheduler.start()
+
+    @property
+    def ready(self) -> bool:
+        return not self._closed and self._scheduler.is_alive()
+
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            queued=max(0, self._pending - self._running),
+            in_flight=self._running,
+            cancelled=self._cancelled,
+        )
 
     @property
     def context_length(self) -> int:
@@ -136,39 +168,26 @@ class BatchingTextEngine:
         with self._idle:
             return self._idle.wait_for(lambda: self._pending == 0, timeout)
 
-    async def generate(self, request: TextRequest) -> AsyncGenerator[TextEvent, None]:
+    async def generate(self, request: TextRequest) -> AsyncIterator[TextEvent]:
         prompt_ids = await asyncio.to_thread(encode_chat, self._tokenizer, request)
         check_fits(len(prompt_ids), request.params.max_new_tokens, self.context_length)
         if self._pending >= self._max_queue + self._max_batch_size:
             raise ResourceExhausted(
                 f"the text model has {self._pending} requests in flight; retry later"
             )
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[Any] = asyncio.Queue()
-        cancelled = threading.Event()
-
-        def emit(event: Any) -> None:
-            try:
-                loop.call_soon_threadsafe(events.put_nowait, event)
-            except RuntimeError:  # the loop is gone: nobody is listening
-                cancelled.set()
-
-        sequence = _Sequence(prompt_ids, request.params, emit, cancelled, time.perf_counter())
+        channel: EventChannel[TextEvent] = EventChannel(
+            request.params.max_new_tokens + _CHANNEL_SLACK
+        )
+        sequence = _Sequence(prompt_ids, request.params, channel, time.perf_counter())
         with self._idle:
             self._pending += 1
         self._waiting.put(sequence)
-        try:
-            while True:
-                event = await events.get()
-                if event is _DONE:
-                    return
-                if isinstance(event, BaseException):
-                    raise event
-                yield event
-        finally:
-            cancelled.set()  # a no-op once finished; otherwise the sequence leaves its batch
+        # Closing this iterator cancels the channel: the sequence leaves its batch next step.
+        async for event in channel.receive():
+            yield event
 
     def close(self) -> None:
+        self._closed = True
         self._waiting.put(None)
 
     # -- the scheduler thread -------------------------------------------------------------
@@ -195,14 +214,16 @@ class BatchingTextEngine:
                     break
                 batch.append(nxt)
                 tokens += nxt.budget
+            self._members = list(batch)
             try:
                 self._run(batch)
-            except Exception as exc:  # every caller in the batch gets the error
-                logger.exception("batch of %d failed", len(batch))
-                for sequence in batch:
-                    if not sequence.finished:
-                        sequence.emit(exc)
-                        self._finish(sequence, None)
+            except Exception as exc:  # every caller in the batch gets it, joiners included
+                logger.exception("batch of %d failed", len(self._members))
+                for sequence in self._members:
+                    self._finish(sequence, None, error=exc)
+            finally:
+                self._members = []
+                self._running = 0
 
     def _run(self, batch: list[_Sequence]) -> None:
         """Decodes a batch to its end; sequences arriving meanwhile join between steps."""
@@ -210,12 +231,13 @@ class BatchingTextEngine:
             state = self._prefill(batch)
             while state is not None:
                 rows, cache, mask, logits = state
+                self._running = len(rows)
                 next_tokens = [self._sample(logits[i], s) for i, s in enumerate(rows)]
                 keep = []
                 for i, (sequence, token) in enumerate(zip(rows, next_tokens, strict=True)):
                     assert sequence.tokens is not None
                     sequence.tokens.push(token)
-                    if sequence.tokens.stopped or sequence.cancelled.is_set():
+                    if sequence.tokens.stopped or sequence.cancelled:
                         self._finish(sequence, sequence.tokens)
                     else:
                         keep.append(i)
@@ -231,6 +253,7 @@ class BatchingTextEngine:
                     logits = self._forward(step_ids, mask, mask.sum(-1, keepdim=True) - 1, cache)
                     state = (rows, cache, mask, logits)
                 newcomers = self._admit(len(state[0]) if state else 0)
+                self._members.extend(newcomers)
                 if newcomers:
                     joined = self._prefill(newcomers)
                     if joined is not None:
@@ -257,7 +280,7 @@ class BatchingTextEngine:
     def _prefill(self, batch: list[_Sequence]) -> _State | None:
         rows = []
         for sequence in batch:
-            if sequence.cancelled.is_set():  # left while waiting
+            if sequence.cancelled:  # left while waiting
                 self._finish(sequence, None)
                 continue
             sequence.started = time.perf_counter()
@@ -311,14 +334,18 @@ class BatchingTextEngine:
         probs = torch.softmax(scores, dim=-1)
         return int(torch.multinomial(probs, 1, generator=sequence.generator))
 
-    def _finish(self, sequence: _Sequence, tokens: TokenStream | None) -> None:
+    def _finish(
+        self, sequence: _Sequence, tokens: TokenStream | None, error: Exception | None = None
+    ) -> None:
         if sequence.finished:
             return
         sequence.finished = True
+        if sequence.cancelled:
+            self._cancelled += 1
         if tokens is not None:
             now = time.perf_counter()
             final = TextFinal(
-                finish_reason=tokens.finish(cancelled=sequence.cancelled.is_set()),
+                finish_reason=tokens.finish(cancelled=sequence.cancelled),
                 prompt_tokens=len(sequence.prompt_ids),
                 completion_tokens=tokens.completion_tokens,
                 seed=sequence.params.seed,
@@ -327,7 +354,7 @@ class BatchingTextEngine:
             )
             self.last_final = final
             sequence.emit(final)
-        sequence.emit(_DONE)
+        sequence.channel.close(error)
         with self._idle:
             self._pending -= 1
             self._idle.notify_all()

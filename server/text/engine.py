@@ -8,21 +8,17 @@ one-at-a-time engine behind this interface without the servicer changing.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
 from typing import Protocol
 
-from genserve.server.text.types import TextEvent, TextRequest
+from genserve.server.engine.contract import Engine
+from genserve.server.text.types import TextEvent, TextFinal, TextRequest
 
 
-class TextEngine(Protocol):
+class TextEngine(Engine[TextRequest, TextEvent], Protocol):
+    """The engine contract, plus what text adds: the context it can take and the last
+    request's outcome (for tests and benchmarks)."""
+
+    last_final: TextFinal | None
+
     @property
     def context_length(self) -> int: ...
-
-    def generate(self, request: TextRequest) -> AsyncGenerator[TextEvent, None]:
-        """Stream the answer. Raises InvalidArgument for a prompt the model cannot take,
-        ResourceExhausted when the queue is full."""
-        ...
-
-    def close(self) -> None:
-        """Stop running work and release the model."""
-        ...

@@ -29,7 +29,7 @@ GGUF_CACHE = "gguf-dequantized"
 COMPLETE_MARKER = ".complete"
 
 
-def load_text_engine(spec: ModelSpec, settings: Settings) -> TextEngine:
+def load_text_engine(spec: ModelSpec, settings: Settings, *, batching: bool = True) -> TextEngine:
     device = spec.resolved_device()
     dtype = spec.resolved_dtype()
     source, extra = _checkpoint(spec, settings.model_store)
@@ -39,7 +39,7 @@ def load_text_engine(spec: ModelSpec, settings: Settings) -> TextEngine:
     model = model.to(device).eval()  # type: ignore[arg-type]  # transformers types .to() oddly
     model = prepare_weights(model, quantization=spec.quantization, cpu_linear=spec.cpu_linear)
     limits = settings.text
-    if limits.engine == "serial":
+    if not batching:
         return SerialTextEngine(model, tokenizer, name=spec.name, max_queue=limits.max_queue)
     return BatchingTextEngine(
         model,
@@ -57,7 +57,8 @@ def _checkpoint(spec: ModelSpec, model_store: Path) -> tuple[str, dict[str, Any]
     source = spec.resolved_source(model_store)
     if not spec.gguf_file:
         return source, {}
-    cache = model_store / GGUF_CACHE / spec.name
+    # Keyed by the file, not the model's name: two entries of one GGUF share one cache.
+    cache = model_store / GGUF_CACHE / Path(spec.gguf_file).stem
     if not (cache / COMPLETE_MARKER).exists():
         _dequantize_into(cache, source, spec.gguf_file)
     return str(cache), {}

@@ -9,9 +9,10 @@ away, so a cancelled request frees the model within a step.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import torch
@@ -19,6 +20,10 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerB
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
+from genserve.server.engine.channel import Cancelled
+from genserve.server.engine.contract import EngineStats, module_bytes
+from genserve.server.engine.rng import seeded_global_generator
+from genserve.server.engine.serial import Job, SerialEngine
 from genserve.server.text.token_stream import (
     TokenStream,
     as_tensor,
@@ -28,7 +33,6 @@ from genserve.server.text.token_stream import (
     eos_token_ids,
 )
 from genserve.server.text.types import SamplingParams, TextEvent, TextFinal, TextRequest
-from genserve.server.worker import Job, SerialWorker
 
 logger = logging.getLogger(__name__)
 
@@ -74,9 +78,13 @@ class SerialTextEngine:
         name: str,
         max_queue: int,
     ) -> None:
+        self.name = name
+        self.memory_bytes = module_bytes(model)
         self._model = model
         self._tokenizer = tokenizer
-        self._worker = SerialWorker(f"text-{name}", max_queue)
+        self._engine: SerialEngine[tuple[list[int], SamplingParams], TextEvent] = SerialEngine(
+            name, self._run, max_queue=max_queue
+        )
         self._device = next(model.parameters()).device
         self._eos_token_ids = eos_token_ids(model, tokenizer)
         self.last_final: TextFinal | None = None  # the most recent run's outcome
@@ -86,34 +94,45 @@ class SerialTextEngine:
         return context_length(self._model)
 
     @property
-    def pending_requests(self) -> int:
-        return self._worker.pending
+    def ready(self) -> bool:
+        return self._engine.ready
+
+    def stats(self) -> EngineStats:
+        return self._engine.stats()
 
     def wait_idle(self, timeout: float) -> bool:
         """Block until no request is queued or running; False on timeout."""
-        return self._worker.wait_idle(timeout)
+        return self._engine.wait_idle(timeout)
 
-    async def generate(self, request: TextRequest) -> AsyncGenerator[TextEvent, None]:
+    async def generate(self, request: TextRequest) -> AsyncIterator[TextEvent]:
         prompt_ids = await asyncio.to_thread(encode_chat, self._tokenizer, request)
         check_fits(len(prompt_ids), request.params.max_new_tokens, self.context_length)
-
-        def run(job: Job) -> None:
-            final = self._generate(as_tensor(prompt_ids), request.params, job)
-            self.last_final = final
-            job.emit(final)
-
-        async for event in self._worker.run(run):
+        async for event in self._engine.generate((prompt_ids, request.params)):
             yield event
 
     def close(self) -> None:
-        self._worker.close()
+        self._engine.close()
 
-    def _generate(self, prompt_ids: torch.Tensor, params: SamplingParams, job: Job) -> TextFinal:
-        tokens = TokenStream(self._tokenizer, self._eos_token_ids, params, job.emit)
-        stop_when = _StopWhen(lambda: job.cancelled.is_set() or tokens.stopped)
-        torch.manual_seed(params.seed)
+    def _run(self, work: tuple[list[int], SamplingParams], job: Job[TextEvent]) -> None:
+        prompt_ids, params = work
+        final = self._generate(as_tensor(prompt_ids), params, job)
+        self.last_final = final
+        job.emit(final)
+
+    def _generate(
+        self, prompt_ids: torch.Tensor, params: SamplingParams, job: Job[TextEvent]
+    ) -> TextFinal:
+        # A reader that falls behind makes generate() wait in the streamer (backpressure);
+        # one that has gone ends it through the stopping criterion at the next step.
+        def deliver(delta: TextEvent) -> None:
+            with contextlib.suppress(Cancelled):
+                job.emit(delta)
+
+        tokens = TokenStream(self._tokenizer, self._eos_token_ids, params, deliver)
+        stop_when = _StopWhen(lambda: job.cancelled or tokens.stopped)
         input_ids = prompt_ids.to(self._device)
-        with torch.inference_mode():
+        # generate() samples from torch's global generator: seeded under its lock.
+        with seeded_global_generator(params.seed), torch.inference_mode():
             self._model.generate(  # type: ignore[operator]
                 input_ids=input_ids,
                 attention_mask=torch.ones_like(input_ids),
@@ -122,7 +141,7 @@ class SerialTextEngine:
                 stopping_criteria=StoppingCriteriaList([stop_when]),
             )
         return TextFinal(
-            finish_reason=tokens.finish(cancelled=job.cancelled.is_set()),
+            finish_reason=tokens.finish(cancelled=job.cancelled),
             prompt_tokens=int(prompt_ids.shape[-1]),
             completion_tokens=tokens.completion_tokens,
             seed=params.seed,

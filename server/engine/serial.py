@@ -1,0 +1,160 @@
+"""An engine that runs one request at a time on a dedicated model thread.
+
+For models that are not re-entrant (diffusers schedulers keep per-call state) or gain
+nothing from batching here. Callers wait in a bounded queue (RESOURCE_EXHAUSTED past
+it); a job writes its events into an EventChannel, so an unread stream makes the job
+wait rather than buffer, and a caller that leaves stops the job at its next check. A
+job still queued when its caller leaves never starts. The thread is a daemon: it never
+holds the process open at exit.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from genserve.server.engine.channel import Cancelled, EventChannel
+from genserve.server.engine.contract import EngineStats
+from genserve.server.errors import ResourceExhausted
+
+logger = logging.getLogger(__name__)
+
+R = TypeVar("R")
+E = TypeVar("E")
+
+# Events a job may get ahead of its reader: a few media chunks, or a few text deltas.
+DEFAULT_BUFFER_EVENTS = 8
+
+
+@dataclass
+class Job(Generic[E]):
+    """One request on the model thread: where its events go and when it was queued."""
+
+    channel: EventChannel[E]
+    submitted: float  # perf_counter when the caller queued it
+    started: float = field(default=0.0)  # perf_counter when the thread picked it up
+
+    @property
+    def queued_ms(self) -> float:
+        return (self.started - self.submitted) * 1000
+
+    def emit(self, event: E) -> None:
+        self.channel.send(event)
+
+    @property
+    def cancelled(self) -> bool:
+        return self.channel.cancelled
+
+    def check_cancelled(self) -> None:
+        self.channel.check_cancelled()
+
+
+Work = Callable[[R, Job[E]], None]
+
+
+class SerialEngine(Generic[R, E]):
+    def __init__(
+        self,
+        name: str,
+        work: Work[R, E],
+        *,
+        max_queue: int,
+        buffer_events: int = DEFAULT_BUFFER_EVENTS,
+        memory_bytes: int = 0,
+    ) -> None:
+        self.name = name
+        self.memory_bytes = memory_bytes
+        self._work = work
+        self._max_queue = max_queue
+        self._buffer_events = buffer_events
+        self._jobs: queue.Queue[tuple[R, Job[E], contextvars.Context] | None] = queue.Queue()
+        self._pending = 0  # queued or running
+        self._running = 0
+        self._cancelled = 0
+        self._idle = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._serve, name=f"engine-{name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def ready(self) -> bool:
+        return not self._closed and self._thread.is_alive()
+
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            queued=self._pending - self._running, in_flight=self._running, cancelled=self._cancelled
+        )
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self._idle:
+            return self._idle.wait_for(lambda: self._pending == 0, timeout)
+
+    async def generate(self, request: R) -> AsyncIterator[E]:
+        """Queue the request and yield what its job emits; the job's exception is raised
+        here. Closing the iterator early cancels the job."""
+        waiting = self._pending - self._running
+        if waiting >= self._max_queue:
+            raise ResourceExhausted(
+                f"{self.name} has {waiting} requests waiting (limit {self._max_queue}); "
+                "retry later"
+            )
+        channel: EventChannel[E] = EventChannel(self._buffer_events)
+        job = Job(channel=channel, submitted=time.perf_counter())
+        with self._idle:
+            self._pending += 1
+        # copy_context: the job's log lines carry this request's ID
+        self._jobs.put((request, job, contextvars.copy_context()))
+        async for event in channel.receive():
+            yield event
+
+    def close(self) -> None:
+        self._closed = True
+        self._jobs.put(None)
+
+    def _serve(self) -> None:
+        while True:
+            item = self._jobs.get()
+            if item is None:
+                self._drain_queue()
+                return
+            request, job, context = item
+            context.run(self._execute, request, job)
+
+    def _execute(self, request: R, job: Job[E]) -> None:
+        error: BaseException | None = None
+        try:
+            if job.cancelled:  # its caller left while it waited
+                return
+            job.started = time.perf_counter()
+            self._running = 1
+            self._work(request, job)
+        except Cancelled:
+            self._cancelled += 1
+        except Exception as exc:  # handed to the caller, whose servicer logs and maps it
+            error = exc
+        finally:
+            self._running = 0
+            job.channel.close(error)
+            with self._idle:
+                self._pending -= 1
+                self._idle.notify_all()
+
+    def _drain_queue(self) -> None:
+        """Closing: jobs still queued end at once (their callers see the stream end)."""
+        while True:
+            try:
+                item = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            if item is not None:
+                _, job, _ = item
+                job.channel.close(ResourceExhausted(f"{self.name} was unloaded; retry later"))
+                with self._idle:
+                    self._pending -= 1
+                    self._idle.notify_all()
