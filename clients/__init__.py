@@ -11,6 +11,7 @@ from genserve.client.async_client import AsyncGenServe
 from genserve.client.errors import (
     CancelledError,
     DeadlineExceededError,
+    FailedPreconditionError,
     GenServeError,
     IntegrityError,
     InternalError,
@@ -20,13 +21,21 @@ from genserve.client.errors import (
     UnauthenticatedError,
     UnavailableError,
 )
-from genserve.client.results import MediaHeader, MediaResult, ModelInfo, Progress, TextResult, Timings
+from genserve.client.results import (
+    MediaHeader,
+    MediaResult,
+    ModelInfo,
+    Progress,
+    TextResult,
+    Timings,
+)
 from genserve.client.sync_client import GenServe
 
 __all__ = [
     "AsyncGenServe",
     "CancelledError",
     "DeadlineExceededError",
+    "FailedPreconditionError",
     "GenServe",
     "GenServeError",
     "IntegrityError",

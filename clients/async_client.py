@@ -19,12 +19,12 @@ from genserve.client.results import (
     ModelInfo,
     Progress,
     TextResult,
+    model_info,
     model_infos,
     text_result,
 )
 from genserve.v1 import (
     audio_pb2_grpc,
-    embedding_pb2,
     embedding_pb2_grpc,
     image_pb2_grpc,
     mesh_pb2_grpc,
@@ -88,6 +88,23 @@ class AsyncGenServe:
         stub = models_pb2_grpc.ModelServiceStub(self._channel)
         reply = await self._unary(stub.ListModels, models_pb2.ListModelsRequest(), timeout)
         return model_infos(reply)
+
+    async def load_model(
+        self, name: str, timeout: float = defaults.MODEL_LOAD_TIMEOUT_S
+    ) -> ModelInfo:
+        """Loads a model now and keeps it (LoadModel); returns once it is loaded."""
+        stub = models_pb2_grpc.ModelServiceStub(self._channel)
+        reply = await self._unary(stub.LoadModel, models_pb2.LoadModelRequest(name=name), timeout)
+        return model_info(reply)
+
+    async def unload_model(
+        self, name: str, timeout: float = defaults.MODEL_LOAD_TIMEOUT_S
+    ) -> ModelInfo:
+        """Refuses new requests for the model, drains those in flight, releases it."""
+        stub = models_pb2_grpc.ModelServiceStub(self._channel)
+        request = models_pb2.UnloadModelRequest(name=name)
+        reply = await self._unary(stub.UnloadModel, request, timeout)
+        return model_info(reply)
 
     async def close(self) -> None:
         await self._channel.close()
@@ -223,11 +240,12 @@ class AsyncEmbeddingClient:
         self,
         texts: list[str],
         *,
+        model: str | None = None,
         timeout: float = defaults.EMBED_TIMEOUT_S,
         request_id: str | None = None,
     ) -> list[list[float]]:
         stub = embedding_pb2_grpc.EmbeddingServiceStub(self._client.channel)
         reply = await self._client._unary(
-            stub.Embed, embedding_pb2.EmbedRequest(texts=texts), timeout, request_id
+            stub.Embed, requests.embed_request(texts, model=model), timeout, request_id
         )
         return [list(e.values) for e in reply.embeddings]

@@ -16,6 +16,7 @@ HEALTH_TIMEOUT_S = 5.0
 # Retries: UNAVAILABLE only (the server restarting or not up yet), and only before any
 # output arrived, so a retried call never repeats part of an answer.
 MAX_RETRIES = 3
+MODEL_LOAD_TIMEOUT_S = 600.0  # LoadModel returns once the weights are in memory
 RETRY_BACKOFF_S = 0.5  # doubled each attempt
 RETRY_BACKOFF_MAX_S = 8.0
 

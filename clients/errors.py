@@ -34,7 +34,11 @@ class ResourceExhaustedError(GenServeError):
 
 
 class UnavailableError(GenServeError):
-    """The server or the model is not available (down, starting, or failed to load)."""
+    """Passing: the server is down, starting or stopping. Retried before any output."""
+
+
+class FailedPreconditionError(GenServeError):
+    """The model failed to load or was unloaded: not retried; an operator must act."""
 
 
 class DeadlineExceededError(GenServeError):
@@ -59,6 +63,7 @@ ERROR_BY_CODE: dict[grpc.StatusCode, type[GenServeError]] = {
     grpc.StatusCode.NOT_FOUND: NotFoundError,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
     grpc.StatusCode.CANCELLED: CancelledError,
 }

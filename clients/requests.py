@@ -6,6 +6,7 @@ from typing import Any
 
 from genserve.v1 import (
     audio_pb2,
+    embedding_pb2,
     image_pb2,
     mesh_pb2,
     text_pb2,
@@ -42,6 +43,7 @@ def text_request(
     do_sample: bool | None = None,
     seed: int | None = None,
     stop: list[str] | None = None,
+    model: str | None = None,
 ) -> text_pb2.TextGenerateRequest:
     return text_pb2.TextGenerateRequest(
         prompt=prompt or "",
@@ -57,6 +59,7 @@ def text_request(
             top_p=top_p,
             do_sample=do_sample,
             seed=seed,
+            model=model,
         ),
     )
 
@@ -71,6 +74,7 @@ def image_request(
     height: int | None = None,
     seed: int | None = None,
     format: str = "png",
+    model: str | None = None,
 ) -> image_pb2.ImageGenerateRequest:
     return image_pb2.ImageGenerateRequest(
         prompt=prompt,
@@ -82,14 +86,17 @@ def image_request(
             width=width,
             height=height,
             seed=seed,
+            model=model,
         ),
     )
 
 
 def audio_request(
-    prompt: str, *, preset: str | None = None, seed: int | None = None
+    prompt: str, *, preset: str | None = None, seed: int | None = None, model: str | None = None
 ) -> audio_pb2.AudioGenerateRequest:
-    return audio_pb2.AudioGenerateRequest(prompt=prompt, **_given(preset=preset, seed=seed))
+    return audio_pb2.AudioGenerateRequest(
+        prompt=prompt, **_given(preset=preset, seed=seed, model=model)
+    )
 
 
 def video_request(
@@ -104,6 +111,7 @@ def video_request(
     width: int | None = None,
     height: int | None = None,
     seed: int | None = None,
+    model: str | None = None,
 ) -> video_pb2.VideoGenerateRequest:
     return video_pb2.VideoGenerateRequest(
         image=image,
@@ -117,6 +125,7 @@ def video_request(
             width=width,
             height=height,
             seed=seed,
+            model=model,
         ),
     )
 
@@ -128,9 +137,16 @@ def mesh_request(
     guidance_scale: float | None = None,
     seed: int | None = None,
     format: str = "obj",
+    model: str | None = None,
 ) -> mesh_pb2.MeshGenerateRequest:
     return mesh_pb2.MeshGenerateRequest(
         prompt=prompt,
         format=MESH_FORMATS[format],
-        **_given(num_inference_steps=steps, guidance_scale=guidance_scale, seed=seed),
+        **_given(
+            num_inference_steps=steps, guidance_scale=guidance_scale, seed=seed, model=model
+        ),
     )
+
+
+def embed_request(texts: list[str], *, model: str | None = None) -> embedding_pb2.EmbedRequest:
+    return embedding_pb2.EmbedRequest(texts=texts, **_given(model=model))

@@ -78,14 +78,31 @@ class ModelInfo:
     load_policy: str
     source: str
     detail: str
+    engine: str = ""
+    is_default: bool = False
+    memory_bytes: int = 0
+
+
+def model_info(m: Any) -> ModelInfo:
+    """genserve.v1.ModelInfo -> ModelInfo."""
+    return ModelInfo(
+        m.name,
+        m.modality,
+        m.state,
+        m.device,
+        m.dtype,
+        m.load_policy,
+        m.source,
+        m.detail,
+        engine=m.engine,
+        is_default=m.is_default,
+        memory_bytes=m.memory_bytes,
+    )
 
 
 def model_infos(reply: Any) -> list[ModelInfo]:
     """ListModelsResponse -> ModelInfo list."""
-    return [
-        ModelInfo(m.name, m.modality, m.state, m.device, m.dtype, m.load_policy, m.source, m.detail)
-        for m in reply.models
-    ]
+    return [model_info(m) for m in reply.models]
 
 
 def text_result(pieces: list[str], final: Any, request_id: str) -> TextResult:

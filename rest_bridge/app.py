@@ -1,5 +1,5 @@
-"""The bridge app: one gRPC channel opened in the lifespan, the routers, error handlers
-and the observability middleware."""
+"""The bridge app: the server's limits read once, one gRPC channel opened in the lifespan,
+the routers, error handlers and the observability middleware."""
 
 from __future__ import annotations
 
@@ -19,8 +19,10 @@ from genserve.bridge.errors import (
     unhandled_error_handler,
     validation_error_handler,
 )
+from genserve.bridge.limits import fetch_limits
 from genserve.bridge.observability import BridgeMetrics, ObservabilityMiddleware
 from genserve.bridge.routes_health import build_health_router
+from genserve.bridge.routes_models import build_models_router
 from genserve.bridge.routes_openai import build_openai_router
 from genserve.bridge.routes_seed import build_seed_router
 from genserve.bridge.schemas import build_schemas
@@ -35,6 +37,8 @@ class BackendHolder:
 
 
 def create_app(settings: BridgeSettings) -> FastAPI:
+    # Before the routes: their request schemas are built from what the server enforces.
+    limits = fetch_limits(settings.grpc_target, settings.timeouts.limits)
     holder = BackendHolder()
     metrics = BridgeMetrics()
 
@@ -51,12 +55,14 @@ def create_app(settings: BridgeSettings) -> FastAPI:
         title="genserve REST bridge",
         version="1.0.0",
         description="HTTP endpoints over the genserve gRPC server: the seed's routes, "
-        "an OpenAI-compatible API, health and metrics.",
+        "an OpenAI-compatible API, the models and their life cycle, health and metrics. "
+        "Each request may name its model; the bounds stated here are the server's.",
         lifespan=lifespan,
     )
-    schemas = build_schemas(settings.limits)
-    app.include_router(build_seed_router(holder, schemas, settings, metrics))
-    app.include_router(build_openai_router(holder, settings, metrics))
+    schemas = build_schemas(limits)
+    app.include_router(build_seed_router(holder, schemas, limits, settings, metrics))
+    app.include_router(build_openai_router(holder, limits, settings, metrics))
+    app.include_router(build_models_router(holder, settings))
     app.include_router(build_health_router(holder, settings, metrics))
     app.add_exception_handler(grpc.aio.AioRpcError, grpc_error_handler)
     app.add_exception_handler(BridgeError, bridge_error_handler)
@@ -64,4 +70,5 @@ def create_app(settings: BridgeSettings) -> FastAPI:
     app.add_exception_handler(Exception, unhandled_error_handler)
     app.add_middleware(ObservabilityMiddleware, metrics=metrics, router_app=app.router)
     app.state.metrics = metrics
+    app.state.limits = limits
     return app

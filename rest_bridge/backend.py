@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
+from genserve.server.request_context import REQUEST_ID_METADATA_KEY
 from genserve.v1 import (
     audio_pb2_grpc,
     embedding_pb2_grpc,
@@ -16,7 +17,6 @@ from genserve.v1 import (
     text_pb2_grpc,
     video_pb2_grpc,
 )
-from genserve.server.request_context import REQUEST_ID_METADATA_KEY
 
 MiB = 1024 * 1024
 

@@ -63,6 +63,8 @@ OPENAI_ERROR_SCHEMA: dict[str, Any] = {
 }
 ERROR_DESCRIPTIONS = {
     400: "an option the bridge does not serve",
+    404: "no model of that name serves this route (see GET /models)",
+    409: "the model failed to load or was unloaded: do not retry (POST /models/{name}/load)",
     422: "invalid input (the message names the field and the limit)",
     429: "the model's queue is full",
     500: "internal error",
@@ -90,22 +92,28 @@ class BridgeError(Exception):
         self.param = param  # the request field at fault, for OpenAI's error shape
 
 
+def openai_error_body(
+    status: int, code: str, message: str, param: str | None = None
+) -> dict[str, Any]:
+    """OpenAI's error shape, which its SDK reads (from a response, or an event mid-stream)."""
+    return {
+        "error": {
+            "message": message,
+            "type": OPENAI_ERROR_TYPES.get(status, "api_error"),
+            "param": param,
+            "code": code.lower(),
+            "request_id": current_request_id(),
+        }
+    }
+
+
 def error_response(
     request: Request, status: int, code: str, message: str, param: str | None = None
 ) -> JSONResponse:
-    request_id = current_request_id()
     if request.url.path.startswith(OPENAI_PREFIX):
-        body: dict[str, Any] = {
-            "error": {
-                "message": message,
-                "type": OPENAI_ERROR_TYPES.get(status, "api_error"),
-                "param": param,
-                "code": code.lower(),
-                "request_id": request_id,
-            }
-        }
+        body = openai_error_body(status, code, message, param)
     else:
-        body = {"error": {"code": code, "message": message, "request_id": request_id}}
+        body = {"error": {"code": code, "message": message, "request_id": current_request_id()}}
     return JSONResponse(status_code=status, content=body)
 
 

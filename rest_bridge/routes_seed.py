@@ -7,6 +7,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
+import grpc
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel
@@ -15,6 +16,7 @@ from sse_starlette import EventSourceResponse
 from genserve.bridge import convert
 from genserve.bridge.backend import Backend, request_metadata
 from genserve.bridge.errors import ERROR_SCHEMA, BridgeError, documented_errors
+from genserve.bridge.limits import ServerLimits
 from genserve.bridge.observability import BridgeMetrics
 from genserve.bridge.request_id import current_request_id
 from genserve.bridge.schemas import Schemas
@@ -63,10 +65,15 @@ def wants_events(request: Request) -> bool:
 
 
 def build_seed_router(
-    backend: Any, schemas: Schemas, settings: BridgeSettings, metrics: BridgeMetrics
+    backend: Any,
+    schemas: Schemas,
+    limits: ServerLimits,
+    settings: BridgeSettings,
+    metrics: BridgeMetrics,
 ) -> APIRouter:
     router = APIRouter(tags=["generate"], responses=documented_errors(ERROR_SCHEMA))
     timeouts = settings.timeouts
+    max_image_bytes = limits.video.max_image_bytes
 
     def stubs() -> Backend:
         assert backend.current is not None, "the gRPC channel opens in the app's lifespan"
@@ -108,11 +115,8 @@ def build_seed_router(
                     await until_end(call)
                     return
                 event = await call.read()
-        except Exception as error:
-            if hasattr(error, "code"):
-                yield sse_error(error)  # type: ignore[arg-type]
-            else:
-                raise
+        except grpc.aio.AioRpcError as error:
+            yield sse_error(error)  # the 200 is sent already: the error is an event
         finally:
             call.cancel()
 
@@ -134,7 +138,8 @@ def build_seed_router(
 
     @router.get("/generate/text", response_class=PlainTextResponse, responses=TEXT_RESPONSES)
     async def generate_text(params: Annotated[TextQuery, Query()]) -> Response:  # type: ignore[valid-type]
-        """Chat with the text model (the seed's `GET /generate/text?prompt=...`)."""
+        """Chat with the default text model, or the one `model` names (the seed's
+        `GET /generate/text?prompt=...`)."""
         return await text(params)
 
     @router.post("/generate/text", response_class=PlainTextResponse, responses=TEXT_RESPONSES)
@@ -200,12 +205,10 @@ def build_seed_router(
     ) -> Response:
         """Image-to-video (the seed's `POST /generate/video`, multipart `image` and
         `num_frames`): a fragmented H.264 MP4 that plays while it streams."""
-        data = await image.read(settings.limits.max_image_bytes + 1)
-        if len(data) > settings.limits.max_image_bytes:
+        data = await image.read(max_image_bytes + 1)  # no more than the server would take
+        if len(data) > max_image_bytes:
             raise BridgeError(
-                422,
-                "INVALID_ARGUMENT",
-                f"image: larger than the limit of {settings.limits.max_image_bytes} bytes",
+                422, "INVALID_ARGUMENT", f"image: larger than the limit of {max_image_bytes} bytes"
             )
         call = media_call(stubs().video.Generate, convert.video_request(params, data))
         return await media(call, request)

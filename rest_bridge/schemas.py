@@ -1,5 +1,5 @@
-"""Request models, built from the bridge's configured limits so that the OpenAPI document
-states the bounds the bridge enforces.
+"""Request models, built from the server's limits (read from it at start) so that the
+OpenAPI document states the bounds the server enforces.
 
 JSON bodies take exactly their JSON types (`"5"` is not an integer, `1` is not a
 boolean); query strings and forms are text by nature and are parsed, then bounded.
@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from genserve.bridge.settings import PublicLimits
+from genserve.bridge.limits import ImageBounds, ServerLimits, VideoBounds
 
 # Seeds stay within what a JSON number holds exactly (JavaScript's safe integers).
 MAX_SAFE_INTEGER = 2**53 - 1
@@ -80,65 +80,105 @@ class Schemas:
     VideoForm: type[BaseModel]
 
 
-def build_schemas(limits: PublicLimits) -> Schemas:
-    prompt = Annotated[str, Field(max_length=limits.max_prompt_chars, pattern=NOT_BLANK)]
-    media_prompt = Annotated[
-        str, Field(max_length=limits.max_media_prompt_chars, pattern=NOT_BLANK)
+def one_of(values: tuple[str, ...]) -> Any:
+    """An enum of the given strings (any string when there are none to list)."""
+    return Literal[values] if values else str
+
+
+def model_field() -> Any:
+    return Field(None, description="a model name (GET /models); unset: the modality's default")
+
+
+def build_schemas(limits: ServerLimits) -> Schemas:
+    text, image, audio = limits.text, limits.image, limits.audio
+    video, mesh = limits.video, limits.mesh
+    prompt = Annotated[
+        str,
+        Field(
+            max_length=text.max_prompt_chars,
+            pattern=NOT_BLANK,
+            description=f"with the system prompt, at most {text.max_prompt_chars} characters",
+        ),
     ]
-    side = Annotated[int | None, Field(None, ge=64, le=limits.max_side, multiple_of=8)]
+    stop_sequence = Annotated[str, Field(min_length=1, max_length=text.max_stop_sequence_chars)]
+    voice_preset = one_of(audio.voice_presets)
+
+    def prompt_field(max_chars: int) -> Any:
+        return Field(max_length=max_chars, pattern=NOT_BLANK)
+
+    def side(bounds: ImageBounds | VideoBounds) -> Any:
+        return Field(
+            None,
+            ge=bounds.min_side,
+            le=bounds.max_side,
+            multiple_of=8,
+            description=f"width x height at most {bounds.max_pixels} pixels",
+        )
 
     def guidance(high: float) -> Any:
         return Field(None, ge=0, le=high, allow_inf_nan=False)
 
+    image_prompt = Annotated[str, prompt_field(image.max_prompt_chars)]
+    audio_prompt = Annotated[str, prompt_field(audio.max_prompt_chars)]
+    mesh_prompt = Annotated[str, prompt_field(mesh.max_prompt_chars)]
+    image_side = Annotated[int | None, side(image)]
+    video_side = Annotated[int | None, side(video)]
+
     class TextParams(BaseModel):
         prompt: prompt
         system_prompt: str | None = Field(
-            None, max_length=limits.max_prompt_chars, description="unset: the FastAPI bot prompt"
+            None, max_length=text.max_prompt_chars, description="unset: the FastAPI bot prompt"
         )
-        max_new_tokens: int | None = Field(None, ge=1, le=limits.max_new_tokens)
-        temperature: float | None = Field(None, ge=0, le=10, allow_inf_nan=False)
-        top_k: int | None = Field(None, ge=0, le=1000)
+        max_new_tokens: int | None = Field(None, ge=1, le=text.max_new_tokens)
+        temperature: float | None = Field(None, ge=0, le=text.max_temperature, allow_inf_nan=False)
+        top_k: int | None = Field(None, ge=0, le=text.max_top_k)
         top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
         do_sample: bool | None = None
         seed: Seed = None
-        stop: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
-            default_factory=list, max_length=4
-        )
+        stop: list[stop_sequence] = Field(default_factory=list, max_length=text.max_stop_sequences)
         stream: bool = Field(False, description="true: Server-Sent Events, one per delta")
+        model: str | None = model_field()
 
     class ImageParams(BaseModel):
-        prompt: media_prompt
-        negative_prompt: str = Field("", max_length=limits.max_media_prompt_chars)
-        num_inference_steps: int | None = Field(None, ge=1, le=limits.max_image_steps)
-        guidance_scale: float | None = guidance(limits.max_image_guidance)
-        width: side = None
-        height: side = None
+        prompt: image_prompt
+        negative_prompt: str = Field("", max_length=image.max_prompt_chars)
+        num_inference_steps: int | None = Field(None, ge=1, le=image.max_steps)
+        guidance_scale: float | None = guidance(image.max_guidance_scale)
+        width: image_side = None
+        height: image_side = None
         seed: Seed = None
         format: Literal["png", "jpeg", "webp"] = "png"
+        model: str | None = model_field()
 
     class AudioParams(BaseModel):
-        prompt: Annotated[str, Field(max_length=500, pattern=NOT_BLANK)]
-        preset: str = Field("v2/en_speaker_1", pattern=r"^v2/en_speaker_[0-9]$")
+        prompt: audio_prompt
+        # unset stays unset: the model's manifest default applies on the server
+        preset: voice_preset | None = Field(  # type: ignore[valid-type]
+            None, description="unset: the model's default voice"
+        )
         seed: Seed = None
+        model: str | None = model_field()
 
     class MeshParams(BaseModel):
-        prompt: media_prompt
-        guidance_scale: float | None = guidance(limits.max_mesh_guidance)
-        num_inference_steps: int | None = Field(None, ge=1, le=limits.max_mesh_steps)
+        prompt: mesh_prompt
+        guidance_scale: float | None = guidance(mesh.max_guidance_scale)
+        num_inference_steps: int | None = Field(None, ge=1, le=mesh.max_steps)
         seed: Seed = None
         format: Literal["obj", "ply"] = "obj"
+        model: str | None = model_field()
 
     class VideoForm(BaseModel):
         model_config = ConfigDict(extra="ignore")  # the form also carries the image file
-        num_frames: int | None = Field(None, ge=1, le=limits.max_video_frames)
-        fps: float | None = Field(None, ge=1, le=60, allow_inf_nan=False)
-        decode_chunk_size: int | None = Field(None, ge=1, le=limits.max_video_frames)
+        num_frames: int | None = Field(None, ge=1, le=video.max_frames)
+        fps: float | None = Field(None, ge=1, le=video.max_fps, allow_inf_nan=False)
+        decode_chunk_size: int | None = Field(None, ge=1, le=video.max_frames)
         motion_bucket_id: int | None = Field(None, ge=0, le=1023)
         noise_aug_strength: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
-        num_inference_steps: int | None = Field(None, ge=1, le=limits.max_image_steps)
-        width: side = None
-        height: side = None
+        num_inference_steps: int | None = Field(None, ge=1, le=video.max_steps)
+        width: video_side = None
+        height: video_side = None
         seed: Seed = None
+        model: str | None = model_field()
 
     def pair(params: type[BaseModel], name: str) -> tuple[type[BaseModel], type[BaseModel]]:
         query: Any = type(f"{name}Query", (params,), {"model_config": LAX})

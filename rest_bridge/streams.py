@@ -18,11 +18,11 @@ import grpc
 from fastapi.responses import StreamingResponse
 from sse_starlette import EventSourceResponse
 
-from genserve.v1 import common_pb2
 from genserve.bridge.convert import event_dict
-from genserve.bridge.errors import BridgeError
+from genserve.bridge.errors import BridgeError, openai_error_body
 from genserve.bridge.request_id import current_request_id
 from genserve.server.errors import http_status_for
+from genserve.v1 import common_pb2
 
 logger = logging.getLogger(__name__)
 
@@ -119,3 +119,11 @@ def sse_error(error: grpc.aio.AioRpcError) -> dict[str, str]:
         "request_id": current_request_id(),
     }
     return {"event": "error", "data": json.dumps(body)}
+
+
+def openai_sse_error(error: grpc.aio.AioRpcError) -> dict[str, str]:
+    """The same in OpenAI's shape, `data: {"error": {...}}`, which its SDK raises as an
+    APIError; the stream ends after it."""
+    code = error.code()
+    body = openai_error_body(http_status_for(code), code.name, error.details() or code.name)
+    return {"data": json.dumps(body)}

@@ -8,6 +8,7 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import av
 import grpc
@@ -23,9 +24,11 @@ from genserve.bridge.settings import BridgeSettings, Timeouts
 from genserve.server.background import ServerThread, wait_until
 from genserve.server.errors import HTTP_STATUS_BY_GRPC_CODE
 from genserve.server.manifest import Modality
+from genserve.server.settings import TextLimits
 from genserve.server.text.batching_engine import BatchingTextEngine
 from genserve.server.text.transformers_engine import SerialTextEngine
 from genserve.server.text.types import FinishReason
+from genserve.v1 import models_pb2, models_pb2_grpc, text_pb2, text_pb2_grpc
 from tests.media_calls import png_bytes
 
 HTTP_TIMEOUT_S = 120
@@ -198,12 +201,18 @@ def test_server_side_invalid_argument_is_422_with_the_request_id(http: httpx.Cli
 
 
 def test_unreachable_server_is_503() -> None:
+    timeouts = Timeouts(text=5, health=1, limits=1)
     with socket_free_port() as port:
-        thread = BridgeThread(
-            BridgeSettings(grpc_target=f"localhost:{port}", timeouts=Timeouts(text=5, health=1))
-        ).start()
+        thread = BridgeThread(BridgeSettings(grpc_target=f"localhost:{port}", timeouts=timeouts))
+        thread.start()
     try:
         with httpx.Client(base_url=thread.url, timeout=30) as client:
+            # no limits to read at start: the document states the server's defaults
+            document = client.get("/openapi.json").json()
+            max_new_tokens = document["components"]["schemas"]["TextBody"]["properties"][
+                "max_new_tokens"
+            ]
+            assert max_new_tokens["anyOf"][0]["maximum"] == TextLimits().max_new_tokens
             response = client.get("/generate/text", params={"prompt": "hi"})
             assert response.status_code == 503
             assert response.json()["error"]["code"] == "UNAVAILABLE"
@@ -233,6 +242,7 @@ def test_deadline_is_504(tiny_server: ServerThread) -> None:
         (grpc.StatusCode.INVALID_ARGUMENT, 422),
         (grpc.StatusCode.UNAUTHENTICATED, 401),
         (grpc.StatusCode.NOT_FOUND, 404),
+        (grpc.StatusCode.FAILED_PRECONDITION, 409),
         (grpc.StatusCode.RESOURCE_EXHAUSTED, 429),
         (grpc.StatusCode.UNAVAILABLE, 503),
         (grpc.StatusCode.DEADLINE_EXCEEDED, 504),
@@ -247,7 +257,7 @@ def test_status_table(code: grpc.StatusCode, status: int) -> None:
 def test_client_disconnect_cancels_the_generation(
     bridge: BridgeThread, tiny_server: ServerThread
 ) -> None:
-    engine = tiny_server.server.registry.slot(Modality.TEXT).instance
+    engine = tiny_server.server.registry.resolve(Modality.TEXT, None).engine
     assert isinstance(engine, BatchingTextEngine | SerialTextEngine)
     params: dict[str, str | int] = {
         "prompt": "Tell me a story",
@@ -422,6 +432,98 @@ def test_openai_speech(openai_client) -> None:  # type: ignore[no-untyped-def]
     )
     samples, rate = soundfile.read(io.BytesIO(response.content))
     assert rate == 24_000 and len(samples) > 0
+
+
+def test_openai_single_stop_string_and_single_input_are_bounded_as_strings(
+    openai_client,  # type: ignore[no-untyped-def]
+) -> None:
+    # A list's bound (4 stop sequences, 64 texts) is not a single string's length bound.
+    completion = openai_client.chat.completions.create(
+        model="smollm2-135m-instruct",
+        messages=[{"role": "user", "content": "Hi"}],
+        max_tokens=2,
+        stop="\n\nUser:",
+    )
+    assert completion.choices[0].finish_reason in ("length", "stop")
+    long_text = "How do I declare a request body with Pydantic in FastAPI? " * 3
+    result = openai_client.embeddings.create(model="all-MiniLM-L6-v2", input=long_text)
+    assert len(result.data) == 1 and len(result.data[0].embedding) == 384
+
+
+# -- a stream that fails after it began ---------------------------------------------------
+
+FAILING_MODEL = "fails-mid-stream"
+
+
+class StreamThenFail(text_pb2_grpc.TextServiceServicer):
+    """A real gRPC server's text stream that fails after its first delta, as a model whose
+    engine dies mid-generation would."""
+
+    def Generate(self, request, context):  # type: ignore[no-untyped-def]
+        yield text_pb2.TextGenerateResponse(delta=text_pb2.TextDelta(text="Hello"))
+        context.abort(grpc.StatusCode.INTERNAL, "the engine failed mid-stream")
+
+
+class OneTextModel(models_pb2_grpc.ModelServiceServicer):
+    def ListModels(self, request, context):  # type: ignore[no-untyped-def]
+        info = models_pb2.ModelInfo(name=FAILING_MODEL, modality="text", is_default=True)
+        return models_pb2.ListModelsResponse(models=[info])
+
+
+@pytest.fixture(scope="module")
+def failing_bridge() -> Iterator[BridgeThread]:
+    server = grpc.server(ThreadPoolExecutor(max_workers=4))
+    text_pb2_grpc.add_TextServiceServicer_to_server(StreamThenFail(), server)
+    models_pb2_grpc.add_ModelServiceServicer_to_server(OneTextModel(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    thread = BridgeThread(BridgeSettings(grpc_target=f"127.0.0.1:{port}")).start()
+    yield thread
+    thread.stop()
+    server.stop(grace=None)
+
+
+def test_openai_stream_error_after_the_first_chunk_is_an_error_event(
+    failing_bridge: BridgeThread,
+) -> None:
+    import openai
+
+    client = openai.OpenAI(base_url=f"{failing_bridge.url}/v1", api_key="unused", max_retries=0)
+    stream = client.chat.completions.create(
+        model=FAILING_MODEL,
+        messages=[{"role": "user", "content": "hi"}],
+        stream=True,
+        extra_headers={"X-Request-ID": "fails-late"},
+    )
+    contents = []
+    with pytest.raises(openai.APIError) as error:  # not a dropped connection
+        for chunk in stream:
+            contents.append(chunk.choices[0].delta.content)
+    assert contents == ["", "Hello"]
+    body = error.value.body
+    assert isinstance(body, dict), type(error.value)
+    assert body["code"] == "internal" and body["request_id"] == "fails-late"
+    assert body["message"] == "the engine failed mid-stream"
+
+
+def test_openai_stream_ends_after_its_error_event(failing_bridge: BridgeThread) -> None:
+    body = {"model": FAILING_MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    with httpx.Client(base_url=failing_bridge.url, timeout=30) as client:
+        response = client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200
+    last = json.loads(sse_events(response.text)[-1][1])  # no [DONE] after it
+    assert last["error"]["type"] == "api_error" and last["error"]["code"] == "internal"
+
+
+def test_seed_stream_error_after_the_first_delta_is_an_error_event(
+    failing_bridge: BridgeThread,
+) -> None:
+    with httpx.Client(base_url=failing_bridge.url, timeout=30) as client:
+        response = client.get("/generate/text", params={"prompt": "hi", "stream": "true"})
+    events = sse_events(response.text)
+    assert [name for name, _ in events] == ["delta", "error"]
+    error = json.loads(events[-1][1])
+    assert (error["code"], error["status"]) == ("INTERNAL", 500)
 
 
 class socket_free_port:  # a context manager, named like a function

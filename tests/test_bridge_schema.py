@@ -2,13 +2,15 @@
 document, every response checked against it (status, content type, body schema) and
 never a 5xx.
 
-The bridge here publishes tight limits, and its server's defaults are small, so that
-generated requests stay cheap on a CPU; the checks are the same at any size.
+The server here enforces tight limits, which the bridge reads from it and publishes, and
+its models' defaults are small, so that generated requests stay cheap on a CPU; the checks
+are the same at any size.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,9 +19,17 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import negative_data_rejection
 
 from genserve.bridge.background import BridgeThread
-from genserve.bridge.settings import BridgeSettings, PublicLimits
+from genserve.bridge.settings import BridgeSettings
 from genserve.server.background import ServerThread, make_settings
-from genserve.server.manifest import Manifest, load_manifest, manifest_path
+from genserve.server.manifest import Manifest, Modality, load_manifest, manifest_path
+from genserve.server.settings import (
+    ImageLimits,
+    MediaLimits,
+    MeshLimits,
+    Settings,
+    TextLimits,
+    VideoLimits,
+)
 from tests.media_calls import png_bytes
 
 EXAMPLES_PER_OPERATION = 6
@@ -29,36 +39,35 @@ CHEAP_DEFAULTS: dict[str, dict[str, Any]] = {
     "video": {"num_frames": 2, "num_inference_steps": 1, "decode_chunk_size": 2},
     "mesh": {"num_inference_steps": 2, "grid_size": 16},
 }
-TIGHT_LIMITS = PublicLimits(
-    max_prompt_chars=200,
-    max_media_prompt_chars=200,
-    max_messages=4,
-    max_new_tokens=4,
-    max_image_steps=2,
-    max_side=64,
-    max_video_frames=2,
-    max_mesh_steps=2,
-    max_image_bytes=1024 * 1024,
-)
+
+
+def tight_settings(data_dir: Path) -> Settings:
+    return make_settings(
+        data_dir,
+        text=TextLimits(max_new_tokens=4, max_prompt_chars=200, max_messages=4),
+        media=MediaLimits(max_prompt_chars=200),
+        image=ImageLimits(max_steps=2, max_side=64, max_pixels=64 * 64),
+        video=VideoLimits(max_frames=2, max_steps=2, max_side=64, max_image_bytes=1024 * 1024),
+        mesh=MeshLimits(max_steps=2),
+    )
 
 
 def cheap_manifest() -> Manifest:
     manifest = load_manifest(manifest_path("tiny"))
     changes = {}
     for modality, defaults in CHEAP_DEFAULTS.items():
-        spec = getattr(manifest, modality)
-        changes[modality] = spec.model_copy(update={"defaults": {**spec.defaults, **defaults}})
+        changes[modality] = tuple(
+            spec.model_copy(update={"defaults": {**spec.defaults, **defaults}})
+            for spec in manifest.specs(Modality(modality))
+        )
     return manifest.model_copy(update=changes)
 
 
 @pytest.fixture(scope="module")
 def live_bridge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BridgeThread]:
-    server = ServerThread(
-        make_settings(tmp_path_factory.mktemp("schema")), cheap_manifest()
-    ).start()
-    bridge = BridgeThread(
-        BridgeSettings(grpc_target=f"localhost:{server.port}", limits=TIGHT_LIMITS)
-    ).start()
+    server = ServerThread(tight_settings(tmp_path_factory.mktemp("schema")), cheap_manifest())
+    server.start()
+    bridge = BridgeThread(BridgeSettings(grpc_target=f"localhost:{server.port}")).start()
     yield bridge
     bridge.stop()
     server.stop()
@@ -67,7 +76,7 @@ def live_bridge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BridgeThre
 def test_bridge_conforms_to_its_openapi_document(live_bridge: BridgeThread) -> None:
     schema = schemathesis.openapi.from_url(f"{live_bridge.url}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]  # type: ignore[union-attr]
-    assert len(operations) >= 15  # every route: seed, JSON variants, OpenAI, health
+    assert len(operations) >= 18  # every route: seed, JSON variants, OpenAI, models, health
 
     for operation in operations:
 

@@ -14,10 +14,11 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-from genserve.v1 import models_pb2, models_pb2_grpc, text_pb2
 from genserve.server.background import ServerThread, make_settings
+from genserve.server.engine.contract import EngineStats
 from genserve.server.manifest import LoadPolicy, Manifest, Modality, load_manifest, manifest_path
 from genserve.server.text.types import TextEvent, TextRequest
+from genserve.v1 import models_pb2, models_pb2_grpc, text_pb2
 from tests.text_calls import generate, greedy
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -27,9 +28,9 @@ TEXT_SERVICE = "genserve.v1.TextService"
 
 def text_only_manifest(**text_changes: Any) -> Manifest:
     """The tiny profile's text model alone: these servers test the lifecycle, not media."""
-    text = load_manifest(manifest_path("tiny")).text
+    text = load_manifest(manifest_path("tiny")).spec_for(Modality.TEXT)
     assert text is not None
-    return Manifest(text=text.model_copy(update=text_changes))
+    return Manifest(text=(text.model_copy(update=text_changes),))
 
 
 def check(channel: grpc.Channel, service: str = "") -> int:
@@ -61,14 +62,16 @@ def test_health_goes_from_not_serving_to_serving_and_reports_a_failed_model(
 
     listing = models_pb2_grpc.ModelServiceStub(channel).ListModels(models_pb2.ListModelsRequest())
     text = next(m for m in listing.models if m.modality == "text")
-    assert text.state == "failed" and text.detail
-    mesh = next(m for m in listing.models if m.modality == "mesh")
-    assert mesh.state == "not_configured"
+    assert text.state == "failed" and text.detail and text.is_default
+    assert not [m for m in listing.models if m.modality == "mesh"]  # none configured
 
+    # Failed to load is permanent until an operator acts: FAILED_PRECONDITION, which
+    # clients do not retry (UNAVAILABLE, which they do, stays for passing causes).
     with pytest.raises(grpc.RpcError) as error:
         generate(channel, greedy(max_new_tokens=2))
-    assert error.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert "text model is not available" in (error.value.details() or "")
+    assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "failed to load" in (error.value.details() or "")
+    assert check(channel, f"{TEXT_SERVICE}/{text.name}") == NOT_SERVING
 
     from genserve.v1 import mesh_pb2, mesh_pb2_grpc
 
@@ -78,14 +81,24 @@ def test_health_goes_from_not_serving_to_serving_and_reports_a_failed_model(
                 mesh_pb2.MeshGenerateRequest(prompt="x")
             )
         )
-    assert error.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert "no model in the manifest" in (error.value.details() or "")
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "no mesh model is configured" in (error.value.details() or "")
 
 
 class ExplodingEngine:
     """Fault injection: an engine whose generate() fails with an unexpected error."""
 
+    name = "exploding"
+    memory_bytes = 0
     context_length = 8192
+    ready = True
+    last_final = None
+
+    def stats(self) -> EngineStats:
+        return EngineStats(queued=0, in_flight=0, cancelled=0)
+
+    def wait_idle(self, timeout: float) -> bool:
+        return True
 
     async def generate(self, request: TextRequest) -> AsyncIterator[TextEvent]:
         raise RuntimeError("secret internal detail /etc/passwd")
@@ -101,7 +114,7 @@ def test_unexpected_errors_are_internal_with_a_safe_message(
     server = ServerThread(
         make_settings(tmp_path),
         text_only_manifest(),
-        loaders={Modality.TEXT: lambda spec: ExplodingEngine()},
+        loader_for=lambda modality, spec: lambda spec: ExplodingEngine(),
     ).start()
     try:
         channel = server.channel()
@@ -136,12 +149,12 @@ def test_on_demand_model_loads_per_request_and_is_dropped_after(
     on_demand_server: ServerThread,
 ) -> None:
     channel = on_demand_server.channel()
-    slot = on_demand_server.server.registry.slot(Modality.TEXT)
+    entry = on_demand_server.server.registry.resolve(Modality.TEXT, None)
     assert check(channel, TEXT_SERVICE) == SERVING
-    assert slot.instance is None  # nothing held between requests
+    assert entry.engine is None  # nothing held between requests
     result = generate(channel, greedy(max_new_tokens=3))
     assert result.final is not None and result.final.usage.completion_tokens == 3
-    assert slot.instance is None
+    assert entry.engine is None
 
 
 def test_shutdown_reports_not_serving_then_drains_in_flight_streams(

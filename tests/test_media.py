@@ -14,6 +14,10 @@ import pytest
 import soundfile
 from PIL import Image
 
+from genserve.server.background import ServerThread
+from genserve.server.engine.serial import SerialEngine
+from genserve.server.manifest import Modality
+from genserve.server.media.mesh_files import obj_blocks
 from genserve.v1 import (
     audio_pb2,
     audio_pb2_grpc,
@@ -24,10 +28,6 @@ from genserve.v1 import (
     video_pb2,
     video_pb2_grpc,
 )
-from genserve.server.background import ServerThread
-from genserve.server.manifest import Modality
-from genserve.server.media.mesh_files import obj_blocks
-from genserve.server.media.pipelines import LoadedPipeline
 from tests.media_calls import TEST_CHUNK_SIZE, MediaResult, collect, png_bytes
 
 WORKER_IDLE_TIMEOUT_S = 60
@@ -56,10 +56,13 @@ def mesh(channel: grpc.Channel, **fields: object) -> MediaResult:
 
 
 def assert_well_formed(result: MediaResult) -> None:
-    """header before the first chunk, final last, chunks bounded and contiguous, sha256 right."""
-    assert result.kinds[-1] == "final" and result.kinds.count("final") == 1
-    assert result.kinds.count("header") == 1
-    assert result.kinds.index("header") < result.kinds.index("chunk")
+    """The exact order common.proto promises (one header, then progress, then chunks, then
+    one final), chunks bounded and contiguous, sha256 right."""
+    kinds = result.kinds
+    order = ["header"] * 1 + ["progress"] * kinds.count("progress")
+    order += ["chunk"] * kinds.count("chunk") + ["final"]
+    assert kinds == order, kinds
+    assert kinds.count("chunk") >= 1
     assert result.final is not None
     assert all(len(c.data) <= TEST_CHUNK_SIZE for c in result.chunks)
     offsets = [c.offset for c in result.chunks]
@@ -126,9 +129,9 @@ def test_same_seed_same_bytes(channel: grpc.Channel) -> None:
 def test_cancelling_mid_denoise_stops_the_pipeline(
     tiny_server: ServerThread, channel: grpc.Channel
 ) -> None:
-    loaded = tiny_server.server.registry.slot(Modality.IMAGE).instance
-    assert isinstance(loaded, LoadedPipeline)
-    cancelled_before = loaded.worker.cancelled_jobs
+    engine = tiny_server.server.registry.resolve(Modality.IMAGE, None).engine
+    assert isinstance(engine, SerialEngine)
+    cancelled_before = engine.stats().cancelled
     request = image_pb2.ImageGenerateRequest(
         prompt="a long one", num_inference_steps=100, width=128, height=128
     )
@@ -139,8 +142,8 @@ def test_cancelling_mid_denoise_stops_the_pipeline(
         if event.HasField("progress") and event.progress.step >= 2:
             call.cancel()
             break
-    assert loaded.worker.wait_idle(WORKER_IDLE_TIMEOUT_S), "the pipeline kept running"
-    assert loaded.worker.cancelled_jobs == cancelled_before + 1
+    assert engine.wait_idle(WORKER_IDLE_TIMEOUT_S), "the pipeline kept running"
+    assert engine.stats().cancelled == cancelled_before + 1
     assert tiny_server.wait_for_usage_row("image-cancel")["status_code"] == "CANCELLED"
     # and the pipeline is free again
     assert image(channel, num_inference_steps=1).final is not None
@@ -229,11 +232,14 @@ def test_mesh_opens_in_open3d_with_the_headers_counts(
         path = Path(folder) / f"mesh.{suffix}"
         path.write_bytes(result.data)
         loaded = open3d.io.read_triangle_mesh(path)
-    assert len(loaded.triangles) == header.face_count > 0
+    # The counts are known only after decoding: they come in the final event.
+    final = result.final
+    assert final is not None
+    assert len(loaded.triangles) == final.face_count > 0
     # OBJ readers may merge duplicate positions; PLY keeps every vertex
-    assert 0 < len(loaded.vertices) <= header.vertex_count
+    assert 0 < len(loaded.vertices) <= final.vertex_count
     if suffix == "ply":
-        assert len(loaded.vertices) == header.vertex_count
+        assert len(loaded.vertices) == final.vertex_count
     assert loaded.has_vertex_colors()
 
 

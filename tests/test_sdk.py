@@ -7,6 +7,7 @@ import io
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -16,6 +17,7 @@ from PIL import Image
 from genserve.client import (
     AsyncGenServe,
     DeadlineExceededError,
+    FailedPreconditionError,
     GenServe,
     InternalError,
     InvalidArgumentError,
@@ -84,7 +86,7 @@ def test_health_and_models(gs: GenServe) -> None:
 
 
 def test_stopping_iteration_cancels_on_the_server(gs: GenServe, tiny_server: ServerThread) -> None:
-    engine = tiny_server.server.registry.slot(Modality.TEXT).instance
+    engine = tiny_server.server.registry.resolve(Modality.TEXT, None).engine
     assert isinstance(engine, BatchingTextEngine | SerialTextEngine)
     for count, _ in enumerate(gs.text.stream("Tell me a story", max_new_tokens=400), start=1):
         if count == 3:
@@ -160,29 +162,39 @@ def test_error_classes_by_code(code: grpc.StatusCode, error_class: type) -> None
     assert (error.code, error.message, error.request_id) == (code, "details", "rid")
 
 
-@pytest.fixture
-def broken_text_server(tmp_path: Path) -> Iterator[ServerThread]:
-    text = load_manifest(manifest_path("tiny")).text
+def text_server_with(tmp_path: Path, **changes: Any) -> ServerThread:
+    text = load_manifest(manifest_path("tiny")).spec_for(Modality.TEXT)
     assert text is not None
-    manifest = Manifest(
-        text=text.model_copy(update={"source": str(tmp_path / "none"), "gguf_file": None})
-    )
-    server = ServerThread(make_settings(tmp_path), manifest).start()
-    yield server
-    server.stop()
+    return ServerThread(make_settings(tmp_path), Manifest(text=(text.model_copy(update=changes),)))
 
 
-def test_retries_unavailable_before_data_but_never_invalid_input(
-    broken_text_server: ServerThread,
+def test_retries_a_model_still_loading_but_not_a_failed_one_nor_invalid_input(
+    tmp_path: Path,
 ) -> None:
-    with GenServe(f"localhost:{broken_text_server.port}", max_retries=2) as client:
-        with pytest.raises(UnavailableError):
-            client.text.generate("Hi", request_id="retried")
-        with pytest.raises(InvalidArgumentError):
-            client.text.generate("", request_id="not-retried")
-    broken_text_server.server.usage_log.flush()
-    assert len(broken_text_server.usage_rows("retried")) == 3  # the call and two retries
-    assert len(broken_text_server.usage_rows("not-retried")) == 1
+    loading = text_server_with(tmp_path / "loading").start(load=False)  # preload not run
+    broken = text_server_with(
+        tmp_path / "broken", source=str(tmp_path / "none"), gguf_file=None
+    ).start()
+    try:
+        with GenServe(f"localhost:{loading.port}", max_retries=2) as client:
+            with pytest.raises(UnavailableError, match="still loading"):
+                client.text.generate("Hi", request_id="retried")
+            with pytest.raises(InvalidArgumentError):
+                client.text.generate("", request_id="not-retried")
+        loading.server.usage_log.flush()
+        assert len(loading.usage_rows("retried")) == 3  # the call and two retries
+        assert len(loading.usage_rows("not-retried")) == 1
+        # A model that failed to load fails the same way every time: no retry.
+        with (
+            GenServe(f"localhost:{broken.port}", max_retries=2) as client,
+            pytest.raises(FailedPreconditionError, match="failed to load"),
+        ):
+            client.text.generate("Hi", request_id="failed-model")
+        broken.server.usage_log.flush()
+        assert len(broken.usage_rows("failed-model")) == 1
+    finally:
+        loading.stop()
+        broken.stop()
     # once data has arrived, UNAVAILABLE is not retried (it would repeat output)
     unavailable = grpc.aio.AioRpcError(
         grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata()
@@ -229,7 +241,7 @@ def test_internal_error(tmp_path: Path) -> None:
     server = ServerThread(
         make_settings(tmp_path),
         Manifest(text=text),
-        loaders={Modality.TEXT: lambda spec: ExplodingEngine()},
+        loader_for=lambda modality, spec: lambda spec: ExplodingEngine(),
     ).start()
     try:
         with GenServe(f"localhost:{server.port}") as client, pytest.raises(InternalError) as error:

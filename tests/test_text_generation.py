@@ -7,19 +7,19 @@ import threading
 import grpc
 import pytest
 
-from genserve.v1 import text_pb2, text_pb2_grpc
 from genserve.server.background import ServerThread
 from genserve.server.manifest import Modality
 from genserve.server.text.batching_engine import BatchingTextEngine
 from genserve.server.text.transformers_engine import SerialTextEngine
 from genserve.server.text.types import FinishReason
+from genserve.v1 import text_pb2, text_pb2_grpc
 from tests.text_calls import generate, greedy, request
 
 ENGINE_IDLE_TIMEOUT_S = 30
 
 
 def engine_of(server: ServerThread) -> BatchingTextEngine | SerialTextEngine:
-    engine = server.server.registry.slot(Modality.TEXT).instance
+    engine = server.server.registry.resolve(Modality.TEXT, None).engine
     assert isinstance(engine, BatchingTextEngine | SerialTextEngine)
     return engine
 

@@ -7,8 +7,8 @@ from typing import Any
 import grpc
 import pytest
 
-from genserve.v1 import text_pb2
 from genserve.server.background import ServerThread
+from genserve.v1 import text_pb2
 from tests.text_calls import generate, greedy
 
 MAX_NEW_TOKENS_LIMIT = 2048  # Settings().text.max_new_tokens

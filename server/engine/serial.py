@@ -30,6 +30,8 @@ E = TypeVar("E")
 
 # Events a job may get ahead of its reader: a few media chunks, or a few text deltas.
 DEFAULT_BUFFER_EVENTS = 8
+# How long close() waits for the model thread to finish its current step.
+CLOSE_WAIT_S = 10.0
 
 
 @dataclass
@@ -79,6 +81,7 @@ class SerialEngine(Generic[R, E]):
         self._cancelled = 0
         self._idle = threading.Condition()
         self._closed = False
+        self._current: Job[E] | None = None
         self._thread = threading.Thread(target=self._serve, name=f"engine-{name}", daemon=True)
         self._thread.start()
 
@@ -110,12 +113,25 @@ class SerialEngine(Generic[R, E]):
             self._pending += 1
         # copy_context: the job's log lines carry this request's ID
         self._jobs.put((request, job, contextvars.copy_context()))
-        async for event in channel.receive():
-            yield event
+        try:
+            async for event in channel.receive():
+                yield event
+        finally:
+            # Closed at a yield, receive() would be left suspended until the loop collects
+            # it: cancel now, so the job stops at its next send rather than loop turns later.
+            channel.cancel()
 
     def close(self) -> None:
+        """Stops the running job at its next step, ends the queued ones, and waits (boundedly)
+        for the thread: a model thread still inside torch when the interpreter exits can
+        abort the process."""
         self._closed = True
+        current = self._current
+        if current is not None:
+            current.channel.cancel()
         self._jobs.put(None)
+        if threading.current_thread() is not self._thread:
+            self._thread.join(CLOSE_WAIT_S)
 
     def _serve(self) -> None:
         while True:
@@ -133,6 +149,7 @@ class SerialEngine(Generic[R, E]):
                 return
             job.started = time.perf_counter()
             self._running = 1
+            self._current = job
             self._work(request, job)
         except Cancelled:
             self._cancelled += 1
@@ -140,6 +157,7 @@ class SerialEngine(Generic[R, E]):
             error = exc
         finally:
             self._running = 0
+            self._current = None
             job.channel.close(error)
             with self._idle:
                 self._pending -= 1

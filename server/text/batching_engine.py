@@ -45,6 +45,8 @@ from genserve.server.text.types import SamplingParams, TextEvent, TextFinal, Tex
 
 logger = logging.getLogger(__name__)
 
+# How long close() waits for the scheduler to finish its current step.
+CLOSE_WAIT_S = 10.0
 # Events beyond the deltas that a sequence's channel must hold: its final event.
 _CHANNEL_SLACK = 2
 
@@ -150,10 +152,11 @@ class BatchingTextEngine:
         return not self._closed and self._scheduler.is_alive()
 
     def stats(self) -> EngineStats:
+        # _running is the batch size as of the last step: a sequence that has finished since
+        # (or a whole batch that failed) is still in it until the next one.
+        running = self._running
         return EngineStats(
-            queued=max(0, self._pending - self._running),
-            in_flight=self._running,
-            cancelled=self._cancelled,
+            queued=max(0, self._pending - running), in_flight=running, cancelled=self._cancelled
         )
 
     @property
@@ -183,12 +186,21 @@ class BatchingTextEngine:
             self._pending += 1
         self._waiting.put(sequence)
         # Closing this iterator cancels the channel: the sequence leaves its batch next step.
-        async for event in channel.receive():
-            yield event
+        try:
+            async for event in channel.receive():
+                yield event
+        finally:
+            channel.cancel()  # at once, not when the loop collects a suspended receive()
 
     def close(self) -> None:
+        """Cancels every running sequence (they leave at the next step), ends the waiting
+        ones, and waits boundedly for the scheduler thread to leave torch."""
         self._closed = True
+        for sequence in list(self._members):
+            sequence.channel.cancel()
         self._waiting.put(None)
+        if threading.current_thread() is not self._scheduler:
+            self._scheduler.join(CLOSE_WAIT_S)
 
     # -- the scheduler thread -------------------------------------------------------------
 
@@ -252,17 +264,20 @@ class BatchingTextEngine:
                     step_ids = torch.tensor(next_tokens, dtype=torch.long)[:, None]
                     logits = self._forward(step_ids, mask, mask.sum(-1, keepdim=True) - 1, cache)
                     state = (rows, cache, mask, logits)
-                newcomers = self._admit(len(state[0]) if state else 0)
+                newcomers = self._admit(state[0] if state else [])
                 self._members.extend(newcomers)
                 if newcomers:
                     joined = self._prefill(newcomers)
                     if joined is not None:
                         state = joined if state is None else _merge(state, joined)
 
-    def _admit(self, running: int) -> list[_Sequence]:
-        """Waiting sequences that fit beside the running ones, without blocking."""
+    def _admit(self, running: list[_Sequence]) -> list[_Sequence]:
+        """Waiting sequences that fit beside the running ones (max_batch_size and
+        max_batch_tokens), without blocking. The first that does not fit is carried: it
+        starts the next batch, and nothing behind it overtakes it."""
         admitted: list[_Sequence] = []
-        while running + len(admitted) < self._max_batch_size:
+        tokens = sum(s.budget for s in running)
+        while len(running) + len(admitted) < self._max_batch_size:
             candidate: _Sequence | None
             if self._carry is not None:
                 candidate, self._carry = self._carry, None
@@ -274,7 +289,11 @@ class BatchingTextEngine:
             if candidate is None:  # closing: let the scheduler see it after this batch
                 self._waiting.put(None)
                 break
+            if running and tokens + candidate.budget > self._max_batch_tokens:
+                self._carry = candidate
+                break
             admitted.append(candidate)
+            tokens += candidate.budget
         return admitted
 
     def _prefill(self, batch: list[_Sequence]) -> _State | None:
