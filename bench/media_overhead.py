@@ -22,6 +22,9 @@ import torch
 from PIL import Image
 
 from bench.timing import alternate
+from genserve.server.background import ServerThread, make_settings
+from genserve.server.engine.serial import SerialEngine
+from genserve.server.manifest import Manifest, Modality, load_manifest, manifest_path
 from genserve.v1 import (
     audio_pb2,
     audio_pb2_grpc,
@@ -32,14 +35,11 @@ from genserve.v1 import (
     video_pb2,
     video_pb2_grpc,
 )
-from genserve.server.background import ServerThread, make_settings
-from genserve.server.manifest import Manifest, Modality, load_manifest, manifest_path
-from genserve.server.media.pipelines import LoadedPipeline
 
 
 def media_manifest() -> Manifest:
     manifest = load_manifest(manifest_path("tiny"))
-    return manifest.model_copy(update={"text": None, "embedding": None})
+    return manifest.model_copy(update={"text": (), "embedding": ()})
 
 
 def drain(stream: Any) -> int:
@@ -71,9 +71,9 @@ def cases(
     server: ServerThread, channel: grpc.Channel
 ) -> dict[str, tuple[Callable[[], object], Callable[[], object]]]:
     def pipeline(modality: Modality) -> Any:
-        loaded = server.server.registry.slot(modality).instance
-        assert isinstance(loaded, LoadedPipeline)
-        return loaded.pipeline
+        engine = server.server.registry.resolve(modality, None).engine
+        assert isinstance(engine, SerialEngine)
+        return engine.model
 
     image_pipe, video_pipe, mesh_pipe, bark = (
         pipeline(Modality.IMAGE),

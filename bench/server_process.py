@@ -51,10 +51,11 @@ def served_text_model(cpu_linear: str = "onednn") -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="genserve-bench-") as folder:
         manifest = Path(folder) / "text.toml"
         manifest.write_text(
-            tomli_w.dumps({"text": spec.model_dump(mode="json", exclude_none=True)})
+            tomli_w.dumps({"text": [spec.model_dump(mode="json", exclude_none=True)]})
         )
         port = free_port()
-        command = [sys.executable, "-m", "genserve.server", "--host", "127.0.0.1", "--port", str(port)]
+        command = [sys.executable, "-m", "genserve.server", "--host", "127.0.0.1"]
+        command += ["--port", str(port)]
         command += ["--metrics-port", "0", "--data-dir", folder, "--manifest", str(manifest)]
         command += ["--model-store", str(MODEL_STORE), "--log-level", "WARNING"]
         process = subprocess.Popen(command)

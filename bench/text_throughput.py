@@ -20,11 +20,11 @@ import httpx
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from genserve.v1 import text_pb2, text_pb2_grpc
 from genserve.server.background import MODEL_STORE
-from genserve.server.manifest import ModelSpec, load_manifest, manifest_path
+from genserve.server.manifest import Modality, ModelSpec, load_manifest, manifest_path
 from genserve.server.text.loader import _checkpoint
 from genserve.server.text.weights import prepare_weights
+from genserve.v1 import text_pb2, text_pb2_grpc
 
 PROMPT = "Explain what FastAPI is and why people use it."
 
@@ -50,7 +50,7 @@ class SweepPoint:
 
 
 def text_spec() -> ModelSpec:
-    spec = load_manifest(manifest_path("tiny")).text
+    spec = load_manifest(manifest_path("tiny")).spec_for(Modality.TEXT)
     assert spec is not None
     return spec
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 import time
@@ -16,7 +17,8 @@ from genserve.server.settings import Settings
 logger = logging.getLogger("genserve.server")
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings) -> bool:
+    """Serve until SIGTERM or SIGINT; False when a model thread was left running."""
     started = time.perf_counter()
     manifest = load_manifest(manifest_path(settings.profile, settings.manifest))
     server = GenServeServer(settings, manifest)
@@ -39,13 +41,17 @@ async def serve(settings: Settings) -> None:
     await stop_requested.wait()
     if not loading.done():
         loading.cancel()
-    await server.stop()
+    return await server.stop()
 
 
 def main(argv: list[str] | None = None) -> None:
     settings = Settings(_cli_parse_args=sys.argv[1:] if argv is None else argv)  # type: ignore[call-arg]
     configure_logging(settings.log_level, settings.log_format)
-    asyncio.run(serve(settings))
+    if not asyncio.run(serve(settings)):
+        # A model thread still inside torch would abort the interpreter's own exit
+        # (or hold it): every row is written and the logs are flushed, so leave now.
+        logging.shutdown()
+        os._exit(0)
 
 
 if __name__ == "__main__":

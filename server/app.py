@@ -7,6 +7,7 @@ in-flight streams drain for the grace period before cancelling them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from functools import partial
 
@@ -40,6 +41,8 @@ OVERALL = ""  # the health service name that stands for the whole server
 MODEL_SERVICE = models_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
 
 MiB = 1024 * 1024
+RECORD_WAIT_S = 1.0  # after the grace period, for cancelled calls to write their rows
+ENGINE_STOP_WAIT_S = 1.0  # then for model threads to finish their step
 
 
 def model_health_name(entry: ModelEntry) -> str:
@@ -83,14 +86,18 @@ class GenServeServer:
         self.usage_log = UsageLog(settings.usage_db_path)
         self.metrics = ServerMetrics(self.registry)
         self.health = health.aio.HealthServicer()
+        self._stopping = False
+        self._telemetry = TelemetryInterceptor(
+            [log_access, self.usage_log, self.metrics],
+            self.metrics.track_in_flight,
+            stopping=lambda: self._stopping,
+        )
         self.port = 0
         self.metrics_port: int | None = None
         self._server = grpc.aio.server(
             interceptors=[
                 RequestIdInterceptor(),
-                TelemetryInterceptor(
-                    [log_access, self.usage_log, self.metrics], self.metrics.track_in_flight
-                ),
+                self._telemetry,
                 ErrorInterceptor(),
             ],
             options=[
@@ -152,16 +159,32 @@ class GenServeServer:
             service = ROW_BY_MODALITY[entry.modality].service
             await self.health.set(service, SERVING if entry.ready else NOT_SERVING)
 
-    async def stop(self, grace: float | None = None) -> None:
-        """NOT_SERVING first, then stop accepting, then drain in-flight calls."""
+    async def stop(self, grace: float | None = None) -> bool:
+        """NOT_SERVING first, then stop accepting, then drain in-flight calls; after the
+        grace period, cancel the rest, write their usage rows, stop the model threads.
+        False when a model thread had to be abandoned."""
         grace = self.settings.shutdown_grace_s if grace is None else grace
         await self.health.enter_graceful_shutdown()
         logger.info("stopping: draining in-flight calls for up to %.1f s", grace)
+        # Calls still running when the grace period ends are cancelled by us, and their
+        # callers see UNAVAILABLE: from then on, telemetry records that code.
+        asyncio.get_running_loop().call_later(grace, self._mark_stopping)
         await self._server.stop(grace)
-        self.registry.close()
-        self.usage_log.close()
+        self._mark_stopping()
+        # The cancelled calls finish their telemetry on the loop after stop() returns:
+        # wait for their usage rows before the log closes. Then stop the model threads.
+        if not await self._telemetry.wait_recorded(RECORD_WAIT_S):
+            logger.warning("some calls were not recorded within %.1f s", RECORD_WAIT_S)
+        engines_stopped = self.registry.close(ENGINE_STOP_WAIT_S)
+        if not engines_stopped:
+            logger.warning("a model thread is still running; it is abandoned")
+        self.usage_log.close()  # last: a final flush of every row
         self.metrics.close()
         logger.info("stopped")
+        return engines_stopped
+
+    def _mark_stopping(self) -> None:
+        self._stopping = True
 
     async def wait_for_termination(self) -> None:
         await self._server.wait_for_termination()

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import grpc
 
+# Trailing metadata of a refusal that may be retried: whole seconds to wait first.
+RETRY_AFTER_METADATA_KEY = "retry-after"
+
 
 class GenServeError(Exception):
     """Base of every error a caller may see. The message is safe to show to clients."""
 
     grpc_code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    retry_after_s: float | None = None  # sent as `retry-after` trailing metadata
 
 
 class InvalidArgument(GenServeError):
@@ -38,6 +42,10 @@ class ResourceExhausted(GenServeError):
 
     grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
 
 class FailedPrecondition(GenServeError):
     """The model cannot serve until an operator acts (it failed to load, or was
@@ -50,6 +58,7 @@ class Unavailable(GenServeError):
     """Passing: a model still loading, or the server shutting down. Clients may retry."""
 
     grpc_code = grpc.StatusCode.UNAVAILABLE
+    retry_after_s = 1.0
 
 
 class Unimplemented(GenServeError):

@@ -18,6 +18,8 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from genserve.server.admission import AdmissionLimits
+
 MANIFEST_DIR = Path(__file__).parent / "manifests"
 PACKAGE_SCHEME = "package:"  # package:<python package>[/<folder inside it>]
 STORE_SCHEME = "store:"  # store:<folder in the model store> (built by `make models`)
@@ -60,6 +62,9 @@ class ModelSpec(BaseModel):
         description="fp32 Linear layers on CPU: oneDNN prepacked weights, or PyTorch's default",
     )
     defaults: dict[str, Any] = Field(default_factory=dict)
+    limits: AdmissionLimits = Field(
+        default_factory=AdmissionLimits, description="this model's caps on cost and time"
+    )
 
     def resolved_source(self, model_store: Path) -> str:
         """The path or hub id to give from_pretrained."""

@@ -16,18 +16,20 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from genserve.server.admission import Cost
 from genserve.server.engine.contract import Engine
 from genserve.server.manifest import Modality, ModelSpec
-from genserve.server.media.audio import AudioDefaults
-from genserve.server.media.image import ImageDefaults
-from genserve.server.media.mesh import MeshDefaults
-from genserve.server.media.video import VideoDefaults
+from genserve.server.media.audio import AudioDefaults, AudioParams
+from genserve.server.media.image import ImageDefaults, ImageParams
+from genserve.server.media.mesh import MeshDefaults, MeshParams
+from genserve.server.media.video import VideoDefaults, VideoParams
 from genserve.server.servicers.audio import audio_params_from_pb
 from genserve.server.servicers.image import image_params_from_pb
 from genserve.server.servicers.mesh import mesh_params_from_pb
 from genserve.server.servicers.video import video_params_from_pb
 from genserve.server.settings import Settings
 from genserve.server.text.defaults import TextDefaults
+from genserve.server.text.types import TextRequest
 from genserve.v1 import (
     audio_pb2,
     audio_pb2_grpc,
@@ -46,6 +48,35 @@ from genserve.v1 import (
 EngineLoader = Callable[[ModelSpec, Settings], Engine[Any, Any]]
 Converter = Callable[[Any, Any, Settings], Any]
 """(proto request, the model's defaults, settings) -> plain params; InvalidArgument else."""
+
+
+# Characters per token, to price a prompt before it is tokenized (English text, BPE).
+CHARS_PER_TOKEN = 4
+
+
+def _text_cost(request: TextRequest) -> Cost:
+    prompt = sum(len(turn.content) for turn in request.messages) / CHARS_PER_TOKEN
+    return Cost(prompt + request.params.max_new_tokens, "prompt tokens + max_new_tokens")
+
+
+def _image_cost(p: ImageParams) -> Cost:
+    pixels = p.width * p.height
+    return Cost(pixels * p.num_inference_steps, "width x height x steps", pixels)
+
+
+def _video_cost(p: VideoParams) -> Cost:
+    pixels = p.width * p.height
+    units = p.num_frames * pixels * p.num_inference_steps
+    return Cost(units, "frames x width x height x steps", pixels)
+
+
+def _mesh_cost(p: MeshParams) -> Cost:
+    return Cost(p.num_inference_steps * p.grid_size**3, "steps x grid_size^3")
+
+
+def _audio_cost(p: AudioParams) -> Cost:
+    # Bark's tokens (and seconds of audio) grow with the text it speaks.
+    return Cost(len(p.prompt), "prompt characters")
 
 
 class NoDefaults(BaseModel):
@@ -89,6 +120,7 @@ class ModalityRow:
     engines: Mapping[str, EngineLoader]
     default_engine: str
     converter: Converter | None = None  # media only
+    cost_of: Callable[[Any], Cost] | None = None  # prices a request for admission
 
     @property
     def service(self) -> str:
@@ -123,6 +155,7 @@ MODALITIES: tuple[ModalityRow, ...] = (
         limits_of=lambda s: s.text,
         engines={"transformers": _text_engine, "transformers-serial": _text_serial_engine},
         default_engine="transformers",
+        cost_of=_text_cost,
     ),
     ModalityRow(
         modality=Modality.AUDIO,
@@ -136,6 +169,7 @@ MODALITIES: tuple[ModalityRow, ...] = (
         engines={"bark": _media_loader("load_audio_engine")},
         default_engine="bark",
         converter=audio_params_from_pb,
+        cost_of=_audio_cost,
     ),
     ModalityRow(
         modality=Modality.IMAGE,
@@ -149,6 +183,7 @@ MODALITIES: tuple[ModalityRow, ...] = (
         engines={"diffusers": _media_loader("load_image_engine")},
         default_engine="diffusers",
         converter=image_params_from_pb,
+        cost_of=_image_cost,
     ),
     ModalityRow(
         modality=Modality.VIDEO,
@@ -162,6 +197,7 @@ MODALITIES: tuple[ModalityRow, ...] = (
         engines={"diffusers": _media_loader("load_video_engine")},
         default_engine="diffusers",
         converter=video_params_from_pb,
+        cost_of=_video_cost,
     ),
     ModalityRow(
         modality=Modality.MESH,
@@ -175,6 +211,7 @@ MODALITIES: tuple[ModalityRow, ...] = (
         engines={"diffusers": _media_loader("load_mesh_engine")},
         default_engine="diffusers",
         converter=mesh_params_from_pb,
+        cost_of=_mesh_cost,
     ),
     ModalityRow(
         modality=Modality.EMBEDDING,

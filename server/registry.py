@@ -26,6 +26,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from genserve.server.admission import SpeedEstimate
 from genserve.server.engine.contract import Engine
 from genserve.server.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable
 from genserve.server.manifest import LoadPolicy, Manifest, Modality, ModelSpec
@@ -63,6 +64,7 @@ class ModelEntry:
     in_use: int = 0  # requests holding the model now
     last_used: float = 0.0
     memory_bytes: int = 0  # last measured; an estimate before the first load
+    speed: SpeedEstimate = field(default_factory=SpeedEstimate)  # for admission by cost
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one load at a time
     released: asyncio.Condition = field(default_factory=asyncio.Condition)
 
@@ -328,13 +330,22 @@ class ModelRegistry:
         for listener in self._listeners:
             await listener(entry)
 
-    def close(self) -> None:
-        """Refuse new requests and release every engine (their daemon threads end)."""
+    def close(self, wait_s: float) -> bool:
+        """Refuse new requests and release every engine: all are told to stop first, then
+        waited for together, up to `wait_s`. False when a model thread is still running
+        (it is a daemon: the process can exit without it)."""
         self._closed = True
+        engines = [(e.name, e.engine) for e in self._entries.values() if e.engine is not None]
         for entry in self._entries.values():
-            if entry.engine is not None:
-                _close_quietly(entry.engine, entry.name)
-                entry.engine = None
+            entry.engine = None
+        for name, engine in engines:
+            _close_quietly(engine, name, wait_s=0)
+        deadline = time.monotonic() + wait_s
+        stopped = True
+        for name, engine in engines:
+            remaining = max(0.0, deadline - time.monotonic())
+            stopped = _close_quietly(engine, name, wait_s=remaining) and stopped
+        return stopped
 
 
 def _initial_state(spec: ModelSpec, loader: Loader | None) -> ModelState:
@@ -359,9 +370,10 @@ def _estimate_bytes(spec: ModelSpec, model_store: Path) -> int:
     return sum(p.stat().st_size for p in files if p.suffix in WEIGHT_SUFFIXES and p.is_file())
 
 
-def _close_quietly(engine: Engine[Any, Any], name: str) -> None:
+def _close_quietly(engine: Engine[Any, Any], name: str, wait_s: float | None = None) -> bool:
     try:
-        engine.close()
+        return engine.close() if wait_s is None else engine.close(wait_s)
     except Exception:  # closing one model must not stop the others closing
         logger.exception("closing model %s failed", name)
+        return False
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import pytest
 import torch
@@ -54,6 +54,16 @@ async def until(predicate: Callable[[], bool], timeout: float = WAIT_S) -> None:
 async def idle(engine: Any) -> bool:
     """wait_idle off the loop: the loop must keep running for the engine to finish."""
     return bool(await asyncio.to_thread(engine.wait_idle, WAIT_S))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """A model this small gains nothing from intra-op threads, and on a busy machine their
+    spinning makes each pass take up to hundreds of milliseconds."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 # -- EventChannel ---------------------------------------------------------------------------
@@ -298,7 +308,7 @@ PROMPTS = [
     "What is 2 + 2?",
 ]
 
-TextEngine = BatchingTextEngine | SerialTextEngine
+TextEngine: TypeAlias = BatchingTextEngine | SerialTextEngine
 
 
 @pytest.fixture(scope="module")
@@ -306,16 +316,6 @@ def tokenizer() -> PreTrainedTokenizerBase:
     if not TOKENIZER_DIR.is_dir():
         pytest.skip(f"needs {TOKENIZER_DIR} (make models)")
     return AutoTokenizer.from_pretrained(TOKENIZER_DIR)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """A model this small gains nothing from intra-op threads, and on a busy machine their
-    spinning makes each pass take up to hundreds of milliseconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -466,14 +466,7 @@ def test_concurrent_requests_share_forward_passes_and_keep_their_output(
     "make_engine",
     [
         batching_engine,
-        pytest.param(
-            serial_engine,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="SerialTextEngine.generate leaves the SerialEngine stream it wraps "
-                "for the loop to collect instead of closing it",
-            ),
-        ),
+        serial_engine,
     ],
 )
 def test_closing_a_text_stream_stops_its_request_at_once(

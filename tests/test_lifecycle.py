@@ -104,8 +104,8 @@ class ExplodingEngine:
         raise RuntimeError("secret internal detail /etc/passwd")
         yield  # pragma: no cover - makes this an async generator
 
-    def close(self) -> None:
-        pass
+    def close(self, wait_s: float = 0) -> bool:
+        return True
 
 
 def test_unexpected_errors_are_internal_with_a_safe_message(

@@ -43,9 +43,9 @@ def test_no_stop_sequences_passes_text_through() -> None:
 def tokenizer():  # type: ignore[no-untyped-def]
     from transformers import AutoTokenizer
 
-    from genserve.server.manifest import load_manifest, manifest_path
+    from genserve.server.manifest import Modality, load_manifest, manifest_path
 
-    spec = load_manifest(manifest_path("tiny")).text
+    spec = load_manifest(manifest_path("tiny")).spec_for(Modality.TEXT)
     assert spec is not None
     return AutoTokenizer.from_pretrained(
         spec.resolved_source(Path("unused")), gguf_file=spec.gguf_file

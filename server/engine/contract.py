@@ -42,8 +42,9 @@ class Engine(Protocol[R_contra, E_co]):
         """Block until nothing is queued or running; False on timeout."""
         ...
 
-    def close(self) -> None:
-        """Stop running work and release the model."""
+    def close(self, wait_s: float = ...) -> bool:
+        """Stop running work (at its next step) and release the model, waiting up to
+        `wait_s` for the model's threads to end; True once they have."""
         ...
 
 

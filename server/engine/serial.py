@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from genserve.server.engine.channel import Cancelled, EventChannel
 from genserve.server.engine.contract import EngineStats
@@ -69,9 +69,11 @@ class SerialEngine(Generic[R, E]):
         max_queue: int,
         buffer_events: int = DEFAULT_BUFFER_EVENTS,
         memory_bytes: int = 0,
+        model: Any = None,
     ) -> None:
         self.name = name
         self.memory_bytes = memory_bytes
+        self.model = model  # what `work` runs on (benchmarks time it bare)
         self._work = work
         self._max_queue = max_queue
         self._buffer_events = buffer_events
@@ -104,11 +106,10 @@ class SerialEngine(Generic[R, E]):
         waiting = self._pending - self._running
         if waiting >= self._max_queue:
             raise ResourceExhausted(
-                f"{self.name} has {waiting} requests waiting (limit {self._max_queue}); "
-                "retry later"
+                f"{self.name} has {waiting} requests waiting (limit {self._max_queue}); retry later"
             )
         channel: EventChannel[E] = EventChannel(self._buffer_events)
-        job = Job(channel=channel, submitted=time.perf_counter())
+        job: Job[E] = Job(channel=channel, submitted=time.perf_counter())
         with self._idle:
             self._pending += 1
         # copy_context: the job's log lines carry this request's ID
@@ -121,17 +122,19 @@ class SerialEngine(Generic[R, E]):
             # it: cancel now, so the job stops at its next send rather than loop turns later.
             channel.cancel()
 
-    def close(self) -> None:
-        """Stops the running job at its next step, ends the queued ones, and waits (boundedly)
-        for the thread: a model thread still inside torch when the interpreter exits can
-        abort the process."""
-        self._closed = True
-        current = self._current
-        if current is not None:
-            current.channel.cancel()
-        self._jobs.put(None)
+    def close(self, wait_s: float = CLOSE_WAIT_S) -> bool:
+        """Stops the running job at its next step, ends the queued ones, and waits up to
+        `wait_s` for the thread (a model thread still inside torch when the interpreter
+        exits can abort the process). True once the thread has ended."""
+        if not self._closed:
+            self._closed = True
+            current = self._current
+            if current is not None:
+                current.channel.cancel()
+            self._jobs.put(None)
         if threading.current_thread() is not self._thread:
-            self._thread.join(CLOSE_WAIT_S)
+            self._thread.join(wait_s)
+        return not self._thread.is_alive()
 
     def _serve(self) -> None:
         while True:

@@ -34,10 +34,17 @@ class CallInterceptor(grpc.aio.ServerInterceptor, ABC):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
+        handler = await self.handler_for(continuation, handler_call_details)
         if handler is None:  # unknown method: let grpc answer UNIMPLEMENTED
             return handler
         return _wrap(handler, self, handler_call_details)
+
+    async def handler_for(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        return await continuation(details)
 
 
 def _wrap(

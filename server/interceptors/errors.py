@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 from grpc.aio import AbortError, ServicerContext
 
-from genserve.server.errors import GenServeError
+from genserve.server.errors import RETRY_AFTER_METADATA_KEY, GenServeError
 from genserve.server.interceptors.base import CallInterceptor, Responses
 from genserve.server.request_context import current_request_id
 
@@ -26,6 +27,16 @@ logger = logging.getLogger(__name__)
 
 
 class ErrorInterceptor(CallInterceptor):
+    async def handler_for(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        """An unknown method gets a handler too (the innermost interceptor makes it), so
+        the outer ones log it and give it its usage row like any other call."""
+        handler = await continuation(details)
+        return handler if handler is not None else _unimplemented(details.method)
+
     async def around(
         self,
         details: grpc.HandlerCallDetails,
@@ -39,6 +50,9 @@ class ErrorInterceptor(CallInterceptor):
             raise
         except GenServeError as exc:
             logger.info("%s rejected: %s %s", details.method, exc.grpc_code.name, exc)
+            if exc.retry_after_s is not None:  # the bridge turns it into Retry-After
+                seconds = str(max(1, math.ceil(exc.retry_after_s)))
+                context.set_trailing_metadata(((RETRY_AFTER_METADATA_KEY, seconds),))
             _fail(context, exc.grpc_code, str(exc))
         except Exception:
             logger.exception("unhandled error in %s", details.method)
@@ -47,6 +61,14 @@ class ErrorInterceptor(CallInterceptor):
                 grpc.StatusCode.INTERNAL,
                 f"internal error; request_id={current_request_id()}",
             )
+
+
+def _unimplemented(method: str) -> grpc.RpcMethodHandler:
+    # No (de)serializers: any request shape arrives as raw bytes and is ignored.
+    async def answer(requests: Any, context: ServicerContext[Any, Any]) -> None:
+        _fail(context, grpc.StatusCode.UNIMPLEMENTED, f"{method} is not a method of this server")
+
+    return grpc.stream_stream_rpc_method_handler(answer)
 
 
 def _fail(context: ServicerContext[Any, Any], code: grpc.StatusCode, message: str) -> None:

@@ -87,9 +87,23 @@ class TelemetryInterceptor(CallInterceptor):
         self,
         sinks: Sequence[CallSink],
         in_flight: Callable[[], AbstractContextManager[Any]] = nullcontext,
+        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         self._sinks = tuple(sinks)
         self._in_flight = in_flight  # entered for the whole call (a gauge, say)
+        self._stopping = stopping  # the server is shutting down: cancels are UNAVAILABLE
+        self._active = 0
+        self._all_recorded = asyncio.Event()
+        self._all_recorded.set()
+
+    async def wait_recorded(self, timeout: float) -> bool:
+        """Wait until every call that started has been handed to the sinks (at shutdown,
+        before the usage log closes); False on timeout."""
+        try:
+            await asyncio.wait_for(self._all_recorded.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     async def around(
         self,
@@ -110,6 +124,8 @@ class TelemetryInterceptor(CallInterceptor):
         code = grpc.StatusCode.UNKNOWN
         in_flight = self._in_flight()
         in_flight.__enter__()
+        self._active += 1
+        self._all_recorded.clear()
         try:
             async for response in responses():
                 if first_message_ms is None:
@@ -121,8 +137,11 @@ class TelemetryInterceptor(CallInterceptor):
         except AbortError:
             code = _code_of(context) or grpc.StatusCode.UNKNOWN
             raise
-        except asyncio.CancelledError:
-            code = _cancel_code(context)
+        except (asyncio.CancelledError, GeneratorExit):
+            # GeneratorExit: grpc closed the response stream (a cancel seen between
+            # messages), which left the code UNKNOWN before.
+            # Cancelled by our own shutdown, the caller sees UNAVAILABLE: record that.
+            code = grpc.StatusCode.UNAVAILABLE if self._stopping() else _cancel_code(context)
             raise
         finally:
             in_flight.__exit__(None, None, None)
@@ -143,6 +162,9 @@ class TelemetryInterceptor(CallInterceptor):
                     sink(record)
                 except Exception:  # telemetry must never fail the call
                     logger.exception("call sink %r failed", sink)
+            self._active -= 1
+            if self._active == 0:
+                self._all_recorded.set()
 
 
 def _code_of(context: ServicerContext[Any, Any]) -> grpc.StatusCode | None:

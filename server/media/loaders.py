@@ -46,7 +46,11 @@ def _media_engine(
         generate(pipeline, params, MediaRun(job, chunk_size, params.seed))
 
     return SerialEngine(
-        spec.name, work, max_queue=settings.media.max_queue, memory_bytes=module_bytes(pipeline)
+        spec.name,
+        work,
+        max_queue=settings.media.max_queue,
+        memory_bytes=module_bytes(pipeline),
+        model=pipeline,
     )
 
 

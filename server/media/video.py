@@ -22,6 +22,7 @@ from genserve.server.media.events import Header
 from genserve.server.media.run import MediaRun, diffusers_progress
 
 KEYFRAME_INTERVAL_S = 1.0  # one fragment per second of video
+SVD_MAX_GUIDANCE = 3.0  # StableVideoDiffusionPipeline's default max_guidance_scale
 
 
 class VideoDefaults(BaseModel):
@@ -78,10 +79,21 @@ def generate_video(pipeline: Any, params: VideoParams, run: MediaRun) -> None:
             decode_chunk_size=params.decode_chunk_size,
             generator=generator,
             output_type="np",
+            **_single_frame_guidance(params.num_frames),
         )
     run.inference_done()
     write_mp4(result.frames[0], params.fps, run.output)
     run.finish()
+
+
+def _single_frame_guidance(num_frames: int) -> dict[str, float]:
+    """SVD ramps guidance from min to max over the frames and doubles the image latents
+    when max > 1; with one frame the ramp is just its min (1.0), guidance switches off and
+    the doubled latents no longer match (diffusers 0.42 fails with a size mismatch). One
+    frame gets one guidance value: the max, as the pipeline's own defaults would give."""
+    if num_frames != 1:
+        return {}
+    return {"min_guidance_scale": SVD_MAX_GUIDANCE, "max_guidance_scale": SVD_MAX_GUIDANCE}
 
 
 def write_mp4(frames: np.ndarray, fps: float, output: io.RawIOBase | BinaryIO) -> None:

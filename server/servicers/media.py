@@ -13,9 +13,10 @@ from typing import Any
 from grpc.aio import ServicerContext
 from pydantic import BaseModel
 
+from genserve.server.admission import Cost, admit
 from genserve.server.media.events import Chunk, Final, Header, MediaEvent, Progress
 from genserve.server.modalities import ModalityRow
-from genserve.server.registry import ModelRegistry
+from genserve.server.registry import ModelEntry, ModelRegistry
 from genserve.server.request_context import current_call_details
 from genserve.server.settings import Settings
 from genserve.v1 import common_pb2
@@ -36,11 +37,27 @@ class ModelDefaults:
             entry.name: row.defaults_for(entry.spec) for entry in registry.entries(row.modality)
         }
 
-    def resolve(self, request: Any) -> tuple[str | None, BaseModel]:
+    def resolve(self, request: Any) -> tuple[ModelEntry, BaseModel]:
         """The model a request names (checked to exist) and its defaults."""
-        name = requested_model(request)
-        entry = self._registry.resolve(self._row.modality, name)
-        return entry.name, self._by_name[entry.name]
+        entry = self._registry.resolve(self._row.modality, requested_model(request))
+        return entry, self._by_name[entry.name]
+
+
+def admit_request(
+    row: ModalityRow, entry: ModelEntry, params: Any, context: ServicerContext[Any, Any]
+) -> Cost | None:
+    """Prices the request and refuses it when it is over the model's caps or would not
+    finish in the time it has (see admission.py)."""
+    if row.cost_of is None:
+        return None
+    cost = row.cost_of(params)
+    admit(entry.name, cost, entry.spec.limits, entry.speed, context.time_remaining())
+    return cost
+
+
+def learn_speed(entry: ModelEntry, cost: Cost | None, inference_ms: float) -> None:
+    if cost is not None:
+        entry.speed.observe(cost.units, inference_ms / 1000)
 
 
 class MediaServicer:
@@ -55,16 +72,18 @@ class MediaServicer:
     async def Generate(
         self, request: Any, context: ServicerContext[Any, Any]
     ) -> AsyncIterator[common_pb2.MediaEvent]:
-        name, defaults = self._defaults.resolve(request)
+        entry, defaults = self._defaults.resolve(request)
         params = self._convert(request, defaults, self._settings)
+        cost = admit_request(self._row, entry, params, context)
         call = current_call_details()
-        call.model = name
-        async with self._registry.use(self._row.modality, name) as engine:
+        call.model = entry.name
+        async with self._registry.use(self._row.modality, entry.name) as engine:
             async for event in engine.generate(params):
                 if isinstance(event, Final):
                     call.queued_ms = event.queued_ms
                     call.inference_ms = event.inference_ms
                     call.encoding_ms = event.encoding_ms
+                    learn_speed(entry, cost, event.inference_ms)
                 yield media_event_to_pb(event)
 
 

@@ -9,12 +9,13 @@ from typing import Any
 
 from grpc.aio import ServicerContext
 
+from genserve.server.admission import Cost
 from genserve.server.errors import InvalidArgument
 from genserve.server.manifest import Modality
 from genserve.server.modalities import ROW_BY_MODALITY
 from genserve.server.registry import ModelRegistry
 from genserve.server.request_context import current_call_details
-from genserve.server.servicers.media import ModelDefaults
+from genserve.server.servicers.media import ModelDefaults, admit_request, learn_speed
 from genserve.server.settings import TextLimits
 from genserve.server.text.defaults import TextDefaults
 from genserve.server.text.types import (
@@ -48,17 +49,21 @@ class TextServicer(text_pb2_grpc.TextServiceServicer):
         request: text_pb2.TextGenerateRequest,
         context: ServicerContext[Any, Any],
     ) -> AsyncIterator[text_pb2.TextGenerateResponse]:
-        name, defaults = self._defaults.resolve(request)
+        entry, defaults = self._defaults.resolve(request)
         assert isinstance(defaults, TextDefaults)
         text_request = text_request_from_pb(request, defaults, self._limits)
+        admit_request(ROW_BY_MODALITY[Modality.TEXT], entry, text_request, context)
         call = current_call_details()
-        call.model = name
-        async with self._registry.use(Modality.TEXT, name) as engine:
+        call.model = entry.name
+        async with self._registry.use(Modality.TEXT, entry.name) as engine:
             async for event in engine.generate(text_request):
                 if isinstance(event, TextFinal):
                     call.prompt_tokens = event.prompt_tokens
                     call.queued_ms = event.queued_ms
                     call.inference_ms = event.inference_ms
+                    if event.finish_reason is not FinishReason.CANCELLED:
+                        done = Cost(event.prompt_tokens + event.completion_tokens, "tokens")
+                        learn_speed(entry, done, event.inference_ms)
                 call.completion_tokens = event.completion_tokens
                 yield text_event_to_pb(event)
 

@@ -154,9 +154,9 @@ class BatchingTextEngine:
     def stats(self) -> EngineStats:
         # _running is the batch size as of the last step: a sequence that has finished since
         # (or a whole batch that failed) is still in it until the next one.
-        running = self._running
+        running = min(self._running, self._pending)
         return EngineStats(
-            queued=max(0, self._pending - running), in_flight=running, cancelled=self._cancelled
+            queued=self._pending - running, in_flight=running, cancelled=self._cancelled
         )
 
     @property
@@ -192,15 +192,18 @@ class BatchingTextEngine:
         finally:
             channel.cancel()  # at once, not when the loop collects a suspended receive()
 
-    def close(self) -> None:
+    def close(self, wait_s: float = CLOSE_WAIT_S) -> bool:
         """Cancels every running sequence (they leave at the next step), ends the waiting
-        ones, and waits boundedly for the scheduler thread to leave torch."""
-        self._closed = True
-        for sequence in list(self._members):
-            sequence.channel.cancel()
-        self._waiting.put(None)
+        ones, and waits up to `wait_s` for the scheduler thread to leave torch. True once
+        it has ended."""
+        if not self._closed:
+            self._closed = True
+            for sequence in list(self._members):
+                sequence.channel.cancel()
+            self._waiting.put(None)
         if threading.current_thread() is not self._scheduler:
-            self._scheduler.join(CLOSE_WAIT_S)
+            self._scheduler.join(wait_s)
+        return not self._scheduler.is_alive()
 
     # -- the scheduler thread -------------------------------------------------------------
 
@@ -289,7 +292,8 @@ class BatchingTextEngine:
             if candidate is None:  # closing: let the scheduler see it after this batch
                 self._waiting.put(None)
                 break
-            if running and tokens + candidate.budget > self._max_batch_tokens:
+            fits = tokens + candidate.budget <= self._max_batch_tokens
+            if not fits and (running or admitted):  # one alone always runs, as in _schedule
                 self._carry = candidate
                 break
             admitted.append(candidate)

@@ -23,7 +23,7 @@ from transformers.generation.streamers import BaseStreamer
 from genserve.server.engine.channel import Cancelled
 from genserve.server.engine.contract import EngineStats, module_bytes
 from genserve.server.engine.rng import seeded_global_generator
-from genserve.server.engine.serial import Job, SerialEngine
+from genserve.server.engine.serial import CLOSE_WAIT_S, Job, SerialEngine
 from genserve.server.text.token_stream import (
     TokenStream,
     as_tensor,
@@ -107,11 +107,15 @@ class SerialTextEngine:
     async def generate(self, request: TextRequest) -> AsyncIterator[TextEvent]:
         prompt_ids = await asyncio.to_thread(encode_chat, self._tokenizer, request)
         check_fits(len(prompt_ids), request.params.max_new_tokens, self.context_length)
-        async for event in self._engine.generate((prompt_ids, request.params)):
-            yield event
+        # aclosing: a caller that leaves cancels the job now, not when the loop collects it
+        async with contextlib.aclosing(
+            self._engine.generate((prompt_ids, request.params))
+        ) as events:
+            async for event in events:
+                yield event
 
-    def close(self) -> None:
-        self._engine.close()
+    def close(self, wait_s: float = CLOSE_WAIT_S) -> bool:
+        return self._engine.close(wait_s)
 
     def _run(self, work: tuple[list[int], SamplingParams], job: Job[TextEvent]) -> None:
         prompt_ids, params = work
