@@ -47,11 +47,16 @@ async def serve(settings: Settings) -> bool:
 def main(argv: list[str] | None = None) -> None:
     settings = Settings(_cli_parse_args=sys.argv[1:] if argv is None else argv)  # type: ignore[call-arg]
     configure_logging(settings.log_level, settings.log_format)
-    if not asyncio.run(serve(settings)):
-        # A model thread still inside torch would abort the interpreter's own exit
-        # (or hold it): every row is written and the logs are flushed, so leave now.
-        logging.shutdown()
-        os._exit(0)
+    clean = asyncio.run(serve(settings))
+    if not clean:
+        logger.warning("exiting with a model thread still running")
+    # Every usage row is written and closed by now. The interpreter's own teardown (grpc
+    # core, torch) takes seconds here, and aborts outright if a model thread is still
+    # inside torch: flush the logs and leave, so a stop takes the grace period, not more.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
