@@ -29,7 +29,7 @@ def test_a_one_frame_video_is_an_mp4_of_one_frame(channel: grpc.Channel) -> None
     result = collect(video_pb2_grpc.VideoServiceStub(channel).Generate(request, timeout=120))
     assert result.final is not None and result.header is not None
     assert result.header.num_frames == 1
-    with av.open(io.BytesIO(result.data)) as container:
+    with av.open(io.BytesIO(result.data), mode="r") as container:
         frames = list(container.decode(video=0))
     assert len(frames) == 1 and (frames[0].width, frames[0].height) == (64, 64)
 

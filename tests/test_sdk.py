@@ -19,6 +19,7 @@ from genserve.client import (
     DeadlineExceededError,
     FailedPreconditionError,
     GenServe,
+    GenServeError,
     InternalError,
     InvalidArgumentError,
     NotFoundError,
@@ -153,9 +154,10 @@ def test_unreachable_server_is_unavailable_after_retries() -> None:
         (grpc.StatusCode.RESOURCE_EXHAUSTED, ResourceExhaustedError),
         (grpc.StatusCode.INTERNAL, InternalError),
         (grpc.StatusCode.UNKNOWN, InternalError),
+        (grpc.StatusCode.FAILED_PRECONDITION, FailedPreconditionError),
     ],
 )
-def test_error_classes_by_code(code: grpc.StatusCode, error_class: type) -> None:
+def test_error_classes_by_code(code: grpc.StatusCode, error_class: type[GenServeError]) -> None:
     rpc_error = grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), "details")
     error = from_rpc_error(rpc_error, "rid")
     assert isinstance(error, error_class)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 from genserve.server.engine.contract import module_bytes
 from genserve.server.engine.serial import Job, SerialEngine
@@ -21,7 +21,7 @@ from genserve.server.media.run import MediaRun
 from genserve.server.media.video import generate_video
 from genserve.server.settings import Settings
 
-MediaEngine = SerialEngine[Any, MediaEvent]
+MediaEngine: TypeAlias = SerialEngine[Any, MediaEvent]
 
 logger = logging.getLogger(__name__)
 
