@@ -1,5 +1,6 @@
 """The bridge app: the server's limits read once, one gRPC channel opened in the lifespan,
-the routers, error handlers and the observability middleware."""
+the routers, error handlers and the middlewares (observability, body caps, cancelling the
+work of clients that left)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 
 from genserve.bridge.backend import Backend
+from genserve.bridge.body_limit import BodyLimitMiddleware, body_caps
+from genserve.bridge.disconnect import ClientDisconnectMiddleware
 from genserve.bridge.errors import (
     BridgeError,
     bridge_error_handler,
@@ -68,6 +71,9 @@ def create_app(settings: BridgeSettings) -> FastAPI:
     app.add_exception_handler(BridgeError, bridge_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(Exception, unhandled_error_handler)
+    # Outermost last: observability sees every answer, a 413 included, with its request ID.
+    app.add_middleware(ClientDisconnectMiddleware)
+    app.add_middleware(BodyLimitMiddleware, caps=body_caps(limits))
     app.add_middleware(ObservabilityMiddleware, metrics=metrics, router_app=app.router)
     app.state.metrics = metrics
     app.state.limits = limits

@@ -15,15 +15,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from genserve.bridge.request_id import current_request_id
-from genserve.server.errors import http_status_for
+from genserve.server.errors import RETRY_AFTER_METADATA_KEY, http_status_for
 
 logger = logging.getLogger(__name__)
 
 OPENAI_PREFIX = "/v1/"
+DEFAULT_RETRY_AFTER_S = 1  # for a 429 whose server named no wait
 OPENAI_ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
     404: "not_found_error",
+    413: "invalid_request_error",
     422: "invalid_request_error",
     429: "rate_limit_error",
 }
@@ -65,8 +67,9 @@ ERROR_DESCRIPTIONS = {
     400: "an option the bridge does not serve",
     404: "no model of that name serves this route (see GET /models)",
     409: "the model failed to load or was unloaded: do not retry (POST /models/{name}/load)",
+    413: "the request body is larger than the route takes",
     422: "invalid input (the message names the field and the limit)",
-    429: "the model's queue is full",
+    429: "the model's queue is full: retry after `Retry-After` seconds",
     500: "internal error",
     503: "the model or the server is not available",
     504: "the generation ran past its deadline",
@@ -107,14 +110,34 @@ def openai_error_body(
     }
 
 
+def error_body(
+    path: str, status: int, code: str, message: str, param: str | None = None
+) -> dict[str, Any]:
+    """The bridge's error shape, or OpenAI's on its routes."""
+    if path.startswith(OPENAI_PREFIX):
+        return openai_error_body(status, code, message, param)
+    return {"error": {"code": code, "message": message, "request_id": current_request_id()}}
+
+
 def error_response(
-    request: Request, status: int, code: str, message: str, param: str | None = None
+    request: Request,
+    status: int,
+    code: str,
+    message: str,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    if request.url.path.startswith(OPENAI_PREFIX):
-        body = openai_error_body(status, code, message, param)
-    else:
-        body = {"error": {"code": code, "message": message, "request_id": current_request_id()}}
-    return JSONResponse(status_code=status, content=body)
+    body = error_body(request.url.path, status, code, message, param)
+    return JSONResponse(status_code=status, content=body, headers=headers)
+
+
+def retry_after(error: grpc.aio.AioRpcError, status: int) -> dict[str, str]:
+    """The server's `retry-after` trailing metadata as HTTP's Retry-After header: a 429
+    always carries one, the client libraries' backoff reads it."""
+    for key, value in error.trailing_metadata() or ():
+        if key == RETRY_AFTER_METADATA_KEY and isinstance(value, str) and value.isdigit():
+            return {"Retry-After": value}
+    return {"Retry-After": str(DEFAULT_RETRY_AFTER_S)} if status == 429 else {}
 
 
 async def grpc_error_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -124,7 +147,7 @@ async def grpc_error_handler(request: Request, exc: Exception) -> JSONResponse:
     message = exc.details() or code.name
     if status >= 500:
         logger.warning("gRPC %s: %s", code.name, message)
-    return error_response(request, status, code.name, message)
+    return error_response(request, status, code.name, message, headers=retry_after(exc, status))
 
 
 async def bridge_error_handler(request: Request, exc: Exception) -> JSONResponse:

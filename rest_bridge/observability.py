@@ -15,6 +15,7 @@ from genserve.bridge.request_id import REQUEST_ID_HEADER, accept_request_id, req
 
 logger = logging.getLogger("genserve.bridge.access")
 
+CLIENT_CLOSED_REQUEST = 499  # nginx's code: no answer, the client left first
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -79,12 +80,13 @@ class ObservabilityMiddleware:
         method = scope["method"]
         started = time.perf_counter()
         status = 500
+        responded = False
         first_byte: float | None = None
 
         async def send_with_headers(message: Message) -> None:
-            nonlocal status, first_byte
+            nonlocal status, responded, first_byte
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, responded = message["status"], True
                 elapsed_ms = (time.perf_counter() - started) * 1000
                 extra = [
                     (REQUEST_ID_HEADER.encode(), request_id.encode()),
@@ -102,6 +104,8 @@ class ObservabilityMiddleware:
         self._metrics.in_flight.inc()
         try:
             await self._app(scope, receive, send_with_headers)
+            if not responded:  # the app only returns without an answer for a client gone
+                status = CLIENT_CLOSED_REQUEST
         finally:
             self._metrics.in_flight.dec()
             total = time.perf_counter() - started

@@ -2,6 +2,7 @@
 
 # No `from __future__ import annotations`: FastAPI reads these closures' annotations.
 
+import asyncio
 from typing import Any
 
 import grpc
@@ -9,19 +10,49 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from grpc_health.v1 import health_pb2
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
+from genserve.bridge.backend import Backend, request_metadata
+from genserve.bridge.limits import ServerLimits
 from genserve.bridge.observability import BridgeMetrics
+from genserve.bridge.request_id import current_request_id
 from genserve.bridge.settings import BridgeSettings
+from genserve.v1 import models_pb2
 
-MODALITY_SERVICES = {
-    "text": "genserve.v1.TextService",
-    "audio": "genserve.v1.AudioService",
-    "image": "genserve.v1.ImageService",
-    "video": "genserve.v1.VideoService",
-    "mesh": "genserve.v1.MeshService",
-    "embedding": "genserve.v1.EmbeddingService",
-}
+NO_MODEL = "NOT_SERVING (no model)"  # a modality of the server's with no model to serve
+
+
+async def modality_statuses(backend: Backend, timeout: float) -> dict[str, str]:
+    """Each modality the server has, and its service's health. The modalities and their
+    services are the server's own table, read through ListModels; a modality without a
+    model names no service there, and serves nothing."""
+    try:
+        reply = await backend.models.ListModels(
+            models_pb2.ListModelsRequest(),
+            metadata=request_metadata(current_request_id()),
+            timeout=timeout,
+        )
+    except grpc.aio.AioRpcError as error:
+        return dict.fromkeys(ServerLimits.model_fields, f"UNREACHABLE ({error.code().name})")
+    services = {model.modality: model.service for model in reply.models}
+    modalities = list(reply.limits.fields)  # every modality, with or without a model
+
+    async def status_of(modality: str) -> str:
+        service = services.get(modality)
+        return await serving_status(backend, service, timeout) if service else NO_MODEL
+
+    statuses = await asyncio.gather(*(status_of(m) for m in modalities))
+    return dict(zip(modalities, statuses, strict=True))
+
+
+async def serving_status(backend: Backend, service: str, timeout: float) -> str:
+    try:
+        reply = await backend.health.Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=timeout
+        )
+    except grpc.aio.AioRpcError as error:
+        return f"UNREACHABLE ({error.code().name})"
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
 
 class Liveness(BaseModel):
@@ -31,7 +62,9 @@ class Liveness(BaseModel):
 class Readiness(BaseModel):
     ready: bool
     server: str
-    modalities: dict[str, str]
+    modalities: dict[str, str] = Field(
+        description="per modality of the server's: its service's gRPC health status"
+    )
 
 
 def build_health_router(
@@ -47,18 +80,12 @@ def build_health_router(
     @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
     async def readyz() -> Response:
         """Ready when the gRPC server reports SERVING; each modality's status in the body."""
-        statuses: dict[str, str] = {}
-        for name, service in {"": "", **MODALITY_SERVICES}.items():
-            try:
-                reply = await backend.current.health.Check(
-                    health_pb2.HealthCheckRequest(service=service),
-                    timeout=settings.timeouts.health,
-                )
-                statuses[name] = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-            except grpc.aio.AioRpcError as error:
-                statuses[name] = f"UNREACHABLE ({error.code().name})"
-        server = statuses.pop("")
-        body = Readiness(ready=server == "SERVING", server=server, modalities=statuses)
+        current: Backend = backend.current
+        timeout = settings.timeouts.health
+        server, modalities = await asyncio.gather(
+            serving_status(current, "", timeout), modality_statuses(current, timeout)
+        )
+        body = Readiness(ready=server == "SERVING", server=server, modalities=modalities)
         return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)
 
     @router.get(

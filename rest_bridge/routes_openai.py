@@ -51,6 +51,7 @@ from genserve.bridge.schemas_openai import (
 from genserve.bridge.settings import BridgeSettings
 from genserve.bridge.streams import (
     SSE_EVENT_SCHEMA,
+    ends_with,
     first_event,
     media_file_response,
     openai_sse_error,
@@ -226,7 +227,8 @@ def build_openai_router(
             first = await first_event(call)
         completion = Completion(f"chatcmpl-{current_request_id()}", int(time.time()), chat.model)
         if not chat.stream:
-            return await chat_completion(call, first, completion, metrics)
+            with ends_with(call):
+                return await chat_completion(call, first, completion, metrics)
         include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
         chunks = chat_chunks(call, first, completion, include_usage, metrics)
         return EventSourceResponse(chunks, ping=15)
@@ -267,7 +269,7 @@ def build_openai_router(
             image_pb2.ImageGenerateRequest(**fields), metadata=metadata(), timeout=timeouts.media
         )
         png = bytearray()
-        with unknown_model_is_model_not_found():
+        with ends_with(call), unknown_model_is_model_not_found():
             async for event in call:
                 if event.HasField("chunk"):
                     png += event.chunk.data

@@ -15,6 +15,7 @@ from sse_starlette import EventSourceResponse
 
 from genserve.bridge import convert
 from genserve.bridge.backend import Backend, request_metadata
+from genserve.bridge.body_limit import VIDEO_PATH
 from genserve.bridge.errors import ERROR_SCHEMA, BridgeError, documented_errors
 from genserve.bridge.limits import ServerLimits
 from genserve.bridge.observability import BridgeMetrics
@@ -23,6 +24,7 @@ from genserve.bridge.schemas import Schemas
 from genserve.bridge.settings import BridgeSettings
 from genserve.bridge.streams import (
     SSE_EVENT_SCHEMA,
+    ends_with,
     first_event,
     media_file_response,
     media_sse_response,
@@ -89,16 +91,18 @@ def build_seed_router(
         first = await first_event(call)
         if params.stream:  # type: ignore[attr-defined]
             return EventSourceResponse(text_events(call, first), ping=15)
+        with ends_with(call):
+            return PlainTextResponse(await whole_text(call, first))
+
+    async def whole_text(call: Any, first: Any) -> str:
         pieces = []
         event = first
-        while True:
-            if event.HasField("delta"):
-                pieces.append(event.delta.text)
-            else:
-                metrics.tokens.inc(event.final.usage.completion_tokens)
-                await until_end(call)
-                return PlainTextResponse("".join(pieces))
+        while event.HasField("delta"):
+            pieces.append(event.delta.text)
             event = await first_event(call)
+        metrics.tokens.inc(event.final.usage.completion_tokens)
+        await until_end(call)
+        return "".join(pieces)
 
     async def text_events(call: Any, first: Any) -> AsyncIterator[dict[str, str]]:
         try:
@@ -197,7 +201,7 @@ def build_seed_router(
         call = media_call(stubs().mesh.Generate, convert.mesh_request(params))
         return await media(call, request, attachment=True)
 
-    @router.post("/generate/video", response_class=Response, responses=media_responses("video/mp4"))
+    @router.post(VIDEO_PATH, response_class=Response, responses=media_responses("video/mp4"))
     async def generate_video(
         request: Request,
         image: Annotated[UploadFile, File(description="PNG, JPEG or WebP")],

@@ -2,7 +2,9 @@
 
 A response starts only once the stream's first event arrived, so an error the server
 raises before any output (bad input, a full queue) still becomes a proper HTTP status.
-When the HTTP client goes away, the gRPC call is cancelled, and the server stops.
+When the HTTP client goes away, the gRPC call is cancelled, and the server stops: a
+streamed body's generator ends its call, and the handler's task is cancelled (see
+disconnect.py) where nothing is streamed yet.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import base64
 import json
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
@@ -52,6 +55,16 @@ async def first_event(call: Any) -> Any:
     if event is grpc.aio.EOF:
         raise BridgeError(502, "INTERNAL", "the server ended the stream without output")
     return event
+
+
+@contextmanager
+def ends_with(call: Any) -> Iterator[None]:
+    """Whatever ends the block (the stream's end, an error, the task cancelled because the
+    client left), the gRPC call ends with it; a no-op on a finished call."""
+    try:
+        yield
+    finally:
+        call.cancel()
 
 
 async def until_end(call: Any) -> None:
