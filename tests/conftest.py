@@ -4,9 +4,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 import torch
 
+from genserve.bridge.background import BridgeThread
+from genserve.bridge.settings import BridgeSettings
 from genserve.server.background import ServerThread, make_settings
 from genserve.server.logging_setup import configure_logging
 from genserve.server.manifest import load_manifest, manifest_path
@@ -44,3 +47,20 @@ def channel(tiny_server: ServerThread) -> Iterator[grpc.Channel]:
     channel = tiny_server.channel()
     yield channel
     channel.close()
+
+
+BRIDGE_HTTP_TIMEOUT_S = 120
+
+
+@pytest.fixture(scope="module")
+def bridge(tiny_server: ServerThread) -> Iterator[BridgeThread]:
+    """The bridge in front of the shared tiny server, one per test module."""
+    thread = BridgeThread(BridgeSettings(grpc_target=f"localhost:{tiny_server.port}")).start()
+    yield thread
+    thread.stop()
+
+
+@pytest.fixture(scope="module")
+def http(bridge: BridgeThread) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=bridge.url, timeout=BRIDGE_HTTP_TIMEOUT_S) as client:
+        yield client

@@ -34,19 +34,6 @@ from tests.media_calls import png_bytes
 HTTP_TIMEOUT_S = 120
 
 
-@pytest.fixture(scope="module")
-def bridge(tiny_server: ServerThread) -> Iterator[BridgeThread]:
-    thread = BridgeThread(BridgeSettings(grpc_target=f"localhost:{tiny_server.port}")).start()
-    yield thread
-    thread.stop()
-
-
-@pytest.fixture(scope="module")
-def http(bridge: BridgeThread) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=bridge.url, timeout=HTTP_TIMEOUT_S) as client:
-        yield client
-
-
 def sse_events(text: str) -> list[tuple[str, str]]:
     """(event, data) pairs of a Server-Sent Events body."""
     events = []

@@ -35,19 +35,6 @@ HTTP_TIMEOUT_S = 120
 
 
 @pytest.fixture(scope="module")
-def bridge(tiny_server: ServerThread) -> Iterator[BridgeThread]:
-    thread = BridgeThread(BridgeSettings(grpc_target=f"localhost:{tiny_server.port}")).start()
-    yield thread
-    thread.stop()
-
-
-@pytest.fixture(scope="module")
-def http(bridge: BridgeThread) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=bridge.url, timeout=HTTP_TIMEOUT_S) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
 def openai_client(bridge: BridgeThread) -> OpenAI:
     return OpenAI(base_url=f"{bridge.url}/v1", api_key="unused", max_retries=0)
 

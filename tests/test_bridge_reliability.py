@@ -32,19 +32,6 @@ CANCEL_WITHIN_S = 5.0  # from the client's leaving to the server's cancel (was: 
 MiB = 1024 * 1024
 
 
-@pytest.fixture(scope="module")
-def bridge(tiny_server: ServerThread) -> Iterator[BridgeThread]:
-    thread = BridgeThread(BridgeSettings(grpc_target=f"localhost:{tiny_server.port}")).start()
-    yield thread
-    thread.stop()
-
-
-@pytest.fixture(scope="module")
-def http(bridge: BridgeThread) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=bridge.url, timeout=HTTP_TIMEOUT_S) as client:
-        yield client
-
-
 def text_engine(server: ServerThread) -> BatchingTextEngine | SerialTextEngine:
     engine = server.server.registry.resolve(Modality.TEXT, None).engine
     assert isinstance(engine, BatchingTextEngine | SerialTextEngine)
