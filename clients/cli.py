@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, help="seconds (default per modality)")
     parser.add_argument("--request-id", help="your own request ID, for joining logs")
     parser.add_argument("--json", action="store_true", help="print machine-readable metadata")
+    parser.add_argument("--model", help="a model by name (see `models`); default: the modality's")
     commands = parser.add_subparsers(dest="command", required=True)
 
     text = commands.add_parser("text", help="chat; the answer streams to stdout")
@@ -156,7 +157,9 @@ def _run_media(
 def _run(args: argparse.Namespace, gs: GenServe) -> int:
     if args.command == "text":
         params = _given(
-            args, "max_new_tokens", "temperature", "top_k", "top_p", "seed", "stop", "system_prompt"
+            args,
+            *("max_new_tokens", "temperature", "top_k", "top_p", "seed", "stop", "system_prompt"),
+            "model",
         )
         if args.greedy:
             params["do_sample"] = False
@@ -175,22 +178,27 @@ def _run(args: argparse.Namespace, gs: GenServe) -> int:
         return EXIT_OK
     if args.command == "image":
         params = _given(
-            args, "steps", "guidance_scale", "width", "height", "seed", "format", "negative_prompt"
+            args,
+            *("steps", "guidance_scale", "width", "height", "seed", "format", "negative_prompt"),
+            "model",
         )
         return _run_media(args, gs.image.generate, args.prompt, **params)
     if args.command == "audio":
-        return _run_media(args, gs.audio.generate, args.prompt, **_given(args, "preset", "seed"))
+        params = _given(args, "preset", "seed", "model")
+        return _run_media(args, gs.audio.generate, args.prompt, **params)
     if args.command == "video":
         if not args.image.is_file():
             err.print(f"error: {args.image} is not a file")
             return EXIT_USAGE
-        params = _given(args, "num_frames", "fps", "steps", "seed")
+        params = _given(args, "num_frames", "fps", "steps", "seed", "model")
         return _run_media(args, gs.video.generate, args.image, **params)
     if args.command == "3d":
-        params = _given(args, "steps", "guidance_scale", "format", "seed")
+        params = _given(args, "steps", "guidance_scale", "format", "seed", "model")
         return _run_media(args, gs.mesh.generate, args.prompt, **params)
     if args.command == "embed":
-        vectors = gs.embeddings.create(args.texts, request_id=args.request_id, **_timeout(args))
+        vectors = gs.embeddings.create(
+            args.texts, model=args.model, request_id=args.request_id, **_timeout(args)
+        )
         if args.json:
             print(json.dumps({"embeddings": vectors}))
         else:

@@ -109,3 +109,12 @@ def test_bad_flags_exit_2(tiny_server: ServerThread) -> None:
     result = genserve(tiny_server, "image", "x", "--steps", "many")
     assert result.returncode == 2
     assert "invalid int value" in result.stderr
+
+
+def test_model_by_name(tiny_server: ServerThread) -> None:
+    args = ("--request-id", "cli-serial", "--model", "smollm2-135m-instruct-serial", "--json")
+    result = genserve(tiny_server, *args, "text", "Hi", "--max-new-tokens", "3", "--greedy")
+    assert result.returncode == 0, result.stderr
+    assert tiny_server.wait_for_usage_row("cli-serial")["model"] == "smollm2-135m-instruct-serial"
+    unknown = genserve(tiny_server, "--model", "nope", "embed", "hello")
+    assert unknown.returncode != 0 and "no embedding model named 'nope'" in unknown.stderr
