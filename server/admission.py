@@ -7,7 +7,10 @@ and video) and the wall time (`max_request_s`). The server learns each model's s
 units per second from the requests it completes; with a speed known, a request whose
 estimated time exceeds the caller's deadline or `max_request_s` is refused, saying the
 estimate and the limit. A single denoising step cannot be interrupted, so refusing is
-the only way to keep a too-large request from holding a pipeline.
+the only way to keep a too-large request from holding a pipeline. Text is priced and
+capped but not timed: it stops within one decoding step when its deadline passes, its
+stream is useful cut short, and max_new_tokens is a bound, not an estimate (most answers
+end earlier).
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ class Cost:
     units: float
     formula: str  # how it was counted, for the message: "width x height x steps"
     pixels: int | None = None
+    # False for work that stops cleanly at any step and is useful cut short (a text
+    # stream): its units are capped, but a deadline is no reason to refuse it.
+    timed: bool = True
 
 
 class SpeedEstimate:
@@ -87,9 +93,9 @@ def admit(
             f"{cost.formula} = {cost.units:.0f} exceeds model {model}'s limit of "
             f"{limits.max_cost:.0f}",
         )
-    estimate = speed.seconds_for(cost.units)
+    estimate = speed.seconds_for(cost.units) if cost.timed else None
     if estimate is None:
-        return  # not measured yet: the caps above are all there is
+        return  # untimed, or not measured yet: the caps above are all there is
     budgets = [("the request's deadline", time_remaining_s)]
     budgets.append((f"model {model}'s max_request_s", limits.max_request_s))
     for name, budget in budgets:

@@ -56,7 +56,8 @@ CHARS_PER_TOKEN = 4
 
 def _text_cost(request: TextRequest) -> Cost:
     prompt = sum(len(turn.content) for turn in request.messages) / CHARS_PER_TOKEN
-    return Cost(prompt + request.params.max_new_tokens, "prompt tokens + max_new_tokens")
+    units = prompt + request.params.max_new_tokens
+    return Cost(units, "prompt tokens + max_new_tokens", timed=False)
 
 
 def _image_cost(p: ImageParams) -> Cost:

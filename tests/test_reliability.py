@@ -14,7 +14,9 @@ import av
 import grpc
 import pytest
 
+from genserve.server.admission import AdmissionLimits, Cost, SpeedEstimate, admit
 from genserve.server.background import ServerThread, make_settings
+from genserve.server.errors import FailedPrecondition, InvalidArgument
 from genserve.server.manifest import Manifest, Modality, load_manifest, manifest_path
 from genserve.server.settings import MediaLimits
 from genserve.v1 import image_pb2, image_pb2_grpc, text_pb2_grpc, video_pb2, video_pb2_grpc
@@ -148,3 +150,17 @@ def test_a_request_estimated_past_its_deadline_is_refused_with_the_estimate(
     # Within its deadline, the same request is admitted.
     small = image_pb2.ImageGenerateRequest(prompt="a", num_inference_steps=1, width=64, height=64)
     assert collect(stub.Generate(small, timeout=120)).final is not None
+
+
+def test_text_is_capped_by_cost_but_not_refused_for_its_deadline() -> None:
+    """A text stream stops within a step at its deadline and is useful cut short; its
+    max_new_tokens is a bound, not an estimate."""
+    speed = SpeedEstimate()
+    speed.observe(100, 1.0)  # 100 tokens/s
+    limits = AdmissionLimits(max_cost=1000)
+    untimed = Cost(900, "prompt tokens + max_new_tokens", timed=False)
+    admit("m", untimed, limits, speed, time_remaining_s=0.5)  # 9 s of tokens, 0.5 s left: OK
+    with pytest.raises(InvalidArgument, match="exceeds model m's limit of 1000"):
+        admit("m", Cost(1001, "prompt tokens + max_new_tokens", timed=False), limits, speed, None)
+    with pytest.raises(FailedPrecondition, match=r"estimated 9.0 s .* deadline of 0.5 s"):
+        admit("m", Cost(900, "width x height x steps"), limits, speed, time_remaining_s=0.5)

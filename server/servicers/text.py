@@ -9,13 +9,12 @@ from typing import Any
 
 from grpc.aio import ServicerContext
 
-from genserve.server.admission import Cost
 from genserve.server.errors import InvalidArgument
 from genserve.server.manifest import Modality
 from genserve.server.modalities import ROW_BY_MODALITY
 from genserve.server.registry import ModelRegistry
 from genserve.server.request_context import current_call_details
-from genserve.server.servicers.media import ModelDefaults, admit_request, learn_speed
+from genserve.server.servicers.media import ModelDefaults, admit_request
 from genserve.server.settings import TextLimits
 from genserve.server.text.defaults import TextDefaults
 from genserve.server.text.types import (
@@ -61,9 +60,6 @@ class TextServicer(text_pb2_grpc.TextServiceServicer):
                     call.prompt_tokens = event.prompt_tokens
                     call.queued_ms = event.queued_ms
                     call.inference_ms = event.inference_ms
-                    if event.finish_reason is not FinishReason.CANCELLED:
-                        done = Cost(event.prompt_tokens + event.completion_tokens, "tokens")
-                        learn_speed(entry, done, event.inference_ms)
                 call.completion_tokens = event.completion_tokens
                 yield text_event_to_pb(event)
 

@@ -3,13 +3,22 @@
 Continuous batching: the scheduler thread takes the first waiting request, gathers the
 others that arrive within `max_wait_ms` (up to `max_batch_size` and `max_batch_tokens`),
 and decodes them together with its own loop over the model and a shared KV cache;
-requests arriving later join between decoding steps (prefilled on their own, then their
-cache rows merged in). Prompts are left-padded with an attention mask and position ids,
+requests arriving later join between decoding steps. Each prompt is prefilled on its own,
+then its cache rows are merged in, left-padded with an attention mask and position ids,
 so a sequence's greedy output is the same alone or in a batch. Each sequence keeps its
 own sampling parameters and seed (a generator per row), streams its own tokens, and
 leaves the batch (its cache rows dropped) when it finishes or its caller goes away; the
 others carry on. On this CPU batch 1 is bound by reading the weights once per token, so
 sharing each pass among B sequences multiplies throughput.
+
+Prefill is chunked: a prompt goes into its cache at most `prefill_chunk_tokens` tokens
+per forward, and its sequence joins the decoding rows once the whole prompt is in. Each
+scheduler step is one decoding pass of the running rows plus at most one chunk's worth of
+prefill, so a long prompt arriving (6k tokens: ~20 s of prefill here) stretches the
+running streams' inter-token gaps by one chunk's time, not by its whole prefill. The
+prompts being prefilled share that budget fewest-remaining-tokens first, so a short one
+is not held behind a long one either. A prompt's chunks are the same whatever else is in
+the engine, so its prefill computes the same alone or among others.
 
 Each sequence's events go through its own EventChannel. The scheduler never waits on one
 slow reader (that would stall the whole batch): a channel holds up to the sequence's
@@ -20,6 +29,7 @@ size (a few KB of text).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import queue
 import threading
@@ -49,6 +59,9 @@ logger = logging.getLogger(__name__)
 CLOSE_WAIT_S = 10.0
 # Events beyond the deltas that a sequence's channel must hold: its final event.
 _CHANNEL_SLACK = 2
+# Prompt tokens prefilled per scheduler step. Measured with bench/prefill_gap.py (SmolLM2
+# 135M, 2 CPU cores, a 5k-token prompt joining a running stream): CHUNK_MEASUREMENT.
+DEFAULT_PREFILL_CHUNK_TOKENS = 256
 
 
 @dataclass
@@ -77,6 +90,19 @@ class _Sequence:
 
 _State = tuple[list[_Sequence], DynamicCache, torch.Tensor, torch.Tensor]
 """The running batch: its sequences, their KV cache, attention mask and next logits."""
+
+
+@dataclass
+class _Prefill:
+    """A sequence whose prompt is going into its own cache, a chunk at a time."""
+
+    sequence: _Sequence
+    cache: DynamicCache
+    done: int = 0  # prompt tokens in the cache
+
+    @property
+    def remaining(self) -> int:
+        return len(self.sequence.prompt_ids) - self.done
 
 
 def _merge(running: _State, joining: _State) -> _State:
@@ -109,6 +135,19 @@ def _left_pad_mask(mask: torch.Tensor, width: int) -> torch.Tensor:
     return torch.cat([mask.new_zeros((mask.shape[0], missing)), mask], dim=1)
 
 
+def _trim(cache: DynamicCache, mask: torch.Tensor) -> torch.Tensor:
+    """Drops the leading positions no row attends to (left by rows that have left, a long
+    prompt's say), so the others stop paying for them at every step. The trimmed mask."""
+    first = int(mask.any(dim=0).int().argmax())  # 0 when every column is in use
+    if first == 0:
+        return mask
+    for layer in cache.layers:
+        states: Any = layer
+        states.keys = states.keys[..., first:, :]
+        states.values = states.values[..., first:, :]
+    return mask[:, first:]
+
+
 class BatchingTextEngine:
     def __init__(
         self,
@@ -120,7 +159,10 @@ class BatchingTextEngine:
         max_batch_size: int,
         max_wait_ms: float,
         max_batch_tokens: int,
+        prefill_chunk_tokens: int = DEFAULT_PREFILL_CHUNK_TOKENS,
     ) -> None:
+        if prefill_chunk_tokens < 1:
+            raise ValueError("prefill_chunk_tokens must be at least 1")
         self.name = name
         self.memory_bytes = module_bytes(model)
         self._model = model
@@ -129,6 +171,7 @@ class BatchingTextEngine:
         self._max_batch_size = max_batch_size
         self._max_wait_s = max_wait_ms / 1000
         self._max_batch_tokens = max_batch_tokens
+        self._chunk = prefill_chunk_tokens
         self._device = next(model.parameters()).device
         self._eos_token_ids = eos_token_ids(model, tokenizer)
         pad = (
@@ -138,7 +181,7 @@ class BatchingTextEngine:
         self._waiting: queue.Queue[_Sequence | None] = queue.Queue()
         self._carry: _Sequence | None = None  # taken from the queue but did not fit a batch
         self._pending = 0  # accepted and not finished
-        self._running = 0  # in the batch now
+        self._running = 0  # in the batch now: decoding or being prefilled
         self._cancelled = 0
         self._members: list[_Sequence] = []  # every sequence of the running batch, joiners too
         self._idle = threading.Condition()
@@ -241,38 +284,49 @@ class BatchingTextEngine:
                 self._running = 0
 
     def _run(self, batch: list[_Sequence]) -> None:
-        """Decodes a batch to its end; sequences arriving meanwhile join between steps."""
+        """Decodes a batch to its end; sequences arriving meanwhile join between steps.
+        A step: one decoding pass of the running rows, then one chunk's worth of prefill;
+        a sequence whose prompt is in joins the running rows."""
         with torch.inference_mode():
-            state = self._prefill(batch)
-            while state is not None:
-                rows, cache, mask, logits = state
-                self._running = len(rows)
-                next_tokens = [self._sample(logits[i], s) for i, s in enumerate(rows)]
-                keep = []
-                for i, (sequence, token) in enumerate(zip(rows, next_tokens, strict=True)):
-                    assert sequence.tokens is not None
-                    sequence.tokens.push(token)
-                    if sequence.tokens.stopped or sequence.cancelled:
-                        self._finish(sequence, sequence.tokens)
-                    else:
-                        keep.append(i)
-                state = None
-                if keep:
-                    if len(keep) < len(rows):  # finished rows leave; the others carry on
-                        cache.batch_select_indices(torch.tensor(keep, device=self._device))
-                        mask = mask[keep]
-                        rows = [rows[i] for i in keep]
-                        next_tokens = [next_tokens[i] for i in keep]
-                    mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=torch.long)], dim=1)
-                    step_ids = torch.tensor(next_tokens, dtype=torch.long)[:, None]
-                    logits = self._forward(step_ids, mask, mask.sum(-1, keepdim=True) - 1, cache)
-                    state = (rows, cache, mask, logits)
-                newcomers = self._admit(state[0] if state else [])
+            state: _State | None = None
+            prefilling = self._start(batch)
+            while state is not None or prefilling:
+                if state is not None:
+                    state = self._decode(state)
+                rows = state[0] if state else []
+                newcomers = self._admit(rows + [p.sequence for p in prefilling])
                 self._members.extend(newcomers)
-                if newcomers:
-                    joined = self._prefill(newcomers)
-                    if joined is not None:
-                        state = joined if state is None else _merge(state, joined)
+                prefilling += self._start(newcomers)
+                self._running = len(rows) + len(prefilling)
+                prefilling, ready = self._prefill_step(prefilling)
+                if ready:  # merged among themselves first: the big cache is copied once
+                    joined = functools.reduce(_merge, ready)
+                    state = joined if state is None else _merge(state, joined)
+
+    def _decode(self, state: _State) -> _State | None:
+        """Samples each row's next token, drops the rows that are done, and runs the pass
+        that gives the others' next logits. None once no row is left."""
+        rows, cache, mask, logits = state
+        next_tokens = [self._sample(logits[i], s) for i, s in enumerate(rows)]
+        keep = []
+        for i, (sequence, token) in enumerate(zip(rows, next_tokens, strict=True)):
+            assert sequence.tokens is not None
+            sequence.tokens.push(token)
+            if sequence.tokens.stopped or sequence.cancelled:
+                self._finish(sequence, sequence.tokens)
+            else:
+                keep.append(i)
+        if not keep:
+            return None
+        if len(keep) < len(rows):  # finished rows leave; the others carry on
+            cache.batch_select_indices(torch.tensor(keep, device=self._device))
+            mask = _trim(cache, mask[keep])
+            rows = [rows[i] for i in keep]
+            next_tokens = [next_tokens[i] for i in keep]
+        mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=torch.long)], dim=1)
+        step_ids = torch.tensor(next_tokens, dtype=torch.long)[:, None]
+        logits = self._forward(step_ids, mask, mask.sum(-1, keepdim=True) - 1, cache)
+        return rows, cache, mask, logits
 
     def _admit(self, running: list[_Sequence]) -> list[_Sequence]:
         """Waiting sequences that fit beside the running ones (max_batch_size and
@@ -300,8 +354,9 @@ class BatchingTextEngine:
             tokens += candidate.budget
         return admitted
 
-    def _prefill(self, batch: list[_Sequence]) -> _State | None:
-        rows = []
+    def _start(self, batch: list[_Sequence]) -> list[_Prefill]:
+        """Prefills to run for the sequences that are still wanted."""
+        started = []
         for sequence in batch:
             if sequence.cancelled:  # left while waiting
                 self._finish(sequence, None)
@@ -311,18 +366,43 @@ class BatchingTextEngine:
                 self._tokenizer, self._eos_token_ids, sequence.params, sequence.emit
             )
             sequence.generator = torch.Generator().manual_seed(sequence.params.seed)
-            rows.append(sequence)
-        if not rows:
-            return None
-        width = max(len(s.prompt_ids) for s in rows)
-        input_ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, sequence in enumerate(rows):  # left padding: every row ends at the same step
-            input_ids[i, width - len(sequence.prompt_ids) :] = torch.tensor(sequence.prompt_ids)
-            mask[i, width - len(sequence.prompt_ids) :] = 1
-        cache = DynamicCache()
-        logits = self._forward(input_ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), cache)
-        return rows, cache, mask, logits
+            started.append(_Prefill(sequence, DynamicCache()))
+        return started
+
+    def _prefill_step(self, prefilling: list[_Prefill]) -> tuple[list[_Prefill], list[_State]]:
+        """Spends one step's prefill budget (prefill_chunk_tokens), fewest remaining tokens
+        first, each forward one chunk of one prompt (at least one forward a step). Those
+        still prefilling, and the states of those whose prompt is in."""
+        left: list[_Prefill] = []
+        ready: list[_State] = []
+        spent = 0
+        for job in sorted(prefilling, key=lambda p: p.remaining):
+            if job.sequence.cancelled:  # the caller left mid-prefill: its cache goes
+                self._finish(job.sequence, job.sequence.tokens)
+                continue
+            width = min(self._chunk, job.remaining)
+            if spent and spent + width > self._chunk:
+                left.append(job)
+                continue
+            spent += width
+            logits = self._prefill_chunk(job, width)
+            if job.remaining:
+                left.append(job)
+            else:
+                mask = torch.ones((1, job.done), dtype=torch.long)
+                ready.append(([job.sequence], job.cache, mask, logits))
+        return left, ready
+
+    def _prefill_chunk(self, job: _Prefill, width: int) -> torch.Tensor:
+        """The next `width` prompt tokens of one sequence into its cache; the logits after
+        them (the first token's, once the prompt is in)."""
+        end = job.done + width
+        input_ids = torch.tensor([job.sequence.prompt_ids[job.done : end]], dtype=torch.long)
+        mask = torch.ones((1, end), dtype=torch.long)
+        positions = torch.arange(job.done, end)[None]
+        logits = self._forward(input_ids, mask, positions, job.cache)
+        job.done = end
+        return logits
 
     def _forward(
         self,
