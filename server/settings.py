@@ -27,6 +27,9 @@ class TextLimits(BaseModel):
     max_batch_size: int = Field(16, ge=1, description="sequences decoded together")
     max_wait_ms: float = Field(10.0, ge=0, description="how long a batch waits for company")
     max_batch_tokens: int = Field(32768, ge=1, description="prompt + new tokens per batch")
+    prefill_chunk_tokens: int = Field(
+        256, ge=1, description="prompt tokens prefilled per scheduler step, between decode steps"
+    )
 
 
 class MediaLimits(BaseModel):

@@ -49,6 +49,7 @@ def load_text_engine(spec: ModelSpec, settings: Settings, *, batching: bool = Tr
         max_batch_size=limits.max_batch_size,
         max_wait_ms=limits.max_wait_ms,
         max_batch_tokens=limits.max_batch_tokens,
+        prefill_chunk_tokens=limits.prefill_chunk_tokens,
     )
 
 
