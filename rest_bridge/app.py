@@ -6,13 +6,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 import grpc
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 
-from genserve.bridge.backend import Backend
+from genserve.bridge.backend import Backend, BackendHolder
 from genserve.bridge.body_limit import BodyLimitMiddleware, body_caps
 from genserve.bridge.disconnect import ClientDisconnectMiddleware
 from genserve.bridge.errors import (
@@ -30,13 +29,6 @@ from genserve.bridge.routes_openai import build_openai_router
 from genserve.bridge.routes_seed import build_seed_router
 from genserve.bridge.schemas import build_schemas
 from genserve.bridge.settings import BridgeSettings
-
-
-@dataclass
-class BackendHolder:
-    """The routers' handle on the channel, which exists only inside the lifespan."""
-
-    current: Backend | None = None
 
 
 def create_app(settings: BridgeSettings) -> FastAPI:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
-from genserve.server.request_context import REQUEST_ID_METADATA_KEY
+from genserve.server.request_context import REQUEST_ID_METADATA_KEY, current_request_id
 from genserve.v1 import (
     audio_pb2_grpc,
     embedding_pb2_grpc,
@@ -61,3 +61,19 @@ class Backend:
 def request_metadata(request_id: str) -> tuple[tuple[str, str], ...]:
     """One ID joins the bridge's log, the server's log and the usage log."""
     return ((REQUEST_ID_METADATA_KEY, request_id),)
+
+
+def current_metadata() -> tuple[tuple[str, str], ...]:
+    """The metadata of the HTTP request being served."""
+    return request_metadata(current_request_id())
+
+
+@dataclass
+class BackendHolder:
+    """The routers' handle on the channel, which exists only inside the lifespan."""
+
+    current: Backend | None = None
+
+    def stubs(self) -> Backend:
+        assert self.current is not None, "the gRPC channel opens in the app's lifespan"
+        return self.current

@@ -12,10 +12,9 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from genserve.bridge.backend import Backend, request_metadata
+from genserve.bridge.backend import current_metadata
 from genserve.bridge.errors import ERROR_SCHEMA, documented_errors
 from genserve.bridge.limits import struct_to_dict
-from genserve.bridge.request_id import current_request_id
 from genserve.bridge.settings import BridgeSettings
 from genserve.v1 import models_pb2
 
@@ -55,13 +54,9 @@ def build_models_router(backend: Any, settings: BridgeSettings) -> APIRouter:
     router = APIRouter(prefix="/models", tags=["models"], responses=documented_errors(ERROR_SCHEMA))
     timeouts = settings.timeouts
 
-    def stubs() -> Backend:
-        assert backend.current is not None, "the gRPC channel opens in the app's lifespan"
-        current: Backend = backend.current
-        return current
+    stubs = backend.stubs
 
-    def metadata() -> tuple[tuple[str, str], ...]:
-        return request_metadata(current_request_id())
+    metadata = current_metadata
 
     @router.get("", response_model=ServerModels)
     async def list_models() -> ServerModels:

@@ -22,7 +22,7 @@ from fastapi.responses import Response
 from sse_starlette import EventSourceResponse
 
 from genserve.bridge import convert
-from genserve.bridge.backend import Backend, request_metadata
+from genserve.bridge.backend import current_metadata
 from genserve.bridge.errors import OPENAI_ERROR_SCHEMA, BridgeError, documented_errors
 from genserve.bridge.limits import ServerLimits
 from genserve.bridge.observability import BridgeMetrics
@@ -197,13 +197,9 @@ def build_openai_router(
     ImageGenerationRequest = image_request_model(limits.image)
     SpeechBody = speech_request_model(limits.audio)
 
-    def stubs() -> Backend:
-        assert backend.current is not None, "the gRPC channel opens in the app's lifespan"
-        current: Backend = backend.current
-        return current
+    stubs = backend.stubs
 
-    def metadata() -> tuple[tuple[str, str], ...]:
-        return request_metadata(current_request_id())
+    metadata = current_metadata
 
     @router.get("/models", response_model=ModelList)
     async def list_models() -> ModelList:

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 
 from genserve.bridge import convert
-from genserve.bridge.backend import Backend, request_metadata
+from genserve.bridge.backend import request_metadata
 from genserve.bridge.body_limit import VIDEO_PATH
 from genserve.bridge.errors import ERROR_SCHEMA, BridgeError, documented_errors
 from genserve.bridge.limits import ServerLimits
@@ -77,10 +77,7 @@ def build_seed_router(
     timeouts = settings.timeouts
     max_image_bytes = limits.video.max_image_bytes
 
-    def stubs() -> Backend:
-        assert backend.current is not None, "the gRPC channel opens in the app's lifespan"
-        current: Backend = backend.current
-        return current
+    stubs = backend.stubs
 
     async def text(params: BaseModel) -> Response:
         call = stubs().text.Generate(
