@@ -15,7 +15,6 @@ end earlier).
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -47,11 +46,11 @@ class Cost:
 
 
 class SpeedEstimate:
-    """Units per second, learned from completed requests (a running average)."""
+    """Units per second, learned from completed requests (a running average). Read and
+    written on the event loop only."""
 
     def __init__(self) -> None:
         self._units_per_s: float | None = None
-        self._lock = threading.Lock()
 
     @property
     def units_per_s(self) -> float | None:
@@ -61,11 +60,10 @@ class SpeedEstimate:
         if units <= 0 or seconds <= 0:
             return
         speed = units / seconds
-        with self._lock:
-            previous = self._units_per_s
-            self._units_per_s = (
-                speed if previous is None else previous + SPEED_SMOOTHING * (speed - previous)
-            )
+        previous = self._units_per_s
+        self._units_per_s = (
+            speed if previous is None else previous + SPEED_SMOOTHING * (speed - previous)
+        )
 
     def seconds_for(self, units: float) -> float | None:
         speed = self._units_per_s

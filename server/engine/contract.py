@@ -12,6 +12,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
+# How long an engine's close() waits by default for its model thread to finish a step.
+CLOSE_WAIT_S = 10.0
+
 R_contra = TypeVar("R_contra", contravariant=True)
 E_co = TypeVar("E_co", covariant=True)
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from genserve.server.engine.channel import Cancelled, EventChannel
-from genserve.server.engine.contract import EngineStats
+from genserve.server.engine.contract import CLOSE_WAIT_S, EngineStats
 from genserve.server.errors import ResourceExhausted
 
 logger = logging.getLogger(__name__)
@@ -30,8 +30,6 @@ E = TypeVar("E")
 
 # Events a job may get ahead of its reader: a few media chunks, or a few text deltas.
 DEFAULT_BUFFER_EVENTS = 8
-# How long close() waits for the model thread to finish its current step.
-CLOSE_WAIT_S = 10.0
 
 
 @dataclass

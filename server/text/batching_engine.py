@@ -42,7 +42,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from genserve.server.engine.channel import EventChannel
-from genserve.server.engine.contract import EngineStats, module_bytes
+from genserve.server.engine.contract import CLOSE_WAIT_S, EngineStats, module_bytes
 from genserve.server.errors import ResourceExhausted
 from genserve.server.text.token_stream import (
     TokenStream,
@@ -55,8 +55,6 @@ from genserve.server.text.types import SamplingParams, TextEvent, TextFinal, Tex
 
 logger = logging.getLogger(__name__)
 
-# How long close() waits for the scheduler to finish its current step.
-CLOSE_WAIT_S = 10.0
 # Events beyond the deltas that a sequence's channel must hold: its final event.
 _CHANNEL_SLACK = 2
 # Prompt tokens prefilled per scheduler step. bench/prefill_gap.py (SmolLM2-135M, 2 CPU
@@ -207,10 +205,6 @@ class BatchingTextEngine:
     @property
     def context_length(self) -> int:
         return context_length(self._model)
-
-    @property
-    def pending_requests(self) -> int:
-        return self._pending
 
     def wait_idle(self, timeout: float) -> bool:
         with self._idle:

@@ -21,9 +21,9 @@ from transformers.generation.stopping_criteria import StoppingCriteria, Stopping
 from transformers.generation.streamers import BaseStreamer
 
 from genserve.server.engine.channel import Cancelled
-from genserve.server.engine.contract import EngineStats, module_bytes
+from genserve.server.engine.contract import CLOSE_WAIT_S, EngineStats, module_bytes
 from genserve.server.engine.rng import seeded_global_generator
-from genserve.server.engine.serial import CLOSE_WAIT_S, Job, SerialEngine
+from genserve.server.engine.serial import Job, SerialEngine
 from genserve.server.text.token_stream import (
     TokenStream,
     as_tensor,
