@@ -96,6 +96,12 @@ def _text_serial_engine(spec: ModelSpec, settings: Settings) -> Engine[Any, Any]
     return load_text_engine(spec, settings, batching=False)
 
 
+def _text_llama_engine(spec: ModelSpec, settings: Settings) -> Engine[Any, Any]:
+    from genserve.server.text.loader import load_llama_text_engine
+
+    return load_llama_text_engine(spec, settings)
+
+
 def _media_loader(name: str) -> EngineLoader:
     """Imported when a model loads: the table stays cheap to import."""
 
@@ -154,7 +160,11 @@ MODALITIES: tuple[ModalityRow, ...] = (
         servicer_kind="text",
         defaults_type=TextDefaults,
         limits_of=lambda s: s.text,
-        engines={"transformers": _text_engine, "transformers-serial": _text_serial_engine},
+        engines={
+            "llama.cpp": _text_llama_engine,
+            "transformers": _text_engine,
+            "transformers-serial": _text_serial_engine,
+        },
         default_engine="transformers",
         cost_of=_text_cost,
     ),

@@ -30,6 +30,10 @@ class TextLimits(BaseModel):
     prefill_chunk_tokens: int = Field(
         256, ge=1, description="prompt tokens prefilled per scheduler step, between decode steps"
     )
+    kv_cache_tokens: int = Field(
+        16384, ge=256, description="llama.cpp engine: KV cells its running requests share"
+    )
+    threads: int = Field(0, ge=0, description="llama.cpp engine: threads; 0 = every usable core")
 
 
 class MediaLimits(BaseModel):

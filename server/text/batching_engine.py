@@ -50,6 +50,7 @@ from genserve.server.text.token_stream import (
     context_length,
     encode_chat,
     eos_token_ids,
+    hf_token_stream,
 )
 from genserve.server.text.types import SamplingParams, TextEvent, TextFinal, TextRequest
 
@@ -358,7 +359,7 @@ class BatchingTextEngine:
                 self._finish(sequence, None)
                 continue
             sequence.started = time.perf_counter()
-            sequence.tokens = TokenStream(
+            sequence.tokens = hf_token_stream(
                 self._tokenizer, self._eos_token_ids, sequence.params, sequence.emit
             )
             sequence.generator = torch.Generator().manual_seed(sequence.params.seed)

@@ -6,6 +6,9 @@ twice and emit the difference, holding back while the tail is an incomplete char
 
 from __future__ import annotations
 
+import codecs
+from collections.abc import Callable
+
 from transformers import PreTrainedTokenizerBase
 
 REPLACEMENT_CHAR = "\ufffd"
@@ -31,3 +34,15 @@ class IncrementalDetokenizer:
 
     def _decode(self, ids: list[int]) -> str:
         return str(self._tokenizer.decode(ids, skip_special_tokens=True))
+
+
+class ByteDetokenizer:
+    """For tokenizers whose pieces are raw bytes (llama.cpp's): an incremental UTF-8
+    decoder holds back a character split across tokens until its last byte arrives."""
+
+    def __init__(self, piece: Callable[[int], bytes]) -> None:
+        self._piece = piece
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, token_id: int) -> str:
+        return str(self._decoder.decode(self._piece(token_id)))

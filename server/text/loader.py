@@ -53,6 +53,23 @@ def load_text_engine(spec: ModelSpec, settings: Settings, *, batching: bool = Tr
     )
 
 
+def load_llama_text_engine(spec: ModelSpec, settings: Settings) -> TextEngine:
+    """A GGUF file served by llama.cpp as it is: no dequantized copy."""
+    from genserve.server.text.llama_engine import LlamaEngineConfig, load_llama_engine
+
+    if not spec.gguf_file:
+        raise ValueError(f"model {spec.name!r}: engine llama.cpp needs gguf_file")
+    limits = settings.text
+    config = LlamaEngineConfig(
+        kv_cache_tokens=limits.kv_cache_tokens,
+        max_queue=limits.max_queue,
+        prefill_chunk_tokens=limits.prefill_chunk_tokens,
+        threads=limits.threads,
+    )
+    gguf = Path(spec.resolved_source(settings.model_store)) / spec.gguf_file
+    return load_llama_engine(gguf, config, name=spec.name)
+
+
 def _checkpoint(spec: ModelSpec, model_store: Path) -> tuple[str, dict[str, Any]]:
     """Where to load from: the dequantized cache of a GGUF file when there is one."""
     source = spec.resolved_source(model_store)

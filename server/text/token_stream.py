@@ -1,10 +1,10 @@
 """One sequence's tokens becoming text events: detokenization, stop sequences, end of
-sequence, token counts and the finish reason. Shared by both text engines."""
+sequence, token counts and the finish reason. Shared by every text engine."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -17,16 +17,22 @@ from genserve.server.text.types import FinishReason, SamplingParams, TextDelta, 
 Emit = Callable[[TextDelta], None]
 
 
+class Detokenizer(Protocol):
+    def push(self, token_id: int) -> str:
+        """Add one token; return the text it completes (may be empty)."""
+        ...
+
+
 class TokenStream:
     def __init__(
         self,
-        tokenizer: PreTrainedTokenizerBase,
-        eos_token_ids: set[int],
+        detokenizer: Detokenizer,
+        is_end_of_sequence: Callable[[int], bool],
         params: SamplingParams,
         emit: Emit,
     ) -> None:
-        self._detokenizer = IncrementalDetokenizer(tokenizer)
-        self._eos_token_ids = eos_token_ids
+        self._detokenizer = detokenizer
+        self._is_end = is_end_of_sequence
         self._matcher = StopSequenceMatcher(params.stop)
         self._max_new_tokens = params.max_new_tokens
         self._emit = emit
@@ -44,7 +50,7 @@ class TokenStream:
         if self.stopped:  # a step past the end (generate() checks its criteria late)
             return
         self.completion_tokens += 1
-        if token_id in self._eos_token_ids:
+        if self._is_end(token_id):
             self.saw_eos = True
             return
         text = self._matcher.feed(self._detokenizer.push(token_id))
@@ -61,6 +67,13 @@ class TokenStream:
         if tail:
             self._emit(TextDelta(tail, self.completion_tokens))
         return FinishReason.LENGTH
+
+
+def hf_token_stream(
+    tokenizer: PreTrainedTokenizerBase, eos_ids: set[int], params: SamplingParams, emit: Emit
+) -> TokenStream:
+    """A TokenStream over a transformers tokenizer."""
+    return TokenStream(IncrementalDetokenizer(tokenizer), eos_ids.__contains__, params, emit)
 
 
 def encode_chat(tokenizer: PreTrainedTokenizerBase, request: TextRequest) -> list[int]:

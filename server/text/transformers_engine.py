@@ -31,6 +31,7 @@ from genserve.server.text.token_stream import (
     context_length,
     encode_chat,
     eos_token_ids,
+    hf_token_stream,
 )
 from genserve.server.text.types import SamplingParams, TextEvent, TextFinal, TextRequest
 
@@ -132,7 +133,7 @@ class SerialTextEngine:
             with contextlib.suppress(Cancelled):
                 job.emit(delta)
 
-        tokens = TokenStream(self._tokenizer, self._eos_token_ids, params, deliver)
+        tokens = hf_token_stream(self._tokenizer, self._eos_token_ids, params, deliver)
         stop_when = _StopWhen(lambda: job.cancelled or tokens.stopped)
         input_ids = prompt_ids.to(self._device)
         # generate() samples from torch's global generator: seeded under its lock.
