@@ -23,13 +23,11 @@ from genserve.bridge.background import BridgeThread
 from genserve.bridge.settings import BridgeSettings, Timeouts
 from genserve.server.background import ServerThread, wait_until
 from genserve.server.errors import HTTP_STATUS_BY_GRPC_CODE
-from genserve.server.manifest import Modality
 from genserve.server.settings import TextLimits
-from genserve.server.text.batching_engine import BatchingTextEngine
-from genserve.server.text.transformers_engine import SerialTextEngine
 from genserve.server.text.types import FinishReason
 from genserve.v1 import models_pb2, models_pb2_grpc, text_pb2, text_pb2_grpc
 from tests.media_calls import png_bytes
+from tests.text_calls import served_text_engine
 
 HTTP_TIMEOUT_S = 120
 
@@ -244,8 +242,7 @@ def test_status_table(code: grpc.StatusCode, status: int) -> None:
 def test_client_disconnect_cancels_the_generation(
     bridge: BridgeThread, tiny_server: ServerThread
 ) -> None:
-    engine = tiny_server.server.registry.resolve(Modality.TEXT, None).engine
-    assert isinstance(engine, BatchingTextEngine | SerialTextEngine)
+    engine = served_text_engine(tiny_server)
     params: dict[str, str | int] = {
         "prompt": "Tell me a story",
         "max_new_tokens": 400,

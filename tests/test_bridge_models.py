@@ -139,7 +139,7 @@ def test_models_route_lists_the_models_and_the_limits(http: httpx.Client) -> Non
     body = http.get("/models").json()
     by_name = {m["name"]: m for m in body["models"]}
     assert by_name[DEFAULT_TEXT]["is_default"] and by_name[DEFAULT_TEXT]["state"] == "loaded"
-    assert by_name[DEFAULT_TEXT]["engine"] == "transformers"
+    assert by_name[DEFAULT_TEXT]["engine"] == "llama.cpp"
     assert not by_name[SERIAL_TEXT]["is_default"]
     assert by_name[SERIAL_TEXT]["load_policy"] == "lazy"
     assert by_name[SERIAL_TEXT]["engine"] == "transformers-serial"

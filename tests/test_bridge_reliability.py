@@ -19,23 +19,16 @@ from genserve.bridge.background import BridgeThread
 from genserve.bridge.body_limit import body_caps
 from genserve.bridge.settings import BridgeSettings
 from genserve.server.background import ServerThread, make_settings, wait_until
-from genserve.server.manifest import Manifest, Modality, load_manifest, manifest_path
+from genserve.server.manifest import Manifest, load_manifest, manifest_path
 from genserve.server.settings import MediaLimits
-from genserve.server.text.batching_engine import BatchingTextEngine
-from genserve.server.text.transformers_engine import SerialTextEngine
 from genserve.server.text.types import FinishReason
 from tests.media_calls import png_bytes
+from tests.text_calls import served_text_engine
 
 HTTP_TIMEOUT_S = 120
 GIVE_UP_AFTER_S = 1.0  # how long the impatient client waits
 CANCEL_WITHIN_S = 5.0  # from the client's leaving to the server's cancel (was: never)
 MiB = 1024 * 1024
-
-
-def text_engine(server: ServerThread) -> BatchingTextEngine | SerialTextEngine:
-    engine = server.server.registry.resolve(Modality.TEXT, None).engine
-    assert isinstance(engine, BatchingTextEngine | SerialTextEngine)
-    return engine
 
 
 def wire_bytes(bridge: BridgeThread, method: str, path: str, **request: Any) -> bytes:
@@ -98,7 +91,7 @@ def test_a_plain_text_request_left_behind_is_cancelled(
     path: str,
     request_: dict[str, Any],
 ) -> None:
-    engine = text_engine(tiny_server)
+    engine = served_text_engine(tiny_server)
     request_id = f"abandoned-{method}-{path.replace('/', '-')}"
     left = abandon(bridge, method, path, headers={"X-Request-ID": request_id}, **request_)
     assert engine.wait_idle(CANCEL_WITHIN_S + 5), "the model kept generating for nobody"
@@ -132,7 +125,7 @@ def test_a_streamed_chat_left_behind_is_cancelled(
         for count, _ in enumerate(response.iter_lines()):
             if count >= 6:
                 break
-    assert text_engine(tiny_server).wait_idle(CANCEL_WITHIN_S + 5)
+    assert served_text_engine(tiny_server).wait_idle(CANCEL_WITHIN_S + 5)
     assert_cancelled(tiny_server, "chat-walks")
 
 

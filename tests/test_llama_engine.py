@@ -29,7 +29,12 @@ from genserve.server.text.types import (
 
 WAIT_S = 60.0
 SYSTEM = "You are a helpful assistant. You answer in one short paragraph, in plain English."
-PROMPTS = ("What is FastAPI?", "Explain how rain forms.", "What is a prime number?", "Describe the sea.")
+PROMPTS = (
+    "What is FastAPI?",
+    "Explain how rain forms.",
+    "What is a prime number?",
+    "Describe the sea.",
+)
 
 
 def tiny_gguf() -> Path:

@@ -116,16 +116,22 @@ class Caller:
         greedy = {"do_sample": False}
         return {
             "text": lambda rid: self._stream(
-                rid, "text", text.Generate,
+                rid,
+                "text",
+                text.Generate,
                 text_pb2.TextGenerateRequest(prompt="Hi", max_new_tokens=24, **greedy),
             ),
             "text-cancel": lambda rid: self._stream(
-                rid, "text-cancel", text.Generate,
+                rid,
+                "text-cancel",
+                text.Generate,
                 text_pb2.TextGenerateRequest(prompt="Tell a story", max_new_tokens=200),
                 cancel_after=3,
             ),
             "text-deadline": lambda rid: self._stream(
-                rid, "text-deadline", text.Generate,
+                rid,
+                "text-deadline",
+                text.Generate,
                 text_pb2.TextGenerateRequest(prompt="Tell a story", max_new_tokens=400),
                 timeout=0.8,
             ),
@@ -133,33 +139,45 @@ class Caller:
                 rid, "text-bad", text.Generate, text_pb2.TextGenerateRequest(prompt=" ")
             ),
             "text-unknown-model": lambda rid: self._stream(
-                rid, "text-unknown-model", text.Generate,
+                rid,
+                "text-unknown-model",
+                text.Generate,
                 text_pb2.TextGenerateRequest(prompt="Hi", model="nope"),
             ),
             "image": lambda rid: self._stream(
-                rid, "image", image.Generate,
+                rid,
+                "image",
+                image.Generate,
                 image_pb2.ImageGenerateRequest(prompt="a", num_inference_steps=2),
             ),
             "image-cancel": lambda rid: self._stream(
-                rid, "image-cancel", image.Generate,
+                rid,
+                "image-cancel",
+                image.Generate,
                 image_pb2.ImageGenerateRequest(prompt="a", num_inference_steps=20),
                 cancel_after=2,
             ),
             "image-too-big": lambda rid: self._stream(
-                rid, "image-too-big", image.Generate,
+                rid,
+                "image-too-big",
+                image.Generate,
                 image_pb2.ImageGenerateRequest(prompt="a", width=1024, height=1024),
             ),
             "audio": lambda rid: self._stream(
                 rid, "audio", audio.Generate, audio_pb2.AudioGenerateRequest(prompt="hello")
             ),
             "video": lambda rid: self._stream(
-                rid, "video", video.Generate,
+                rid,
+                "video",
+                video.Generate,
                 video_pb2.VideoGenerateRequest(
                     image=png_bytes(), num_frames=2, num_inference_steps=1
                 ),
             ),
             "mesh": lambda rid: self._stream(
-                rid, "mesh", mesh.Generate,
+                rid,
+                "mesh",
+                mesh.Generate,
                 mesh_pb2.MeshGenerateRequest(prompt="a cup", num_inference_steps=2),
             ),
             "embed": lambda rid: self._unary(

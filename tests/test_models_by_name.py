@@ -69,7 +69,7 @@ def test_two_text_models_under_two_engines_are_selected_by_name(
     assert tiny_server.wait_for_usage_row("named")["model"] == DEFAULT_TEXT
 
     listed = models(channel)
-    assert listed[DEFAULT_TEXT].is_default and listed[DEFAULT_TEXT].engine == "transformers"
+    assert listed[DEFAULT_TEXT].is_default and listed[DEFAULT_TEXT].engine == "llama.cpp"
     assert not listed[SERIAL_TEXT].is_default
     assert listed[SERIAL_TEXT].engine == "transformers-serial"
     assert listed[SERIAL_TEXT].load_policy == "lazy"

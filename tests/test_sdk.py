@@ -33,10 +33,9 @@ from genserve.client.errors import from_rpc_error
 from genserve.server.background import ServerThread, make_settings
 from genserve.server.manifest import Manifest, Modality, load_manifest, manifest_path
 from genserve.server.settings import MediaLimits
-from genserve.server.text.batching_engine import BatchingTextEngine
-from genserve.server.text.transformers_engine import SerialTextEngine
 from genserve.server.text.types import FinishReason
 from tests.media_calls import png_bytes
+from tests.text_calls import served_text_engine
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +86,7 @@ def test_health_and_models(gs: GenServe) -> None:
 
 
 def test_stopping_iteration_cancels_on_the_server(gs: GenServe, tiny_server: ServerThread) -> None:
-    engine = tiny_server.server.registry.resolve(Modality.TEXT, None).engine
-    assert isinstance(engine, BatchingTextEngine | SerialTextEngine)
+    engine = served_text_engine(tiny_server)
     for count, _ in enumerate(gs.text.stream("Tell me a story", max_new_tokens=400), start=1):
         if count == 3:
             break
@@ -138,7 +136,9 @@ def test_invalid_argument_carries_code_message_and_request_id(gs: GenServe) -> N
 
 def test_deadline_exceeded(gs: GenServe) -> None:
     with pytest.raises(DeadlineExceededError):
-        gs.text.generate("Hi", max_new_tokens=400, timeout=0.5)
+        gs.text.generate(
+            "Write a long essay on the history of computing.", max_new_tokens=1500, timeout=0.5
+        )
 
 
 def test_unreachable_server_is_unavailable_after_retries() -> None:

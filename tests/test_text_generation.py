@@ -8,20 +8,11 @@ import grpc
 import pytest
 
 from genserve.server.background import ServerThread
-from genserve.server.manifest import Modality
-from genserve.server.text.batching_engine import BatchingTextEngine
-from genserve.server.text.transformers_engine import SerialTextEngine
 from genserve.server.text.types import FinishReason
 from genserve.v1 import text_pb2, text_pb2_grpc
-from tests.text_calls import generate, greedy, request
+from tests.text_calls import generate, greedy, request, served_text_engine
 
 ENGINE_IDLE_TIMEOUT_S = 30
-
-
-def engine_of(server: ServerThread) -> BatchingTextEngine | SerialTextEngine:
-    engine = server.server.registry.resolve(Modality.TEXT, None).engine
-    assert isinstance(engine, BatchingTextEngine | SerialTextEngine)
-    return engine
 
 
 def test_tokens_arrive_in_several_messages_before_the_end(channel: grpc.Channel) -> None:
@@ -103,7 +94,7 @@ def test_chat_messages_are_accepted(channel: grpc.Channel) -> None:
 def test_cancelling_the_rpc_stops_the_model(
     tiny_server: ServerThread, channel: grpc.Channel
 ) -> None:
-    engine = engine_of(tiny_server)
+    engine = served_text_engine(tiny_server)
     stub = text_pb2_grpc.TextServiceStub(channel)
     call = stub.Generate(greedy(max_new_tokens=400), metadata=(("x-request-id", "cancel-me"),))
     seen = 0
@@ -126,7 +117,7 @@ def test_cancelling_the_rpc_stops_the_model(
 
 
 def test_deadline_exceeded(tiny_server: ServerThread, channel: grpc.Channel) -> None:
-    engine = engine_of(tiny_server)
+    engine = served_text_engine(tiny_server)
     with pytest.raises(grpc.RpcError) as error:
         generate(channel, greedy(max_new_tokens=400), request_id="too-slow", timeout=1.0)
     assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED

@@ -7,6 +7,12 @@ from typing import Any
 
 import grpc
 
+from genserve.server.background import ServerThread
+from genserve.server.manifest import Modality
+from genserve.server.text.batching_engine import BatchingTextEngine
+from genserve.server.text.engine import TextEngine
+from genserve.server.text.llama_engine import LlamaCppTextEngine
+from genserve.server.text.transformers_engine import SerialTextEngine
 from genserve.v1 import text_pb2, text_pb2_grpc
 
 
@@ -48,3 +54,10 @@ def greedy(
     prompt: str = "What is FastAPI?", max_new_tokens: int = 12, **fields: Any
 ) -> text_pb2.TextGenerateRequest:
     return request(prompt, max_new_tokens=max_new_tokens, do_sample=False, **fields)
+
+
+def served_text_engine(server: ServerThread, name: str | None = None) -> TextEngine:
+    """The text engine the server runs for `name` (its default model when None)."""
+    engine = server.server.registry.resolve(Modality.TEXT, name).engine
+    assert isinstance(engine, LlamaCppTextEngine | BatchingTextEngine | SerialTextEngine)
+    return engine
