@@ -20,21 +20,24 @@ all: setup
 
 setup: $(INSTALLED) $(STUBS) $(MODELS)
 
-# System libraries some wheels need (open3d: libusb-1.0), installed only when missing.
+# System packages some wheels need, installed only when missing: open3d's libusb-1.0, and
+# a C++ compiler for llama-cpp-python, which builds llama.cpp from source (pip brings cmake).
 system-deps:
-	@if ! ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0'; then \
-	  if command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing libusb-1.0-0"; \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libusb-1.0-0) \
-	      || echo "warning: could not install libusb-1.0-0"; \
-	  fi; \
-	fi
+	@missing=""; \
+	  ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0' || missing="$$missing libusb-1.0-0"; \
+	  command -v g++ >/dev/null 2>&1 || missing="$$missing build-essential"; \
+	  if [ -n "$$missing" ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing$$missing"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) \
+	      || echo "warning: could not install$$missing"; \
+	  fi
 
 $(INSTALLED): pyproject.toml | system-deps
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[dev]'
+	# llama-cpp-python compiles llama.cpp (about 5 minutes here; pip caches the wheel)
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install -q -e '.[dev]'
 	$(BIN)/pip install -q --no-deps $(SMOLLM)
 	touch $@
 
@@ -72,15 +75,21 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 # Benchmarks, not part of `make test`: one run, ratios side by side, bench/results/.
-# llama-cpp-python (our CPU peer) goes in its own venv; it compiles llama.cpp from source
-# the first time (about 5 minutes here), then pip reuses the cached wheel.
-LLAMA_VENV := bench/.venv-llama
-$(LLAMA_VENV)/.installed:
-	$(PYTHON) -m venv $(LLAMA_VENV)
-	$(LLAMA_VENV)/bin/pip install -q 'llama-cpp-python[server]==0.3.36'
-	touch $@
+# The peer is llama.cpp's own llama-server, built from the sources vendored in the same
+# llama-cpp-python sdist that our engine runs (UI download off: there is no network).
+LLAMA_CPP_PYTHON := llama-cpp-python==0.3.36
+LLAMA_SERVER_DIR := bench/.llama-server
+LLAMA_SERVER := $(LLAMA_SERVER_DIR)/build/bin/llama-server
+$(LLAMA_SERVER): | $(INSTALLED)
+	mkdir -p $(LLAMA_SERVER_DIR)
+	$(BIN)/pip download -q --no-deps --no-binary :all: $(LLAMA_CPP_PYTHON) -d $(LLAMA_SERVER_DIR)
+	tar -xzf $(LLAMA_SERVER_DIR)/llama_cpp_python-*.tar.gz -C $(LLAMA_SERVER_DIR) --strip-components=1
+	cmake -S $(LLAMA_SERVER_DIR)/vendor/llama.cpp -B $(LLAMA_SERVER_DIR)/build \
+	  -DCMAKE_BUILD_TYPE=Release -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+	  -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF
+	cmake --build $(LLAMA_SERVER_DIR)/build --target llama-server -j$$(nproc)
 
-bench: setup $(LLAMA_VENV)/.installed
+bench: setup $(LLAMA_SERVER)
 	$(BIN)/python -m bench
 
 lint: setup

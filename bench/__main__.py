@@ -2,90 +2,86 @@
 
 python -m bench                    # the full run (about 15 minutes here)
 python -m bench --quick            # tiny counts, so the harness cannot rot (make test)
+
+llama-server, the peer, is built by `make bench` (bench/.llama-server); without it the
+sweep runs on genserve alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import grpc
-
-from bench import media_overhead, weights
-from bench.server_process import served_text_model
+from bench import media_overhead, perplexity, weights
+from bench.llama_server import LLAMA_SERVER, start_llama_server
+from bench.server_process import bridge_process, free_port, served_text_models
 from bench.text_throughput import (
+    QUESTIONS,
+    QuestionCounter,
+    StreamTiming,
     as_dicts,
-    bridge_stream,
-    grpc_stream,
-    llama_stream,
-    raw_generate_tokens_per_s,
-    start_llama_server,
+    load_text_model,
+    openai_greedy_text,
+    openai_stream,
     sweep,
+    tiny_gguf,
     wait_http,
 )
-from genserve.bridge.background import BridgeThread
-from genserve.bridge.settings import BridgeSettings
 
-LLAMA_PYTHON = Path("bench/.venv-llama/bin/python")
-LLAMA_PORT = 8099
+LLAMA_CPP_MODEL = "smollm2-135m-instruct"  # the tiny profile's default, engine llama.cpp
+TRANSFORMERS_MODEL = "smollm2-135m-instruct-transformers"
+SWEEPS = ("sweep_genserve", "sweep_llama_server", "sweep_genserve_transformers")
 
 
 def run(quick: bool, out: Path) -> dict[str, Any]:
     tokens = 8 if quick else 128
-    repeats = 1 if quick else 3
-    levels = [1, 2] if quick else [1, 2, 4, 8, 16]
+    levels = [1, 2] if quick else [1, 8, 16]
     waves = 1 if quick else 3
     results: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, "
-        f"{__import__('os').cpu_count()} cores",
+        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {os.cpu_count()} cores",
         "max_new_tokens": tokens,
         "waves_per_level": waves,
     }
-    raw = raw_generate_tokens_per_s(tokens, repeats)
-    results["raw_generate_tokens_per_s"] = raw["onednn"]  # the kernel the server runs
-    results["raw_generate_stock_tokens_per_s"] = raw["aten"]
-    with served_text_model("onednn") as target:
-        bridge = BridgeThread(BridgeSettings(grpc_target=target)).start()
-        channel = grpc.insecure_channel(target)
+    models = [LLAMA_CPP_MODEL] if quick else [LLAMA_CPP_MODEL, TRANSFORMERS_MODEL]
+    peer = LLAMA_SERVER.exists() and not quick
+    with served_text_models(models) as target, bridge_process(target) as url:
+        # Side by side: each level runs on genserve, then on llama-server, then on the
+        # transformers engine, before the next level.
+        llama_port = free_port()
+        llama_url = f"http://127.0.0.1:{llama_port}"
+        process = start_llama_server(tiny_gguf(), llama_port) if peer else None
         try:
-            one = [grpc_stream(channel, tokens) for _ in range(repeats + 1)][1:]
-            results["served_grpc_tokens_per_s"] = round(
-                sorted(t.tokens / (t.ttft_s + sum(t.gaps_s)) for t in one)[len(one) // 2], 2
-            )
-            via_bridge = [bridge_stream(bridge.url, tokens) for _ in range(repeats + 1)][1:]
-            results["served_bridge_tokens_per_s"] = round(
-                sorted(t.tokens / (t.ttft_s + sum(t.gaps_s)) for t in via_bridge)[
-                    len(via_bridge) // 2
-                ],
-                2,
-            )
-            results["sweep_genserve"] = as_dicts(
-                sweep("genserve", lambda: grpc_stream(channel, tokens), levels, waves)
-            )
+            if process is not None:
+                wait_http(f"{llama_url}/health")
+            servers = {"sweep_genserve": ("genserve (llama.cpp engine)", url, LLAMA_CPP_MODEL)}
+            if process is not None:
+                servers["sweep_llama_server"] = ("llama-server", llama_url, "smollm2")
+            if not quick:
+                servers["sweep_genserve_transformers"] = (
+                    "genserve (transformers engine)",
+                    url,
+                    TRANSFORMERS_MODEL,
+                )
+            questions = {key: QuestionCounter() for key in servers}
+            for level in levels:
+                for key, (name, base, model) in servers.items():
+                    stream = streams_of(base, model, questions[key], tokens)
+                    points = as_dicts(sweep(name, stream, [level], waves))
+                    results.setdefault(key, []).extend(points)
+            if process is not None:
+                results["greedy_agreement"] = greedy_agreement(url, llama_url, tokens)
         finally:
-            channel.close()
-            bridge.stop()
-    if not quick:  # the served sweep again on stock aten Linear layers: the kernel's share
-        with served_text_model("aten") as target, grpc.insecure_channel(target) as channel:
-            results["sweep_genserve_aten"] = as_dicts(
-                sweep("genserve (aten Linear)", lambda: grpc_stream(channel, tokens), [1, 8], waves)
-            )
-    if LLAMA_PYTHON.exists() and not quick:
-        process = start_llama_server(LLAMA_PYTHON, LLAMA_PORT)
-        try:
-            url = f"http://127.0.0.1:{LLAMA_PORT}"
-            wait_http(f"{url}/v1/models")
-            results["sweep_llama_cpp"] = as_dicts(
-                sweep("llama.cpp", lambda: llama_stream(url, tokens), levels, waves)
-            )
-        finally:
-            process.terminate()
-            process.wait()
+            if process is not None:
+                process.terminate()
+                process.wait()
+    results["perplexity"] = perplexity_pair()
     results["weights"] = weights.compare(tokens if quick else 64, 1 if quick else 3)
     results["media_overhead"] = media_overhead.run(1 if quick else 5)
     out.mkdir(parents=True, exist_ok=True)
@@ -95,34 +91,72 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
     return results
 
 
+def streams_of(
+    url: str, model: str, question: QuestionCounter, tokens: int
+) -> Callable[[], StreamTiming]:
+    """One stream per call, each asking the next bench question."""
+    return lambda: openai_stream(url, model, question(), tokens)
+
+
+def greedy_agreement(genserve_url: str, llama_url: str, tokens: int) -> dict[str, Any]:
+    """The bench questions, greedy, one at a time on each server: identical answers."""
+    same = 0
+    for question in range(len(QUESTIONS)):
+        ours = openai_greedy_text(genserve_url, LLAMA_CPP_MODEL, question, tokens)
+        theirs = openai_greedy_text(llama_url, "smollm2", question, tokens)
+        same += ours == theirs
+    return {"identical": same, "of": len(QUESTIONS)}
+
+
+def perplexity_pair() -> dict[str, float]:
+    llama_cpp_ppl, ids = perplexity.llama_cpp_perplexity(tiny_gguf())
+    _, model = load_text_model()
+    transformers_ppl = perplexity.transformers_perplexity(model, ids)
+    return {
+        "llama_cpp": round(llama_cpp_ppl, 3),
+        "transformers": round(transformers_ppl, 3),
+        "ratio": round(llama_cpp_ppl / transformers_ppl, 4),
+        "tokens": len(ids),
+    }
+
+
 def summary(results: dict[str, Any]) -> str:
-    raw = results["raw_generate_tokens_per_s"]
-    stock = results["raw_generate_stock_tokens_per_s"]
-    served = results["served_grpc_tokens_per_s"]
-    bridge = results["served_bridge_tokens_per_s"]
     lines = [
         f"Measured {results['date']} on {results['machine']}; {results['max_new_tokens']} new "
-        f"tokens, greedy; medians; {results['waves_per_level']} waves of streams per "
-        "concurrency level.",
+        f"tokens, greedy, one system prompt and a different question per stream, through each "
+        f"server's OpenAI streaming chat route; medians of {results['waves_per_level']} waves "
+        "per level, side by side in one run.",
         "",
-        "| one stream | tokens/s | vs raw generate (same kernel) |",
-        "|---|---|---|",
-        f"| raw `model.generate`, stock transformers (aten Linear) | {stock} | {stock / raw:.2f} |",
-        f"| raw `model.generate`, oneDNN Linear (as served) | {raw} | 1.00 |",
-        f"| served over gRPC | {served} | {served / raw:.2f} |",
-        f"| served through the bridge | {bridge} | {bridge / raw:.2f} |",
-        "",
-        "| server | streams | aggregate tokens/s | TTFT p50 / p95 ms | inter-token p50 / p95 ms "
-        "| failed |",
-        "|---|---|---|---|---|---|",
+        "| server | streams | aggregate tokens/s | vs llama-server | TTFT p50 / p95 ms "
+        "| inter-token p50 / p95 ms | failed |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for key in ("sweep_genserve", "sweep_genserve_aten", "sweep_llama_cpp"):
+    peer = {p["concurrency"]: p for p in results.get("sweep_llama_server", [])}
+    for key in SWEEPS:
         for p in results.get(key, []):
+            reference = peer.get(p["concurrency"])
+            ratio = (
+                f"{p['aggregate_tokens_per_s'] / reference['aggregate_tokens_per_s']:.2f}x"
+                if reference
+                else "-"
+            )
             lines.append(
-                f"| {p['server']} | {p['concurrency']} | {p['aggregate_tokens_per_s']} | "
+                f"| {p['server']} | {p['concurrency']} | {p['aggregate_tokens_per_s']} | {ratio} | "
                 f"{p['ttft_p50_ms']} / {p['ttft_p95_ms']} | "
                 f"{p['itl_p50_ms']} / {p['itl_p95_ms']} | {p['failed_streams']} |"
             )
+    ppl = results["perplexity"]
+    lines += [
+        "",
+        f"Perplexity on bench/data/perplexity.txt ({ppl['tokens']} tokens): llama.cpp "
+        f"{ppl['llama_cpp']}, transformers {ppl['transformers']} (ratio {ppl['ratio']}).",
+    ]
+    if "greedy_agreement" in results:
+        agreement = results["greedy_agreement"]
+        lines.append(
+            f"Greedy answers identical to llama-server's: {agreement['identical']} of "
+            f"{agreement['of']} bench questions."
+        )
     lines += [
         "",
         weights.markdown(results["weights"]),
@@ -140,7 +174,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, (throughput, ttft) = plt.subplots(1, 2, figsize=(10, 4))
-    for key in ("sweep_genserve", "sweep_genserve_aten", "sweep_llama_cpp"):
+    for key in SWEEPS:
         points = results.get(key, [])
         if not points:
             continue

@@ -17,7 +17,7 @@ import grpc
 import tomli_w
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.text_throughput import text_spec
+from bench.text_throughput import tiny_text_spec, wait_http
 from genserve.server.background import MODEL_STORE
 
 
@@ -45,14 +45,19 @@ def wait_serving(target: str, process: subprocess.Popen[bytes], timeout_s: float
 
 
 @contextmanager
-def served_text_model(cpu_linear: str = "onednn") -> Iterator[str]:
-    """Yields the gRPC target of a server process holding only the text model."""
-    spec = text_spec().model_copy(update={"cpu_linear": cpu_linear})
+def served_text_models(names: list[str]) -> Iterator[str]:
+    """Yields the gRPC target of a server process holding these tiny-profile text models,
+    all preloaded (the first is the default)."""
+    specs = [tiny_text_spec(name) for name in names]
+    entries = [
+        spec.model_copy(update={"load_policy": "preload", "default": i == 0}).model_dump(
+            mode="json", exclude_none=True
+        )
+        for i, spec in enumerate(specs)
+    ]
     with tempfile.TemporaryDirectory(prefix="genserve-bench-") as folder:
         manifest = Path(folder) / "text.toml"
-        manifest.write_text(
-            tomli_w.dumps({"text": [spec.model_dump(mode="json", exclude_none=True)]})
-        )
+        manifest.write_text(tomli_w.dumps({"text": entries}))
         port = free_port()
         command = [sys.executable, "-m", "genserve.server", "--host", "127.0.0.1"]
         command += ["--port", str(port)]
@@ -66,3 +71,19 @@ def served_text_model(cpu_linear: str = "onednn") -> Iterator[str]:
         finally:
             process.terminate()
             process.wait(timeout=60)
+
+
+@contextmanager
+def bridge_process(target: str) -> Iterator[str]:
+    """The HTTP bridge in its own process (as users run it), in front of `target`."""
+    port = free_port()
+    command = [sys.executable, "-m", "genserve.bridge", "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--grpc-target", target, "--log-level", "WARNING"]
+    process = subprocess.Popen(command)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/readyz")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=60)

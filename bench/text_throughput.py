@@ -1,13 +1,14 @@
-"""Text throughput: raw `generate` against the same request served over gRPC and the
-bridge, then a concurrency sweep (aggregate tokens/s, p50/p95 time to first token and
-inter-token latency) against our server and, when it is installed, against
-llama-cpp-python's OpenAI-compatible server on the same GGUF file."""
+"""Text throughput: a concurrency sweep (aggregate tokens/s, p50/p95 time to first token
+and inter-token latency) through each server's OpenAI-compatible streaming chat route,
+the same requests to every server: genserve (llama.cpp engine, and transformers engine)
+behind its bridge, and llama.cpp's own llama-server on the same GGUF file. Also the bare
+transformers `generate` and our gRPC and bridge routes at one stream."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,7 +16,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
 import httpx
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -24,7 +24,6 @@ from genserve.server.background import MODEL_STORE
 from genserve.server.manifest import Modality, ModelSpec, load_manifest, manifest_path
 from genserve.server.text.loader import _checkpoint
 from genserve.server.text.weights import prepare_weights
-from genserve.v1 import text_pb2, text_pb2_grpc
 
 PROMPT = "Explain what FastAPI is and why people use it."
 
@@ -55,6 +54,16 @@ def text_spec() -> ModelSpec:
     return spec
 
 
+def tiny_text_spec(name: str) -> ModelSpec:
+    specs = load_manifest(manifest_path("tiny")).specs(Modality.TEXT)
+    return next(spec for spec in specs if spec.name == name)
+
+
+def tiny_gguf() -> Path:
+    spec = text_spec()
+    return Path(spec.resolved_source(MODEL_STORE)) / str(spec.gguf_file)
+
+
 def load_text_model(quantization: str = "none", cpu_linear: str = "aten") -> tuple[Any, Any]:
     """The bare model and tokenizer, with the server's weight options applied."""
     source, extra = _checkpoint(text_spec(), MODEL_STORE)
@@ -81,89 +90,88 @@ def greedy(model: Any, ids: Any, max_new_tokens: int) -> list[int]:
     return list(out[0, ids["input_ids"].shape[1] :].tolist())
 
 
-def raw_generate_tokens_per_s(
-    max_new_tokens: int, repeats: int, cpu_linears: tuple[str, ...] = ("aten", "onednn")
-) -> dict[str, float]:
-    """The bare model: transformers generate, greedy, batch 1, same prompt and length;
-    once per Linear kernel, alternated so both see the same machine load."""
-    models = {kernel: load_text_model(cpu_linear=kernel) for kernel in cpu_linears}
-    ids = chat_ids(next(iter(models.values()))[0])
-    rates: dict[str, list[float]] = {kernel: [] for kernel in models}
-    for attempt in range(repeats + 1):
-        for kernel, (_, model) in models.items():
-            started = time.perf_counter()
-            produced = len(greedy(model, ids, max_new_tokens))
-            if attempt:  # the first round warms up
-                rates[kernel].append(produced / (time.perf_counter() - started))
-    return {kernel: round(statistics.median(r), 2) for kernel, r in rates.items()}
+# A system prompt every request shares (the seed's), and a different question per stream.
+SYSTEM_PROMPT = (
+    "Your name is FastAPI bot and you are a helpful chatbot responsible for teaching "
+    "FastAPI to your users. Always respond in markdown."
+)
+QUESTIONS = (
+    "Explain what FastAPI is and why people use it.",
+    "How do I declare a path parameter in FastAPI?",
+    "What is dependency injection in FastAPI?",
+    "How do I return JSON from an endpoint?",
+    "How does FastAPI validate request bodies?",
+    "What is the difference between async def and def endpoints?",
+    "How do I add middleware to a FastAPI app?",
+    "How do I serve static files?",
+    "How do I write tests for a FastAPI app?",
+    "What is Pydantic and how does FastAPI use it?",
+    "How do I handle errors and return custom status codes?",
+    "How do I stream a response?",
+    "How do background tasks work?",
+    "How do I add authentication with OAuth2?",
+    "How do I deploy FastAPI with uvicorn?",
+    "What are routers and how do I use them?",
+)
 
 
-def grpc_stream(channel: grpc.Channel, max_new_tokens: int) -> StreamTiming:
-    stub = text_pb2_grpc.TextServiceStub(channel)
-    request = text_pb2.TextGenerateRequest(
-        prompt=PROMPT, system_prompt="", max_new_tokens=max_new_tokens, do_sample=False
-    )
-    return _timed(
-        iter(stub.Generate(request)),
-        lambda r: r.HasField("delta"),
-        lambda r: r.final.usage.completion_tokens if r.HasField("final") else None,
-    )
-
-
-def bridge_stream(url: str, max_new_tokens: int) -> StreamTiming:
-    body = {
-        "prompt": PROMPT,
-        "system_prompt": "",
-        "max_new_tokens": max_new_tokens,
-        "do_sample": False,
-        "stream": True,
-    }
-    with (
-        httpx.Client(timeout=600) as client,
-        client.stream("POST", f"{url}/generate/text", json=body) as response,
-    ):
-        lines = (line for line in response.iter_lines() if line.startswith("data:"))
-        return _timed(
-            lines, lambda line: '"text"' in line and "finish_reason" not in line, _bridge_tokens
-        )
-
-
-def _bridge_tokens(line: str) -> int | None:
-    if "finish_reason" not in line:
-        return None
-    return int(json.loads(line[5:])["usage"]["completion_tokens"])
-
-
-def llama_stream(url: str, max_new_tokens: int) -> StreamTiming:
-    body = {
-        "model": "smollm2",
-        "messages": [{"role": "user", "content": PROMPT}],
+def chat_body(question: int, max_new_tokens: int, model: str) -> dict[str, Any]:
+    return {
+        "model": model,
+        "messages": [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": QUESTIONS[question % len(QUESTIONS)]},
+        ],
         "max_tokens": max_new_tokens,
         "temperature": 0,
         "stream": True,
+        "stream_options": {"include_usage": True},
     }
-    count = 0
+
+
+def openai_stream(url: str, model: str, question: int, max_new_tokens: int) -> StreamTiming:
+    """One streamed chat completion; tokens counted from the usage the server reports."""
     with (
         httpx.Client(timeout=600) as client,
-        client.stream("POST", f"{url}/v1/chat/completions", json=body) as response,
+        client.stream(
+            "POST", f"{url}/v1/chat/completions", json=chat_body(question, max_new_tokens, model)
+        ) as response,
     ):
-        lines = (
-            line
+        response.raise_for_status()
+        events = (
+            json.loads(line[5:])
             for line in response.iter_lines()
             if line.startswith("data:") and "[DONE]" not in line
         )
+        return _timed(events, _has_content, _usage_tokens)
 
-        def is_token(line: str) -> bool:
-            nonlocal count
-            choice = json.loads(line[5:])["choices"][0]
-            if choice["delta"].get("content"):
-                count += 1
-                return True
-            return False
 
-        timing = _timed(lines, is_token, lambda line: None)
-    timing.tokens = count
-    return timing
+def openai_greedy_text(url: str, model: str, question: int, max_new_tokens: int) -> str:
+    body = chat_body(question, max_new_tokens, model) | {"stream": False}
+    body.pop("stream_options")
+    reply = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=600)
+    reply.raise_for_status()
+    return str(reply.json()["choices"][0]["message"]["content"])
+
+
+def _has_content(event: dict[str, Any]) -> bool:
+    choices = event.get("choices") or []
+    return bool(choices and choices[0].get("delta", {}).get("content"))
+
+
+def _usage_tokens(event: dict[str, Any]) -> int | None:
+    usage = event.get("usage")
+    return int(usage["completion_tokens"]) if usage else None
+
+
+class QuestionCounter:
+    """Hands each stream the next question, so concurrent streams ask different ones."""
+
+    def __init__(self) -> None:
+        self._next = itertools.count()
+
+    def __call__(self) -> int:
+        return next(self._next)
 
 
 def _timed(
@@ -251,33 +259,6 @@ def sweep(
             )
         )
     return points
-
-
-def start_llama_server(python: Path, port: int) -> subprocess.Popen[bytes]:
-    spec = text_spec()
-    model = Path(spec.resolved_source(MODEL_STORE)) / str(spec.gguf_file)
-    return subprocess.Popen(
-        [
-            str(python),
-            "-m",
-            "llama_cpp.server",
-            "--model",
-            str(model),
-            "--n_threads",
-            "2",
-            "--n_ctx",
-            "4096",
-            # by default a new request interrupts the running one; queue them instead
-            "--interrupt_requests",
-            "False",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
 
 
 def wait_http(url: str, timeout_s: float = 120) -> None:

@@ -160,6 +160,10 @@ class LlamaRuntime:
             cached = self._pieces[token] = buffer.raw[:length]
         return cached
 
+    @property
+    def vocabulary_size(self) -> int:
+        return int(llama_cpp.llama_vocab_n_tokens(self._vocab))
+
     def is_end_of_generation(self, token: int) -> bool:
         return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
 
