@@ -130,7 +130,10 @@ def chat_body(question: int, max_new_tokens: int, model: str) -> dict[str, Any]:
 
 
 def openai_stream(url: str, model: str, question: int, max_new_tokens: int) -> StreamTiming:
-    """One streamed chat completion; tokens counted from the usage the server reports."""
+    """One streamed chat completion; tokens counted from the usage the server reports.
+    The clock starts before the request is sent: a server that holds its response headers
+    back until the first token must not look faster for it."""
+    started = time.perf_counter()
     with (
         httpx.Client(timeout=600) as client,
         client.stream(
@@ -143,7 +146,7 @@ def openai_stream(url: str, model: str, question: int, max_new_tokens: int) -> S
             for line in response.iter_lines()
             if line.startswith("data:") and "[DONE]" not in line
         )
-        return _timed(events, _has_content, _usage_tokens)
+        return _timed(events, _has_content, _usage_tokens, started)
 
 
 def openai_greedy_text(url: str, model: str, question: int, max_new_tokens: int) -> str:
@@ -178,8 +181,8 @@ def _timed(
     events: Iterator[Any],
     is_token: Callable[[Any], bool],
     final_tokens: Callable[[Any], int | None],
+    started: float,
 ) -> StreamTiming:
-    started = time.perf_counter()
     last = None
     timing = StreamTiming(tokens=0, ttft_s=0.0)
     for event in events:
