@@ -31,7 +31,7 @@ ModalityOf = Callable[[str], Modality | None]  # a model name -> its modality
 
 def bearer_token(value: str | None) -> str | None:
     """The key of `Bearer <key>` (scheme case-insensitive), None when absent or empty."""
-    if value is None or not value[: len(BEARER)].lower() == BEARER:
+    if value is None or value[: len(BEARER)].lower() != BEARER:
         return None
     token = value[len(BEARER) :].strip()
     return token or None

@@ -15,13 +15,17 @@ import re
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from genserve.server.auth.hashing import check_hash, hash_secret, new_secret
-from genserve.server.manifest import Modality
 
 KEY_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+# The values of manifest.Modality, spelled here so that the CLI and the bridge read keys
+# without importing the model stack (a test checks the two agree).
+ModalityName = Literal["text", "audio", "image", "video", "mesh", "embedding"]
+MODALITY_NAMES: tuple[str, ...] = get_args(ModalityName)
 
 
 class KeyEntry(BaseModel):
@@ -31,8 +35,8 @@ class KeyEntry(BaseModel):
     hash: str | None = Field(None, description="scrypt hash of the secret")
     subject: str | None = Field(None, description="a client certificate's subject (mTLS)")
     models: tuple[str, ...] = Field((), description="model names it may call")
-    modalities: tuple[Modality, ...] = Field((), description="modalities it may call")
-    budget_per_minute: dict[Modality, float] = Field(
+    modalities: tuple[ModalityName, ...] = Field((), description="modalities it may call")
+    budget_per_minute: dict[ModalityName, float] = Field(
         default_factory=dict, description="per modality, in its cost units; absent: unlimited"
     )
     created: str | None = None
@@ -44,10 +48,10 @@ class KeyEntry(BaseModel):
 
     @field_validator("budget_per_minute")
     @classmethod
-    def _positive(cls, value: dict[Modality, float]) -> dict[Modality, float]:
+    def _positive(cls, value: dict[ModalityName, float]) -> dict[ModalityName, float]:
         for modality, units in value.items():
             if units <= 0:
-                raise ValueError(f"budget for {modality.value} must be > 0")
+                raise ValueError(f"budget for {modality} must be > 0")
         return value
 
     @model_validator(mode="after")
@@ -56,7 +60,7 @@ class KeyEntry(BaseModel):
             raise ValueError(f"key {self.id}: needs a hash or a subject")
         return self
 
-    def allows(self, modality: Modality, model: str | None) -> bool:
+    def allows(self, modality: str, model: str | None) -> bool:
         """Models or modalities: either list admits the call; both empty admit anything."""
         if not self.models and not self.modalities:
             return True
@@ -103,8 +107,8 @@ def create_key(
     path: Path,
     key_id: str,
     models: tuple[str, ...] = (),
-    modalities: tuple[Modality, ...] = (),
-    budget_per_minute: dict[Modality, float] | None = None,
+    modalities: tuple[ModalityName, ...] = (),
+    budget_per_minute: dict[ModalityName, float] | None = None,
 ) -> str:
     """Appends a new key to the file (created if absent) and returns its secret, which is
     stored nowhere."""

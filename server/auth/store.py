@@ -41,7 +41,9 @@ class KeyStore:
             stamp = self._file_stamp()
             keys = load_keys(self.path)
         except (OSError, ValidationError, ValueError) as error:
-            logger.error("keys file %s not loaded, keeping %d keys: %s", self.path, len(self), error)
+            logger.error(
+                "keys file %s not loaded, keeping %d keys: %s", self.path, len(self), error
+            )
             return False
         self._by_id = {key.id: key for key in keys.keys}
         self._by_subject = {key.subject: key for key in keys.keys if key.subject is not None}
