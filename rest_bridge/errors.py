@@ -147,7 +147,10 @@ async def grpc_error_handler(request: Request, exc: Exception) -> JSONResponse:
     message = exc.details() or code.name
     if status >= 500:
         logger.warning("gRPC %s: %s", code.name, message)
-    return error_response(request, status, code.name, message, headers=retry_after(exc, status))
+    headers = retry_after(exc, status)
+    if status == 401:  # the server refused the key the caller gave (or did not)
+        headers["WWW-Authenticate"] = 'Bearer realm="genserve"'
+    return error_response(request, status, code.name, message, headers=headers)
 
 
 async def bridge_error_handler(request: Request, exc: Exception) -> JSONResponse:
