@@ -413,3 +413,16 @@ def test_keys_create_prints_the_secret_once_and_stores_only_its_hash(
 
 def test_the_keys_file_names_the_manifests_modalities() -> None:
     assert set(MODALITY_NAMES) == {m.value for m in Modality}
+
+
+def test_the_debug_flag_is_what_puts_prompts_in_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="genserve.server.auth")
+    server = ServerThread(make_settings(tmp_path, log_prompts=True), Manifest()).start(load=False)
+    try:
+        with pytest.raises(grpc.RpcError):  # no text model here: NOT_FOUND, after the log line
+            text(server.channel(), (), prompt="zebra in the debug log")
+    finally:
+        server.stop()
+    assert "zebra in the debug log" in caplog.text

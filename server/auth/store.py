@@ -79,7 +79,8 @@ class KeyStore:
         stored = entry.hash
         if not await asyncio.to_thread(verify_secret, secret, stored):
             return None
-        if self._by_id.get(entry.id) is entry:  # not revoked while we hashed
-            self._verified[entry.id] = fingerprint
-            return entry
-        return None
+        key_id = entry.id
+        if self._by_id.get(key_id) is not entry:  # revoked (or replaced) while we hashed
+            return None
+        self._verified[key_id] = fingerprint
+        return entry
