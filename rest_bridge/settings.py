@@ -43,6 +43,7 @@ class BridgeSettings(BaseSettings):
         env_nested_delimiter="__",
         cli_kebab_case=True,
         cli_prog_name="python -m genserve.bridge",
+        cli_implicit_flags=True,
     )
 
     host: str | None = Field(
