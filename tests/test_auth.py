@@ -426,3 +426,23 @@ def test_the_debug_flag_is_what_puts_prompts_in_the_log(
     finally:
         server.stop()
     assert "zebra in the debug log" in caplog.text
+
+
+def test_a_usage_log_from_before_keys_gains_the_key_id_column(tmp_path: Path) -> None:
+    from genserve.server.usage_log import UsageLog
+
+    path = tmp_path / "usage.sqlite3"
+    with sqlite3.connect(path) as db:  # the columns of a log written before this change
+        db.execute(
+            "CREATE TABLE usage (id INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT NOT NULL,"
+            " datetime_utc TEXT NOT NULL, method TEXT NOT NULL, client_address TEXT NOT NULL,"
+            " response_time_ms REAL NOT NULL, status_code TEXT NOT NULL,"
+            " successful INTEGER NOT NULL, time_to_first_message_ms REAL,"
+            " messages_out INTEGER NOT NULL, bytes_out INTEGER NOT NULL, prompt_tokens INTEGER,"
+            " completion_tokens INTEGER, queued_ms REAL, inference_ms REAL, encoding_ms REAL,"
+            " model TEXT)"
+        )
+    UsageLog(path).close()
+    with sqlite3.connect(path) as db:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(usage)")}
+    assert "key_id" in columns

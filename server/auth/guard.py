@@ -76,9 +76,10 @@ class Guard:
                 f"request_id={current_request_id()}",
                 retry_after_s=wait,
             )
-        token = bearer_token(authorization)
-        if token is not None:
-            entry = await self.store.authenticate(token) if self.store is not None else None
+        # Without a keys file (mTLS alone) there is no key to check: the certificate decides.
+        token = bearer_token(authorization) if self.store is not None else None
+        if token is not None and self.store is not None:
+            entry = await self.store.authenticate(token)
             if entry is None:
                 self._throttle.failed(address)
                 logger.warning("invalid API key from %s", address)
