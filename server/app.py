@@ -14,7 +14,7 @@ from functools import partial
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from genserve.server.auth.exposure import bind_host, server_credentials
+from genserve.server.auth.exposure import bind_host, is_loopback, server_credentials
 from genserve.server.auth.interceptor import AuthInterceptor
 from genserve.server.auth.wiring import build_guard, watch_keys
 from genserve.server.interceptors import (
@@ -152,6 +152,8 @@ class GenServeServer:
             "TLS" if credentials is not None else "plaintext",
             "auth on" if self.guard.enabled else "no auth",
         )
+        if self.guard.enabled and credentials is None and not is_loopback(host):
+            logger.warning("API keys cross the network in clear: give --tls.cert-file/key-file")
         if settings.metrics_port is not None:
             self.metrics_port = self.metrics.serve(settings.metrics_host, settings.metrics_port)
             logger.info("metrics on http://%s:%d/metrics", settings.metrics_host, self.metrics_port)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -13,10 +15,21 @@ from genserve.server.background import ServerThread, make_settings
 from genserve.server.manifest import Manifest, load_manifest, manifest_path
 from genserve.server.settings import AuthSettings
 
-# A text budget a single long-prompt request takes more than half of (see
-# budget_request): the second such request in a row waits a few seconds, not a minute.
+# A text budget one long-prompt request takes more than half of: of two such requests
+# sent together, one is refused and told to wait a few seconds, not a minute. Sent
+# together, not one after the other, so that refilling during the first one's
+# generation (slow on a busy machine) cannot let the second through.
 TEXT_BUDGET_PER_MINUTE = 600.0
-BUDGET_PROMPT = "lorem ipsum " * 100  # 1200 characters: about 300 units with max_new_tokens=1
+BUDGET_PROMPT = "lorem ipsum " * 100  # 1200 characters: about 340 units with max_new_tokens=1
+
+T = TypeVar("T")
+
+
+def together(*calls: Callable[[], T]) -> list[T]:
+    """Runs the calls at the same time, each in its own thread; their results in order."""
+    with ThreadPoolExecutor(len(calls)) as pool:
+        futures = [pool.submit(call) for call in calls]
+        return [future.result() for future in futures]
 
 
 @dataclass(frozen=True)
