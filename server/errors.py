@@ -17,7 +17,7 @@ class GenServeError(Exception):
     """Base of every error a caller may see. The message is safe to show to clients."""
 
     grpc_code: grpc.StatusCode = grpc.StatusCode.INTERNAL
-    retry_after_s: float | None = None  # sent as `retry-after` trailing metadata
+    retry_after_s: float | None = None  # sent as `retry-after` (s) and `retry-after-ms`
 
 
 class InvalidArgument(GenServeError):

@@ -13,6 +13,8 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from google.protobuf import text_format
+
 from genserve.server.auth.budget import BudgetBook
 from genserve.server.auth.caller import Caller
 from genserve.server.auth.store import KeyStore
@@ -121,6 +123,4 @@ class Guard:
 
 def describe(request: Any) -> str:
     """A request as text, for the debug flag that logs prompts (--log-prompts)."""
-    from google.protobuf import text_format
-
     return text_format.MessageToString(request, as_one_line=True)[:2000]
