@@ -11,7 +11,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from genserve.client import defaults, requests
-from genserve.client.channel import ConnectionOptions, backoff_s, new_request_id, should_retry
+from genserve.client.channel import ConnectionOptions, new_request_id
 from genserve.client.errors import from_rpc_error
 from genserve.client.results import (
     MediaAssembler,
@@ -49,9 +49,24 @@ class AsyncGenServe:
         api_key: str | None = None,
         max_message_mb: int = defaults.MAX_MESSAGE_MB,
         max_retries: int = defaults.MAX_RETRIES,
+        certificate_chain: bytes | None = None,
+        private_key: bytes | None = None,
+        max_retry_after_s: float = defaults.MAX_RETRY_AFTER_S,
     ) -> None:
+        """`tls` (implied by any certificate given): `root_certificates` verify the server
+        (default: the system's); `certificate_chain` and `private_key` identify this
+        client to a server that asks for client certificates (mTLS)."""
+        tls = tls or any(x is not None for x in (root_certificates, certificate_chain))
         self.options = ConnectionOptions(
-            target, tls, root_certificates, api_key, max_message_mb, max_retries
+            target,
+            tls,
+            root_certificates,
+            api_key,
+            max_message_mb,
+            max_retries,
+            certificate_chain,
+            private_key,
+            max_retry_after_s,
         )
         if tls:
             self._channel = grpc.aio.secure_channel(
@@ -126,8 +141,9 @@ class AsyncGenServe:
                     request, timeout=timeout, metadata=self.options.metadata(request_id)
                 )
             except grpc.RpcError as error:
-                if should_retry(error, False, attempt, self.options.max_retries):
-                    await asyncio.sleep(backoff_s(attempt))
+                delay = self.options.retry_delay(error, False, attempt)
+                if delay is not None:
+                    await asyncio.sleep(delay)
                     attempt += 1
                     continue
                 raise from_rpc_error(error, request_id) from None
@@ -146,8 +162,9 @@ class AsyncGenServe:
                     yield event
                 return
             except grpc.RpcError as error:
-                if should_retry(error, received, attempt, self.options.max_retries):
-                    await asyncio.sleep(backoff_s(attempt))
+                delay = self.options.retry_delay(error, received, attempt)
+                if delay is not None:
+                    await asyncio.sleep(delay)
                     attempt += 1
                     continue
                 raise from_rpc_error(error, request_id) from None

@@ -11,6 +11,7 @@ from genserve.client.defaults import (
     API_KEY_METADATA,
     MAX_MESSAGE_MB,
     MAX_RETRIES,
+    MAX_RETRY_AFTER_S,
     RETRY_BACKOFF_MAX_S,
     RETRY_BACKOFF_S,
 )
@@ -26,13 +27,36 @@ class ConnectionOptions:
     api_key: str | None = None
     max_message_mb: int = MAX_MESSAGE_MB
     max_retries: int = MAX_RETRIES
+    certificate_chain: bytes | None = None  # the client's certificate, for mTLS
+    private_key: bytes | None = None
+    max_retry_after_s: float = MAX_RETRY_AFTER_S
 
     def channel_options(self) -> list[tuple[str, int]]:
         size = self.max_message_mb * 1024 * 1024
         return [("grpc.max_send_message_length", size), ("grpc.max_receive_message_length", size)]
 
     def credentials(self) -> grpc.ChannelCredentials:
-        return grpc.ssl_channel_credentials(root_certificates=self.root_certificates)
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.root_certificates,
+            private_key=self.private_key,
+            certificate_chain=self.certificate_chain,
+        )
+
+    def retry_delay(
+        self, error: grpc.RpcError, received_anything: bool, attempt: int
+    ) -> float | None:
+        """Seconds to wait before trying again, or None to give up now."""
+        if should_retry(error, received_anything, attempt, self.max_retries):
+            return backoff_s(attempt)
+        if (
+            error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+            and not received_anything
+            and attempt < self.max_retries
+        ):
+            wait = server_retry_after_s(error)
+            if wait is not None and wait <= self.max_retry_after_s:
+                return wait
+        return None
 
     def metadata(self, request_id: str) -> tuple[tuple[str, str], ...]:
         pairs = [(REQUEST_ID_METADATA, request_id)]
@@ -52,6 +76,17 @@ def should_retry(error: grpc.RpcError, received_anything: bool, attempt: int, li
         and not received_anything
         and attempt < limit
     )
+
+
+def server_retry_after_s(error: grpc.RpcError) -> float | None:
+    """The wait the server named in trailing metadata: `retry-after-ms`, else `retry-after`."""
+    trailing = getattr(error, "trailing_metadata", None)
+    pairs = dict(trailing() or ()) if callable(trailing) else {}
+    for key, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = pairs.get(key)
+        if isinstance(value, str) and value.isdigit():
+            return int(value) * scale
+    return None
 
 
 def backoff_s(attempt: int) -> float:

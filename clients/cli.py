@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -19,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from genserve.client import defaults
+from genserve.client import defaults, keys
 from genserve.client.errors import (
     DeadlineExceededError,
     GenServeError,
@@ -46,7 +47,16 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genserve", description=__doc__.split("\n")[0])
     parser.add_argument("--target", default=defaults.DEFAULT_TARGET, help="server host:port")
     parser.add_argument("--tls", action="store_true", help="use TLS (system roots)")
-    parser.add_argument("--api-key", help="sent as 'authorization: Bearer <key>'")
+    parser.add_argument(
+        "--root-certificates", type=Path, help="PEM CA(s) that verify the server (implies --tls)"
+    )
+    parser.add_argument("--client-cert", type=Path, help="PEM client certificate, for mTLS")
+    parser.add_argument("--client-key", type=Path, help="PEM private key of --client-cert")
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("GENSERVE_API_KEY"),
+        help="sent as 'authorization: Bearer <key>' (default: $GENSERVE_API_KEY)",
+    )
     parser.add_argument("--timeout", type=float, help="seconds (default per modality)")
     parser.add_argument("--request-id", help="your own request ID, for joining logs")
     parser.add_argument("--json", action="store_true", help="print machine-readable metadata")
@@ -100,6 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     embed = commands.add_parser("embed", help="sentence embeddings")
     embed.add_argument("texts", nargs="+")
 
+    keys.add_keys_parser(commands)
     commands.add_parser("health", help="the server's and each modality's health")
     commands.add_parser("models", help="what the server has loaded")
     return parser
@@ -235,10 +246,23 @@ SERVICE_NAMES = {
 }
 
 
+def _read(path: Path | None) -> bytes | None:
+    return path.read_bytes() if path is not None else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "keys":  # the keys file, here: no server involved
+        return keys.run(args)
     try:
-        with GenServe(args.target, tls=args.tls, api_key=args.api_key) as gs:
+        with GenServe(
+            args.target,
+            tls=args.tls,
+            root_certificates=_read(args.root_certificates),
+            api_key=args.api_key,
+            certificate_chain=_read(args.client_cert),
+            private_key=_read(args.client_key),
+        ) as gs:
             return _run(args, gs)
     except GenServeError as error:
         err.print(

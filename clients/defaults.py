@@ -19,6 +19,9 @@ MAX_RETRIES = 3
 MODEL_LOAD_TIMEOUT_S = 600.0  # LoadModel returns once the weights are in memory
 RETRY_BACKOFF_S = 0.5  # doubled each attempt
 RETRY_BACKOFF_MAX_S = 8.0
+# RESOURCE_EXHAUSTED (a full queue, a key over its budget) is retried after the server's
+# retry-after when that is no longer than this; a longer wait is the caller's to decide.
+MAX_RETRY_AFTER_S = 30.0
 
 MAX_MESSAGE_MB = 32  # video requests carry an image
 API_KEY_METADATA = "authorization"  # sent as "Bearer <key>"

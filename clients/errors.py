@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import grpc
 
+from genserve.client.channel import server_retry_after_s
+
 
 class GenServeError(Exception):
     def __init__(self, code: grpc.StatusCode, message: str, request_id: str | None) -> None:
@@ -25,12 +27,19 @@ class UnauthenticatedError(GenServeError):
     pass
 
 
+class PermissionDeniedError(GenServeError):
+    """The API key is valid but may not use this model or modality."""
+
+
 class NotFoundError(GenServeError):
     pass
 
 
 class ResourceExhaustedError(GenServeError):
-    """The model's queue is full: retry later."""
+    """The model's queue is full, or the key is over its budget: retry after
+    `retry_after_s` (the server's wait, when it named one)."""
+
+    retry_after_s: float | None = None
 
 
 class UnavailableError(GenServeError):
@@ -60,6 +69,7 @@ class IntegrityError(GenServeError):
 ERROR_BY_CODE: dict[grpc.StatusCode, type[GenServeError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
     grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
     grpc.StatusCode.NOT_FOUND: NotFoundError,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
@@ -72,4 +82,7 @@ ERROR_BY_CODE: dict[grpc.StatusCode, type[GenServeError]] = {
 def from_rpc_error(error: grpc.RpcError, request_id: str | None) -> GenServeError:
     code = error.code()  # type: ignore[attr-defined]
     message = error.details() or code.name  # type: ignore[attr-defined]
-    return ERROR_BY_CODE.get(code, InternalError)(code, message, request_id)
+    result = ERROR_BY_CODE.get(code, InternalError)(code, message, request_id)
+    if isinstance(result, ResourceExhaustedError):
+        result.retry_after_s = server_retry_after_s(error)
+    return result

@@ -8,6 +8,7 @@ sides of the conversation, each message in the modality it was made in.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import streamlit as st
@@ -23,6 +24,8 @@ class UISettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GENSERVE_UI_")
 
     target: str = "localhost:50051"
+    api_key: str | None = None  # GENSERVE_UI_API_KEY, for a server with keys
+    root_certificates: Path | None = None  # GENSERVE_UI_ROOT_CERTIFICATES: TLS to the server
 
 
 @dataclass
@@ -35,8 +38,9 @@ class Message:
 
 
 @st.cache_resource
-def client(target: str) -> GenServe:
-    return GenServe(target)
+def client(target: str, api_key: str | None, root_certificates: Path | None) -> GenServe:
+    roots = root_certificates.read_bytes() if root_certificates is not None else None
+    return GenServe(target, api_key=api_key, root_certificates=roots)
 
 
 def render(message: Message) -> None:
@@ -108,7 +112,8 @@ def main() -> None:
     render(user)
     try:
         source = upload.getvalue() if upload else None
-        reply = answer(client(settings.target), modality, prompt, source, max_new_tokens)
+        gs = client(settings.target, settings.api_key, settings.root_certificates)
+        reply = answer(gs, modality, prompt, source, max_new_tokens)
     except GenServeError as error:
         reply = Message(
             "assistant",

@@ -11,6 +11,7 @@ import grpc
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 
+from genserve.bridge.auth import AuthMiddleware, BridgeAuth
 from genserve.bridge.backend import Backend, BackendHolder
 from genserve.bridge.body_limit import BodyLimitMiddleware, body_caps
 from genserve.bridge.disconnect import ClientDisconnectMiddleware
@@ -29,17 +30,30 @@ from genserve.bridge.routes_openai import build_openai_router
 from genserve.bridge.routes_seed import build_seed_router
 from genserve.bridge.schemas import build_schemas
 from genserve.bridge.settings import BridgeSettings
+from genserve.bridge.upstream import channel_credentials, own_authorization
+from genserve.server.auth.store import KeyStore
 
 
 def create_app(settings: BridgeSettings) -> FastAPI:
     # Before the routes: their request schemas are built from what the server enforces.
-    limits = fetch_limits(settings.grpc_target, settings.timeouts.limits)
+    credentials = channel_credentials(settings.grpc_tls)
+    limits = fetch_limits(
+        settings.grpc_target,
+        settings.timeouts.limits,
+        credentials,
+        own_authorization(settings.api_key),
+    )
+    auth = (
+        BridgeAuth(KeyStore(settings.keys_file), settings.auth)
+        if settings.keys_file is not None
+        else None
+    )
     holder = BackendHolder()
     metrics = BridgeMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        holder.current = Backend.connect(settings.grpc_target)
+        holder.current = Backend.connect(settings.grpc_target, credentials, settings.api_key)
         try:
             yield
         finally:
@@ -66,7 +80,9 @@ def create_app(settings: BridgeSettings) -> FastAPI:
     # Outermost last: observability sees every answer, a 413 included, with its request ID.
     app.add_middleware(ClientDisconnectMiddleware)
     app.add_middleware(BodyLimitMiddleware, caps=body_caps(limits))
+    app.add_middleware(AuthMiddleware, auth=auth)  # before reading any body
     app.add_middleware(ObservabilityMiddleware, metrics=metrics, router_app=app.router)
     app.state.metrics = metrics
     app.state.limits = limits
+    app.state.auth = auth
     return app

@@ -28,8 +28,16 @@ class BridgeThread:
     def __init__(self, settings: BridgeSettings) -> None:
         self.app = create_app(settings)
         config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=0, log_config=None, access_log=False, lifespan="on"
+            self.app,
+            host="127.0.0.1",
+            port=0,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            ssl_certfile=settings.ssl_certfile,
+            ssl_keyfile=settings.ssl_keyfile,
         )
+        self._scheme = "https" if settings.ssl_certfile is not None else "http"
         self._started = threading.Event()
         self._server = _Server(config, self._started)
         self._thread = threading.Thread(
@@ -46,7 +54,7 @@ class BridgeThread:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self._scheme}://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
         self._server.should_exit = True

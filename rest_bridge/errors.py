@@ -24,6 +24,7 @@ DEFAULT_RETRY_AFTER_S = 1  # for a 429 whose server named no wait
 OPENAI_ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
+    403: "permission_error",
     404: "not_found_error",
     413: "invalid_request_error",
     422: "invalid_request_error",
@@ -65,11 +66,14 @@ OPENAI_ERROR_SCHEMA: dict[str, Any] = {
 }
 ERROR_DESCRIPTIONS = {
     400: "an option the bridge does not serve",
+    401: "a missing or unknown API key (`Authorization: Bearer <key>`)",
+    403: "the API key may not use this model or modality",
     404: "no model of that name serves this route (see GET /models)",
     409: "the model failed to load or was unloaded: do not retry (POST /models/{name}/load)",
     413: "the request body is larger than the route takes",
     422: "invalid input (the message names the field and the limit)",
-    429: "the model's queue is full: retry after `Retry-After` seconds",
+    429: "the model's queue is full, the key is over its budget or this address made too many "
+    "failed attempts: retry after `Retry-After` seconds",
     500: "internal error",
     503: "the model or the server is not available",
     504: "the generation ran past its deadline",
@@ -147,7 +151,10 @@ async def grpc_error_handler(request: Request, exc: Exception) -> JSONResponse:
     message = exc.details() or code.name
     if status >= 500:
         logger.warning("gRPC %s: %s", code.name, message)
-    return error_response(request, status, code.name, message, headers=retry_after(exc, status))
+    headers = retry_after(exc, status)
+    if status == 401:  # the server refused the key the caller gave (or did not)
+        headers["WWW-Authenticate"] = 'Bearer realm="genserve"'
+    return error_response(request, status, code.name, message, headers=headers)
 
 
 async def bridge_error_handler(request: Request, exc: Exception) -> JSONResponse:

@@ -80,14 +80,27 @@ def limits_from_pb(limits: struct_pb2.Struct) -> ServerLimits:
     return ServerLimits.model_validate(struct_to_dict(limits))
 
 
-def fetch_limits(target: str, timeout: float) -> ServerLimits:
+def fetch_limits(
+    target: str,
+    timeout: float,
+    credentials: grpc.ChannelCredentials | None = None,
+    metadata: tuple[tuple[str, str], ...] = (),
+) -> ServerLimits:
     """Blocking, for create_app: the routes (and their schemas) exist before the lifespan
     opens the async channel. Waits for the server to listen, up to `timeout` seconds."""
-    with grpc.insecure_channel(target) as channel:
+    channel = (
+        grpc.secure_channel(target, credentials)
+        if credentials is not None
+        else grpc.insecure_channel(target)
+    )
+    with channel:
         stub = models_pb2_grpc.ModelServiceStub(channel)
         try:
             reply = stub.ListModels(
-                models_pb2.ListModelsRequest(), wait_for_ready=True, timeout=timeout
+                models_pb2.ListModelsRequest(),
+                wait_for_ready=True,
+                timeout=timeout,
+                metadata=metadata,
             )
             limits = limits_from_pb(reply.limits)
             logger.info("request bounds: the server's limits, read from %s", target)

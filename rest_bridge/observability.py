@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from genserve.bridge.auth import key_id_var
 from genserve.bridge.request_id import REQUEST_ID_HEADER, accept_request_id, request_id_var
 
 logger = logging.getLogger("genserve.bridge.access")
@@ -115,10 +116,11 @@ class ObservabilityMiddleware:
                 self._metrics.first_byte.labels(route, method).observe(first_byte)
             if route != "/metrics":
                 logger.info(
-                    "%s %s %d total_ms=%.1f ttfb_ms=%s",
+                    "%s %s %d total_ms=%.1f ttfb_ms=%s key=%s",
                     method,
                     scope["path"],
                     status,
                     total * 1000,
                     f"{first_byte * 1000:.1f}" if first_byte is not None else "-",
+                    key_id_var.get() or "-",
                 )

@@ -12,10 +12,9 @@ from grpc_health.v1 import health_pb2
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
-from genserve.bridge.backend import Backend, request_metadata
+from genserve.bridge.backend import Backend
 from genserve.bridge.limits import ServerLimits
 from genserve.bridge.observability import BridgeMetrics
-from genserve.bridge.request_id import current_request_id
 from genserve.bridge.settings import BridgeSettings
 from genserve.v1 import models_pb2
 
@@ -29,7 +28,7 @@ async def modality_statuses(backend: Backend, timeout: float) -> dict[str, str]:
     try:
         reply = await backend.models.ListModels(
             models_pb2.ListModelsRequest(),
-            metadata=request_metadata(current_request_id()),
+            metadata=backend.own_metadata(),  # an open route: the bridge's own key
             timeout=timeout,
         )
     except grpc.aio.AioRpcError as error:

@@ -10,6 +10,7 @@ import sys
 import time
 
 from genserve.server.app import GenServeServer
+from genserve.server.auth.exposure import ExposureError
 from genserve.server.logging_setup import configure_logging
 from genserve.server.manifest import load_manifest, manifest_path
 from genserve.server.settings import Settings
@@ -28,6 +29,7 @@ async def serve(settings: Settings) -> bool:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop_requested.set)
+    loop.add_signal_handler(signal.SIGHUP, server.reload_keys)
 
     async def load_and_report() -> None:
         await server.load_models()
@@ -47,7 +49,11 @@ async def serve(settings: Settings) -> bool:
 def main(argv: list[str] | None = None) -> None:
     settings = Settings(_cli_parse_args=sys.argv[1:] if argv is None else argv)  # type: ignore[call-arg]
     configure_logging(settings.log_level, settings.log_format)
-    clean = asyncio.run(serve(settings))
+    try:
+        clean = asyncio.run(serve(settings))
+    except ExposureError as error:  # would serve anyone, or half-configured TLS
+        logger.error("%s", error)
+        sys.exit(2)
     if not clean:
         logger.warning("exiting with a model thread still running")
     # Every usage row is written and closed by now. The interpreter's own teardown (grpc

@@ -14,6 +14,9 @@ from functools import partial
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from genserve.server.auth.exposure import bind_host, is_loopback, server_credentials
+from genserve.server.auth.interceptor import AuthInterceptor
+from genserve.server.auth.wiring import build_guard, watch_keys
 from genserve.server.interceptors import (
     ErrorInterceptor,
     RequestIdInterceptor,
@@ -87,6 +90,8 @@ class GenServeServer:
         self.metrics = ServerMetrics(self.registry)
         self.health = health.aio.HealthServicer()
         self._stopping = False
+        self.guard = build_guard(settings, self.registry)
+        self._keys_watch: asyncio.Task[None] | None = None
         self._telemetry = TelemetryInterceptor(
             [log_access, self.usage_log, self.metrics],
             self.metrics.track_in_flight,
@@ -99,6 +104,8 @@ class GenServeServer:
                 RequestIdInterceptor(),
                 self._telemetry,
                 ErrorInterceptor(),
+                # Innermost: a refusal still gets its request ID, status and usage row.
+                AuthInterceptor(self.guard, settings.auth.open_reflection, settings.log_prompts),
             ],
             options=[
                 ("grpc.max_receive_message_length", settings.max_receive_message_mb * MiB),
@@ -125,18 +132,39 @@ class GenServeServer:
 
     async def start(self) -> int:
         """Bind and start answering; every service reports NOT_SERVING until loaded."""
-        address = f"{self.settings.host}:{self.settings.port}"
-        self.port = self._server.add_insecure_port(address)
+        settings = self.settings
+        host = bind_host(settings.host, self.guard.enabled, settings.insecure_no_auth, "gRPC")
+        address = f"{host}:{settings.port}"
+        credentials = server_credentials(settings.tls)
+        if credentials is not None:
+            self.port = self._server.add_secure_port(address, credentials)
+        else:
+            self.port = self._server.add_insecure_port(address)
         names = [OVERALL, *(row.service for row in MODALITIES)]
         names += [model_health_name(entry) for entry in self.registry.entries()]
         for name in names:
             await self.health.set(name, NOT_SERVING)
         await self._server.start()
-        logger.info("gRPC listening on %s:%d", self.settings.host, self.port)
-        if self.settings.metrics_port is not None:
-            self.metrics_port = self.metrics.serve(self.settings.host, self.settings.metrics_port)
-            logger.info("metrics on http://%s:%d/metrics", self.settings.host, self.metrics_port)
+        logger.info(
+            "gRPC listening on %s:%d (%s, %s)",
+            host,
+            self.port,
+            "TLS" if credentials is not None else "plaintext",
+            "auth on" if self.guard.enabled else "no auth",
+        )
+        if self.guard.enabled and credentials is None and not is_loopback(host):
+            logger.warning("API keys cross the network in clear: give --tls.cert-file/key-file")
+        if settings.metrics_port is not None:
+            self.metrics_port = self.metrics.serve(settings.metrics_host, settings.metrics_port)
+            logger.info("metrics on http://%s:%d/metrics", settings.metrics_host, self.metrics_port)
+        store = self.guard.store
+        if store is not None and settings.auth.watch_s > 0:
+            self._keys_watch = asyncio.create_task(watch_keys(store, settings.auth.watch_s))
         return self.port
+
+    def reload_keys(self) -> bool:
+        """Reads the keys file again (SIGHUP): added keys work, revoked ones stop."""
+        return self.guard.store.reload() if self.guard.store is not None else False
 
     async def load_models(self) -> None:
         """Preload, then report every model's and every service's health, then the server's."""
@@ -165,6 +193,8 @@ class GenServeServer:
         False when a model thread had to be abandoned."""
         grace = self.settings.shutdown_grace_s if grace is None else grace
         await self.health.enter_graceful_shutdown()
+        if self._keys_watch is not None:
+            self._keys_watch.cancel()
         logger.info("stopping: draining in-flight calls for up to %.1f s", grace)
         # Calls still running when the grace period ends are cancelled by us, and their
         # callers see UNAVAILABLE: from then on, telemetry records that code.

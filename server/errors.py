@@ -10,13 +10,14 @@ import grpc
 
 # Trailing metadata of a refusal that may be retried: whole seconds to wait first.
 RETRY_AFTER_METADATA_KEY = "retry-after"
+RETRY_AFTER_MS_METADATA_KEY = "retry-after-ms"  # the same wait, exact, for the SDK
 
 
 class GenServeError(Exception):
     """Base of every error a caller may see. The message is safe to show to clients."""
 
     grpc_code: grpc.StatusCode = grpc.StatusCode.INTERNAL
-    retry_after_s: float | None = None  # sent as `retry-after` trailing metadata
+    retry_after_s: float | None = None  # sent as `retry-after` (s) and `retry-after-ms`
 
 
 class InvalidArgument(GenServeError):
@@ -31,6 +32,12 @@ class InvalidArgument(GenServeError):
 
 class Unauthenticated(GenServeError):
     grpc_code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(GenServeError):
+    """A known caller whose key may not use this model or modality."""
+
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED
 
 
 class NotFound(GenServeError):

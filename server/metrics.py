@@ -63,6 +63,12 @@ class ServerMetrics:
             ["method", "code"],
             registry=self.registry,
         )
+        self.requests_by_key = Counter(
+            "genserve_grpc_requests_by_key",
+            "RPCs by caller key id ('-' without auth) and final status code.",
+            ["key", "code"],
+            registry=self.registry,
+        )
         self.latency = Histogram(
             "genserve_grpc_request_duration_seconds",
             "RPC time, to the end of the stream.",
@@ -91,6 +97,7 @@ class ServerMetrics:
 
     def __call__(self, record: CallRecord) -> None:
         self.requests.labels(record.method, record.status_code.name).inc()
+        self.requests_by_key.labels(record.details.key_id or "-", record.status_code.name).inc()
         self.latency.labels(record.method).observe(record.response_time_ms / 1000)
         if record.time_to_first_message_ms is not None:
             self.first_message.labels(record.method).observe(record.time_to_first_message_ms / 1000)

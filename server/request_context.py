@@ -37,6 +37,7 @@ class CallDetails:
     queued_ms: float | None = None
     inference_ms: float | None = None
     encoding_ms: float | None = None
+    key_id: str | None = None  # the caller's key id (never its secret), set by auth
     extra: dict[str, str] = field(default_factory=dict)
 
 

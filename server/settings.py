@@ -79,6 +79,26 @@ class EmbeddingLimits(BaseModel):
     max_queue: int = Field(64, ge=1, description="batches waiting for the model before 429")
 
 
+class TlsSettings(BaseModel):
+    """TLS for the gRPC port: a certificate and key; a client CA turns on mTLS."""
+
+    cert_file: Path | None = Field(None, description="PEM server certificate (chain)")
+    key_file: Path | None = Field(None, description="PEM private key of the certificate")
+    client_ca_file: Path | None = Field(
+        None, description="PEM CA of client certificates: required, and their subject is the caller"
+    )
+
+
+class AuthSettings(BaseModel):
+    """Failed-attempt throttling per peer, keys-file watching, what stays open."""
+
+    max_failures: int = Field(10, ge=1, description="bad keys per peer within the window")
+    failure_window_s: float = Field(60.0, gt=0)
+    lockout_s: float = Field(60.0, gt=0, description="then every call of that peer is refused")
+    watch_s: float = Field(2.0, ge=0, description="keys file checked for changes (0: SIGHUP only)")
+    open_reflection: bool = Field(False, description="reflection without a key (auth on)")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="GENSERVE_",
@@ -88,7 +108,9 @@ class Settings(BaseSettings):
         cli_implicit_flags=True,
     )
 
-    host: str = Field("0.0.0.0", description="address the gRPC server binds")
+    host: str | None = Field(
+        None, description="address the gRPC server binds; default: all with auth, else loopback"
+    )
     port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one")
     profile: str = Field("tiny", description="model manifest: tiny (offline) or seed")
     manifest: Path | None = Field(None, description="a manifest TOML file; overrides --profile")
@@ -112,6 +134,12 @@ class Settings(BaseSettings):
     video: VideoLimits = Field(default_factory=VideoLimits)
     mesh: MeshLimits = Field(default_factory=MeshLimits)
     embedding: EmbeddingLimits = Field(default_factory=EmbeddingLimits)
+    keys_file: Path | None = Field(None, description="API keys (genserve keys create); auth on")
+    insecure_no_auth: bool = Field(False, description="allow a non-loopback host without auth")
+    metrics_host: str = Field("127.0.0.1", description="address the metrics port binds")
+    log_prompts: bool = Field(False, description="debug: log request bodies (prompts!)")
+    tls: TlsSettings = Field(default_factory=TlsSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
 
     @property
     def usage_db_path(self) -> Path:

@@ -2,7 +2,8 @@
 
 The seed's columns (request id, UTC datetime, method, client address, response time,
 status code, successful) plus time to first message, bytes out and what the servicer
-reported (tokens, queue/inference/encoding times). Rows are written by one background
+reported (tokens, queue/inference/encoding times), and the caller's key id. Sizes and
+counts only: never a prompt or an output. Rows are written by one background
 thread so an RPC never waits on the disk, even while it is being cancelled.
 """
 
@@ -36,7 +37,8 @@ CREATE TABLE IF NOT EXISTS usage (
     queued_ms REAL,
     inference_ms REAL,
     encoding_ms REAL,
-    model TEXT
+    model TEXT,
+    key_id TEXT
 );
 CREATE INDEX IF NOT EXISTS usage_request_id ON usage (request_id);
 """
@@ -45,8 +47,8 @@ INSERT = """
 INSERT INTO usage (
     request_id, datetime_utc, method, client_address, response_time_ms, status_code,
     successful, time_to_first_message_ms, messages_out, bytes_out, prompt_tokens,
-    completion_tokens, queued_ms, inference_ms, encoding_ms, model
-) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    completion_tokens, queued_ms, inference_ms, encoding_ms, model, key_id
+) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 _STOP = object()
@@ -66,6 +68,8 @@ class UsageLog:
             columns = {row[1] for row in connection.execute("PRAGMA table_info(usage)")}
             if "model" not in columns:  # a log written before models had names
                 connection.execute("ALTER TABLE usage ADD COLUMN model TEXT")
+            if "key_id" not in columns:  # a log written before callers had keys
+                connection.execute("ALTER TABLE usage ADD COLUMN key_id TEXT")
         connection.close()
         self._writer = threading.Thread(target=self._write_rows, name="usage-log", daemon=True)
         self._writer.start()
@@ -119,4 +123,5 @@ def _row(record: CallRecord) -> tuple[object, ...]:
         details.inference_ms,
         details.encoding_ms,
         details.model,
+        details.key_id,
     )

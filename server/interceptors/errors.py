@@ -19,7 +19,11 @@ from typing import Any
 import grpc
 from grpc.aio import AbortError, ServicerContext
 
-from genserve.server.errors import RETRY_AFTER_METADATA_KEY, GenServeError
+from genserve.server.errors import (
+    RETRY_AFTER_METADATA_KEY,
+    RETRY_AFTER_MS_METADATA_KEY,
+    GenServeError,
+)
 from genserve.server.interceptors.base import CallInterceptor, Responses
 from genserve.server.request_context import current_request_id
 
@@ -52,7 +56,10 @@ class ErrorInterceptor(CallInterceptor):
             logger.info("%s rejected: %s %s", details.method, exc.grpc_code.name, exc)
             if exc.retry_after_s is not None:  # the bridge turns it into Retry-After
                 seconds = str(max(1, math.ceil(exc.retry_after_s)))
-                context.set_trailing_metadata(((RETRY_AFTER_METADATA_KEY, seconds),))
+                millis = str(max(1, math.ceil(exc.retry_after_s * 1000)))
+                context.set_trailing_metadata(
+                    ((RETRY_AFTER_METADATA_KEY, seconds), (RETRY_AFTER_MS_METADATA_KEY, millis))
+                )
             _fail(context, exc.grpc_code, str(exc))
         except Exception:
             logger.exception("unhandled error in %s", details.method)

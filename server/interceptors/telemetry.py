@@ -62,7 +62,7 @@ def log_access(record: CallRecord) -> None:
     )
     logger.log(
         logging.DEBUG if quiet else logging.INFO,
-        "%s %s total_ms=%.1f ttfm_ms=%s messages=%d bytes=%d peer=%s",
+        "%s %s total_ms=%.1f ttfm_ms=%s messages=%d bytes=%d peer=%s key=%s",
         record.method,
         record.status_code.name,
         record.response_time_ms,
@@ -70,6 +70,7 @@ def log_access(record: CallRecord) -> None:
         record.messages_out,
         record.bytes_out,
         record.peer,
+        record.details.key_id or "-",
         extra={
             "method": record.method,
             "code": record.status_code.name,
@@ -78,6 +79,7 @@ def log_access(record: CallRecord) -> None:
             "messages": record.messages_out,
             "bytes": record.bytes_out,
             "peer": record.peer,
+            "key": record.details.key_id,
         },
     )
 

@@ -14,6 +14,7 @@ from grpc.aio import ServicerContext
 from pydantic import BaseModel
 
 from genserve.server.admission import Cost, admit
+from genserve.server.auth.caller import charge_caller
 from genserve.server.media.events import Chunk, Final, Header, MediaEvent, Progress
 from genserve.server.modalities import ModalityRow
 from genserve.server.registry import ModelEntry, ModelRegistry
@@ -52,6 +53,7 @@ def admit_request(
         return None
     cost = row.cost_of(params)
     admit(entry.name, cost, entry.spec.limits, entry.speed, context.time_remaining())
+    charge_caller(row.modality, cost)  # the caller's key budget, in the same units
     return cost
 
 

@@ -1,0 +1,1 @@
+"""Who may call: API keys, the caller's identity, per-key budgets, failed-attempt throttling."""
