@@ -214,7 +214,11 @@ def test_deadline_is_504(tiny_server: ServerThread) -> None:
     ).start()
     try:
         with httpx.Client(base_url=thread.url, timeout=30) as client:
-            response = client.get("/generate/text", params={"prompt": "hi", "max_new_tokens": 300})
+            long_answer = {
+                "prompt": "Write a long essay on the history of computing.",
+                "max_new_tokens": 2000,
+            }
+            response = client.get("/generate/text", params=long_answer)
         assert response.status_code == 504
         assert response.json()["error"]["code"] == "DEADLINE_EXCEEDED"
     finally:
