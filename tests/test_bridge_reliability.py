@@ -295,11 +295,13 @@ def test_a_full_queue_is_429_with_retry_after(tmp_path: Path) -> None:
         make_settings(tmp_path, media=MediaLimits(max_queue=1)), image_only
     ).start()
     bridge = BridgeThread(BridgeSettings(grpc_target=f"localhost:{server.port}")).start()
+    # the largest request the tiny profile admits (256 x 256 x 50 = max_cost): the waiting
+    # one must still be waiting when the probe looks, on a fast machine too
     slow: dict[str, str | int] = {
         "prompt": "x",
-        "num_inference_steps": 100,
-        "width": 128,
-        "height": 128,
+        "num_inference_steps": 50,
+        "width": 256,
+        "height": 256,
     }
 
     def queued(client: httpx.Client) -> int:
