@@ -10,10 +10,12 @@ sweep runs on genserve alone.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
-from collections.abc import Callable
+import subprocess
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -49,38 +51,39 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
         "max_new_tokens": tokens,
         "waves_per_level": waves,
     }
-    models = [LLAMA_CPP_MODEL] if quick else [LLAMA_CPP_MODEL, TRANSFORMERS_MODEL]
     peer = LLAMA_SERVER.exists() and not quick
-    with served_text_models(models) as target, bridge_process(target) as url:
-        # Side by side: each level runs on genserve, then on llama-server, then on the
-        # transformers engine, before the next level.
+    # Each engine in a server process of its own: once torch has run a multi-threaded op
+    # in a process, llama.cpp's decode there is ~25% slower (two OpenMP runtimes; see the
+    # README), and a text-heavy deployment would not put a torch model beside it.
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(
+            bridge_process(stack.enter_context(served_text_models([LLAMA_CPP_MODEL])))
+        )
+        servers = {"sweep_genserve": ("genserve (llama.cpp engine)", url, LLAMA_CPP_MODEL)}
         llama_port = free_port()
         llama_url = f"http://127.0.0.1:{llama_port}"
-        process = start_llama_server(tiny_gguf(), llama_port) if peer else None
-        try:
-            if process is not None:
-                wait_http(f"{llama_url}/health")
-            servers = {"sweep_genserve": ("genserve (llama.cpp engine)", url, LLAMA_CPP_MODEL)}
-            if process is not None:
-                servers["sweep_llama_server"] = ("llama-server", llama_url, "smollm2")
-            if not quick:
-                servers["sweep_genserve_transformers"] = (
-                    "genserve (transformers engine)",
-                    url,
-                    TRANSFORMERS_MODEL,
-                )
-            questions = {key: QuestionCounter() for key in servers}
-            for level in levels:
-                for key, (name, base, model) in servers.items():
-                    stream = streams_of(base, model, questions[key], tokens)
-                    points = as_dicts(sweep(name, stream, [level], waves))
-                    results.setdefault(key, []).extend(points)
-            if process is not None:
-                results["greedy_agreement"] = greedy_agreement(url, llama_url, tokens)
-        finally:
-            if process is not None:
-                process.terminate()
-                process.wait()
+        if peer:
+            process = stack.enter_context(llama_server_process(llama_port))
+            servers["sweep_llama_server"] = ("llama-server", llama_url, "smollm2")
+        if not quick:
+            torch_url = stack.enter_context(
+                bridge_process(stack.enter_context(served_text_models([TRANSFORMERS_MODEL])))
+            )
+            servers["sweep_genserve_transformers"] = (
+                "genserve (transformers engine)",
+                torch_url,
+                TRANSFORMERS_MODEL,
+            )
+        # Side by side: each level runs on every server before the next level.
+        questions = {key: QuestionCounter() for key in servers}
+        for level in levels:
+            for key, (name, base, model) in servers.items():
+                stream = streams_of(base, model, questions[key], tokens)
+                points = as_dicts(sweep(name, stream, [level], waves))
+                results.setdefault(key, []).extend(points)
+        if peer:
+            assert process.poll() is None, "llama-server exited"
+            results["greedy_agreement"] = greedy_agreement(url, llama_url, tokens)
     results["perplexity"] = perplexity_pair()
     results["weights"] = weights.compare(tokens if quick else 64, 1 if quick else 3)
     results["media_overhead"] = media_overhead.run(1 if quick else 5)
@@ -89,6 +92,17 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
     (out / "summary.md").write_text(summary(results))
     plot(results, out / "throughput.png")
     return results
+
+
+@contextlib.contextmanager
+def llama_server_process(port: int) -> Iterator[subprocess.Popen[bytes]]:
+    process = start_llama_server(tiny_gguf(), port)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health")
+        yield process
+    finally:
+        process.terminate()
+        process.wait()
 
 
 def streams_of(
