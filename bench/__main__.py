@@ -52,9 +52,9 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
         "waves_per_level": waves,
     }
     peer = LLAMA_SERVER.exists() and not quick
-    # Each engine in a server process of its own, as a text-heavy deployment would run
-    # them: the transformers engine's torch threads would share the llama.cpp engine's
-    # two cores otherwise.
+    # Each engine in a server process of its own: once torch has run a multi-threaded op
+    # in a process, llama.cpp's decode there is ~25% slower (two OpenMP runtimes; see the
+    # README), and a text-heavy deployment would not put a torch model beside it.
     with contextlib.ExitStack() as stack:
         url = stack.enter_context(
             bridge_process(stack.enter_context(served_text_models([LLAMA_CPP_MODEL])))
