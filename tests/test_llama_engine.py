@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from genserve.server.background import MODEL_STORE
-from genserve.server.errors import InvalidArgument, ResourceExhausted
+from genserve.server.errors import InvalidArgument, ResourceExhausted, Unavailable
 from genserve.server.manifest import Modality, load_manifest, manifest_path
 from genserve.server.text.llama_engine import (
     LlamaCppTextEngine,
@@ -264,3 +264,43 @@ def test_close_ends_running_requests_and_the_thread() -> None:
     final = run(close_mid_stream())
     assert final is not None and final.finish_reason is FinishReason.CANCELLED
     assert not engine.ready and engine.stats().in_flight == 0
+
+
+def test_a_caller_that_leaves_the_queue_gives_its_place_back() -> None:
+    # 500 cells: one 390-token request runs; the next cannot start behind it, so the two
+    # after it wait in a queue of 2. The last one leaving frees its place at once, not
+    # when the head finally starts.
+    engine = make_engine(kv_cache_tokens=500, max_queue=2)
+    try:
+
+        async def leave_the_queue() -> tuple[int, int]:
+            story = ask("Tell me a story.", max_new_tokens=350)
+            running = asyncio.ensure_future(collect(engine, story))
+            while engine.stats().in_flight == 0:
+                await asyncio.sleep(0.005)
+            head = asyncio.ensure_future(collect(engine, story))
+            leaver = asyncio.ensure_future(collect(engine, story))
+            while engine.stats().queued < 2:
+                await asyncio.sleep(0.005)
+            leaver.cancel()
+            await asyncio.gather(leaver, return_exceptions=True)
+            while engine.stats().queued > 1:
+                await asyncio.sleep(0.005)
+            queued_after, running_after = engine.stats().queued, engine.stats().in_flight
+            for task in (running, head):
+                task.cancel()
+            await asyncio.gather(running, head, return_exceptions=True)
+            return queued_after, running_after
+
+        queued, running = run(leave_the_queue())
+        assert (queued, running) == (1, 1)  # the head still waits; the leaver is gone
+        assert engine.wait_idle(WAIT_S)
+    finally:
+        assert engine.close()
+
+
+def test_a_closed_engine_refuses_new_requests() -> None:
+    engine = make_engine()
+    assert engine.close()
+    with pytest.raises(Unavailable):
+        run(collect(engine, ask("Hello?")))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from genserve.server.text.detokenizer import IncrementalDetokenizer
+from genserve.server.text.detokenizer import ByteDetokenizer, IncrementalDetokenizer
 from genserve.server.text.stop_sequences import StopSequenceMatcher
 
 
@@ -61,3 +61,16 @@ def test_incremental_detokenizer_reassembles_the_text(tokenizer, text: str) -> N
     deltas = [detokenizer.push(i) for i in ids]
     assert "".join(deltas) == tokenizer.decode(ids)
     assert all("\ufffd" not in d for d in deltas)
+
+
+def test_byte_pieces_hold_a_split_character_until_it_completes() -> None:
+    pieces = {1: b"caf", 2: b"\xc3", 3: b"\xa9!"}  # "café!" with é split across tokens
+    detokenizer = ByteDetokenizer(pieces.__getitem__)
+    assert [detokenizer.push(t) for t in (1, 2, 3)] == ["caf", "", "é!"]
+    assert detokenizer.flush() == ""
+
+
+def test_a_character_cut_by_the_end_of_output_is_flushed_as_a_replacement() -> None:
+    detokenizer = ByteDetokenizer({1: b"ok", 2: b"\xc3"}.__getitem__)
+    assert detokenizer.push(1) + detokenizer.push(2) == "ok"
+    assert detokenizer.flush() == "\ufffd"  # not silently dropped

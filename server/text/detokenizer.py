@@ -32,6 +32,13 @@ class IncrementalDetokenizer:
             return full[len(prefix) :]
         return ""
 
+    def flush(self) -> str:
+        """At the end: text held back for a character that never completed."""
+        held = self._decode(self._ids[self._prefix_offset :])
+        shown = self._decode(self._ids[self._prefix_offset : self._read_offset])
+        self._prefix_offset = self._read_offset = len(self._ids)
+        return held[len(shown) :]
+
     def _decode(self, ids: list[int]) -> str:
         return str(self._tokenizer.decode(ids, skip_special_tokens=True))
 
@@ -46,3 +53,7 @@ class ByteDetokenizer:
 
     def push(self, token_id: int) -> str:
         return str(self._decoder.decode(self._piece(token_id)))
+
+    def flush(self) -> str:
+        """At the end: the bytes of a character the output stopped in the middle of."""
+        return str(self._decoder.decode(b"", final=True))

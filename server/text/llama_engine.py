@@ -129,6 +129,7 @@ class LlamaCppTextEngine:
         self._cancelled = 0
         self._computed = 0
         self._reused = 0
+        self._encoding = 0  # requests being tokenized on worker threads (they use the vocab)
         self._idle = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._serve, name=f"llama-{name}", daemon=True)
@@ -160,7 +161,16 @@ class LlamaCppTextEngine:
             return self._idle.wait_for(lambda: self._pending == 0, timeout)
 
     async def generate(self, request: TextRequest) -> AsyncIterator[TextEvent]:
-        prompt, prefix_length = await asyncio.to_thread(self.encode, request)
+        with self._idle:
+            if self._closed:
+                raise Unavailable("the text model is shutting down")
+            self._encoding += 1  # the scheduler frees the model only once this is 0
+        try:
+            prompt, prefix_length = await asyncio.to_thread(self.encode, request)
+        finally:
+            with self._idle:
+                self._encoding -= 1
+                self._idle.notify_all()
         check_fits(len(prompt), request.params.max_new_tokens, self.context_length)
         with self._idle:
             if self._closed:
@@ -230,8 +240,13 @@ class LlamaCppTextEngine:
                     logger.exception("llama.cpp step failed with %d sequences", len(self._running))
                     self._fail_all(exc)
         finally:
+            with self._idle:  # whatever ended the loop, nothing new is accepted after this
+                self._closed = True
             self._drain()
-            self._runtime.close()
+            with self._idle:
+                encodes_done = self._idle.wait_for(lambda: self._encoding == 0, CLOSE_WAIT_S)
+            if encodes_done:  # else leak the model rather than free it under a tokenizer
+                self._runtime.close()
 
     def _take_arrivals(self, *, block: bool) -> None:
         try:
@@ -249,13 +264,14 @@ class LlamaCppTextEngine:
         """Starts waiting requests in arrival order while their cells and an id are free;
         the first that does not fit waits, and nothing behind it overtakes it."""
         kv_tokens = self._runtime.shape.kv_tokens
+        # Callers that left while waiting, anywhere in the queue, give their place back now:
+        # behind a head that does not fit they would hold queue places until it starts.
+        for sequence in [s for s in self._backlog if s.cancelled]:
+            self._backlog.remove(sequence)
+            self._dequeued()
+            self._finish(sequence)
         while self._backlog:
             sequence = self._backlog[0]
-            if sequence.cancelled:
-                self._backlog.popleft()
-                self._dequeued()
-                self._finish(sequence)
-                continue
             while self._reserved + sequence.budget > kv_tokens and self._evict_one():
                 pass
             if self._reserved + sequence.budget > kv_tokens or not self._free_ids:

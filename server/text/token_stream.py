@@ -22,6 +22,10 @@ class Detokenizer(Protocol):
         """Add one token; return the text it completes (may be empty)."""
         ...
 
+    def flush(self) -> str:
+        """At the end of generation: text still held back (an incomplete character)."""
+        ...
+
 
 class TokenStream:
     def __init__(
@@ -63,7 +67,12 @@ class TokenStream:
             return FinishReason.CANCELLED
         if self._matcher.matched or self.saw_eos:
             return FinishReason.STOP
-        tail = self._matcher.flush()
+        tail = self._matcher.feed(self._detokenizer.flush())
+        if self._matcher.matched:  # the last character completed a stop sequence
+            if tail:
+                self._emit(TextDelta(tail, self.completion_tokens))
+            return FinishReason.STOP
+        tail += self._matcher.flush()
         if tail:
             self._emit(TextDelta(tail, self.completion_tokens))
         return FinishReason.LENGTH
