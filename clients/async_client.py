@@ -56,7 +56,6 @@ class AsyncGenServe:
         """`tls` (implied by any certificate given): `root_certificates` verify the server
         (default: the system's); `certificate_chain` and `private_key` identify this
         client to a server that asks for client certificates (mTLS)."""
-        tls = tls or any(x is not None for x in (root_certificates, certificate_chain))
         self.options = ConnectionOptions(
             target,
             tls,
@@ -68,7 +67,7 @@ class AsyncGenServe:
             private_key,
             max_retry_after_s,
         )
-        if tls:
+        if self.options.tls:
             self._channel = grpc.aio.secure_channel(
                 target, self.options.credentials(), self.options.channel_options()
             )

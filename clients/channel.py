@@ -31,6 +31,11 @@ class ConnectionOptions:
     private_key: bytes | None = None
     max_retry_after_s: float = MAX_RETRY_AFTER_S
 
+    def __post_init__(self) -> None:
+        # A certificate to verify the server with, or to show it, means TLS.
+        if self.root_certificates is not None or self.certificate_chain is not None:
+            object.__setattr__(self, "tls", True)
+
     def channel_options(self) -> list[tuple[str, int]]:
         size = self.max_message_mb * 1024 * 1024
         return [("grpc.max_send_message_length", size), ("grpc.max_receive_message_length", size)]

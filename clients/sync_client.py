@@ -56,7 +56,6 @@ class GenServe:
         """`tls` (implied by any certificate given): `root_certificates` verify the server
         (default: the system's); `certificate_chain` and `private_key` identify this
         client to a server that asks for client certificates (mTLS)."""
-        tls = tls or any(x is not None for x in (root_certificates, certificate_chain))
         self.options = ConnectionOptions(
             target,
             tls,
@@ -68,7 +67,7 @@ class GenServe:
             private_key,
             max_retry_after_s,
         )
-        if tls:
+        if self.options.tls:
             self._channel = grpc.secure_channel(
                 target, self.options.credentials(), self.options.channel_options()
             )
@@ -110,9 +109,7 @@ class GenServe:
         reply = self._unary(stub.LoadModel, models_pb2.LoadModelRequest(name=name), timeout)
         return model_info(reply)
 
-    def unload_model(
-        self, name: str, timeout: float = defaults.MODEL_LOAD_TIMEOUT_S
-    ) -> ModelInfo:
+    def unload_model(self, name: str, timeout: float = defaults.MODEL_LOAD_TIMEOUT_S) -> ModelInfo:
         """Refuses new requests for the model, drains those in flight, releases it."""
         stub = models_pb2_grpc.ModelServiceStub(self._channel)
         request = models_pb2.UnloadModelRequest(name=name)

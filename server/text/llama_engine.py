@@ -263,7 +263,6 @@ class LlamaCppTextEngine:
     def _admit(self) -> None:
         """Starts waiting requests in arrival order while their cells and an id are free;
         the first that does not fit waits, and nothing behind it overtakes it."""
-        kv_tokens = self._runtime.shape.kv_tokens
         # Callers that left while waiting, anywhere in the queue, give their place back now:
         # behind a head that does not fit they would hold queue places until it starts.
         for sequence in [s for s in self._backlog if s.cancelled]:
@@ -272,9 +271,7 @@ class LlamaCppTextEngine:
             self._finish(sequence)
         while self._backlog:
             sequence = self._backlog[0]
-            while self._reserved + sequence.budget > kv_tokens and self._evict_one():
-                pass
-            if self._reserved + sequence.budget > kv_tokens or not self._free_ids:
+            if not self._free_ids or not self._make_room(sequence.budget):
                 return
             self._backlog.popleft()
             self._dequeued()
@@ -306,10 +303,7 @@ class LlamaCppTextEngine:
             sequence.waiting_on = prefix
 
     def _new_prefix(self, tokens: list[int]) -> CachedPrefix | None:
-        kv_tokens = self._runtime.shape.kv_tokens
-        while self._reserved + len(tokens) > kv_tokens and self._evict_one():
-            pass
-        if self._reserved + len(tokens) > kv_tokens:
+        if not self._make_room(len(tokens)):
             return None
         prefix = self._prefixes.add(tokens)
         if prefix is None and self._evict_one():
@@ -317,6 +311,14 @@ class LlamaCppTextEngine:
         if prefix is not None:
             self._reserved += len(tokens)
         return prefix
+
+    def _make_room(self, cells: int) -> bool:
+        """Whether `cells` more fit in the pool, after evicting idle prefixes if need be."""
+        kv_tokens = self._runtime.shape.kv_tokens
+        while self._reserved + cells > kv_tokens:
+            if not self._evict_one():
+                return False
+        return True
 
     def _evict_one(self) -> bool:
         idle = self._prefixes.idle()

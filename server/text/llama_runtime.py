@@ -119,13 +119,12 @@ class LlamaRuntime:
         # between sequences: what a common prefix needs.
         params.kv_unified = True
         params.no_perf = True
-        self._context = llama_cpp.llama_init_from_model(self._model, params)
-        if not self._context:
+        self.context = llama_cpp.llama_init_from_model(self._model, params)
+        if not self.context:
             llama_cpp.llama_model_free(self._model)
             raise RuntimeError(f"llama.cpp could not create a context for {gguf}")
-        self.context = self._context
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
-        self._memory = llama_cpp.llama_get_memory(self._context)
+        self._memory = llama_cpp.llama_get_memory(self.context)
         self._batch = llama_cpp.llama_batch_init(shape.step_tokens, 0, 1)
         self._pieces: dict[int, bytes] = {}
         self.context_length = min(
@@ -150,14 +149,7 @@ class LlamaRuntime:
         """The token's bytes; special tokens render as nothing."""
         cached = self._pieces.get(token)
         if cached is None:
-            buffer = ctypes.create_string_buffer(64)
-            length = llama_cpp.llama_token_to_piece(self._vocab, token, buffer, 64, 0, False)
-            if length < 0:
-                buffer = ctypes.create_string_buffer(-length)
-                length = llama_cpp.llama_token_to_piece(
-                    self._vocab, token, buffer, -length, 0, False
-                )
-            cached = self._pieces[token] = buffer.raw[:length]
+            cached = self._pieces[token] = self._render(token, special=False)
         return cached
 
     @property
@@ -186,7 +178,7 @@ class LlamaRuntime:
             batch.seq_id[i][0] = item.sequence
             batch.logits[i] = item.wants_logits
         batch.n_tokens = len(tokens)
-        status = llama_cpp.llama_decode(self._context, batch)
+        status = llama_cpp.llama_decode(self.context, batch)
         if status != 0:
             raise DecodeError(f"llama_decode returned {status} for {len(tokens)} tokens")
 
@@ -202,18 +194,24 @@ class LlamaRuntime:
         llama_cpp.llama_memory_clear(self._memory, False)
 
     def close(self) -> None:
-        if self._context:
+        if self.context:
             llama_cpp.llama_batch_free(self._batch)
-            llama_cpp.llama_free(self._context)
+            llama_cpp.llama_free(self.context)
             llama_cpp.llama_model_free(self._model)
-            self._context = self.context = None
+            self.context = None
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _token_text(self, token: int) -> str:
+    def _render(self, token: int, *, special: bool) -> bytes:
         buffer = ctypes.create_string_buffer(64)
-        length = llama_cpp.llama_token_to_piece(self._vocab, token, buffer, 64, 0, True)
-        return buffer.raw[: max(length, 0)].decode("utf-8", errors="replace")
+        length = llama_cpp.llama_token_to_piece(self._vocab, token, buffer, 64, 0, special)
+        if length < 0:  # longer than 64 bytes: -length is what it needs
+            buffer = ctypes.create_string_buffer(-length)
+            length = llama_cpp.llama_token_to_piece(self._vocab, token, buffer, -length, 0, special)
+        return buffer.raw[:length]
+
+    def _token_text(self, token: int) -> str:
+        return self._render(token, special=True).decode("utf-8", errors="replace")
 
     def _chat_formatters(self) -> tuple[Jinja2ChatFormatter | None, Jinja2ChatFormatter | None]:
         template = llama_cpp.llama_model_chat_template(self._model, None)
