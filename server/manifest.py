@@ -19,6 +19,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from genserve.server.admission import AdmissionLimits
+from genserve.server.ray_serve.placement import Placement, RayPlacement
 
 MANIFEST_DIR = Path(__file__).parent / "manifests"
 PACKAGE_SCHEME = "package:"  # package:<python package>[/<folder inside it>]
@@ -65,6 +66,15 @@ class ModelSpec(BaseModel):
     limits: AdmissionLimits = Field(
         default_factory=AdmissionLimits, description="this model's caps on cost and time"
     )
+    # Where the engine runs: in this process, or in a Ray Serve deployment (`[<modality>.ray]`).
+    placement: Placement = "local"
+    ray: RayPlacement = Field(default_factory=RayPlacement, description="placement = ray only")
+
+    @model_validator(mode="after")
+    def _ray_table_only_with_ray_placement(self) -> ModelSpec:
+        if "ray" in self.model_fields_set and self.placement != "ray":
+            raise ValueError(f"model {self.name}: a [ray] table needs placement = \"ray\"")
+        return self
 
     def resolved_source(self, model_store: Path) -> str:
         """The path or hub id to give from_pretrained."""

@@ -38,6 +38,7 @@ class CallDetails:
     inference_ms: float | None = None
     encoding_ms: float | None = None
     key_id: str | None = None  # the caller's key id (never its secret), set by auth
+    replica: str | None = None  # the Ray Serve replica that served it (placement = "ray")
     extra: dict[str, str] = field(default_factory=dict)
 
 

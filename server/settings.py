@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from genserve.server.logging_setup import LogFormat
+from genserve.server.ray_serve.placement import RaySettings
 
 
 class TextLimits(BaseModel):
@@ -140,6 +141,7 @@ class Settings(BaseSettings):
     log_prompts: bool = Field(False, description="debug: log request bodies (prompts!)")
     tls: TlsSettings = Field(default_factory=TlsSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    ray: RaySettings = Field(default_factory=RaySettings)
 
     @property
     def usage_db_path(self) -> Path:

@@ -2,9 +2,10 @@
 
 The seed's columns (request id, UTC datetime, method, client address, response time,
 status code, successful) plus time to first message, bytes out and what the servicer
-reported (tokens, queue/inference/encoding times), and the caller's key id. Sizes and
-counts only: never a prompt or an output. Rows are written by one background
-thread so an RPC never waits on the disk, even while it is being cancelled.
+reported (tokens, queue/inference/encoding times), the caller's key id and, for ray-placed
+models, the replica that served it. Sizes and counts only: never a prompt or an output.
+Rows are written by one background thread so an RPC never waits on the disk, even while it
+is being cancelled.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ CREATE TABLE IF NOT EXISTS usage (
     inference_ms REAL,
     encoding_ms REAL,
     model TEXT,
-    key_id TEXT
+    key_id TEXT,
+    replica TEXT
 );
 CREATE INDEX IF NOT EXISTS usage_request_id ON usage (request_id);
 """
@@ -47,8 +49,8 @@ INSERT = """
 INSERT INTO usage (
     request_id, datetime_utc, method, client_address, response_time_ms, status_code,
     successful, time_to_first_message_ms, messages_out, bytes_out, prompt_tokens,
-    completion_tokens, queued_ms, inference_ms, encoding_ms, model, key_id
-) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    completion_tokens, queued_ms, inference_ms, encoding_ms, model, key_id, replica
+) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 _STOP = object()
@@ -70,6 +72,8 @@ class UsageLog:
                 connection.execute("ALTER TABLE usage ADD COLUMN model TEXT")
             if "key_id" not in columns:  # a log written before callers had keys
                 connection.execute("ALTER TABLE usage ADD COLUMN key_id TEXT")
+            if "replica" not in columns:  # a log written before Ray placement
+                connection.execute("ALTER TABLE usage ADD COLUMN replica TEXT")
         connection.close()
         self._writer = threading.Thread(target=self._write_rows, name="usage-log", daemon=True)
         self._writer.start()
@@ -124,4 +128,5 @@ def _row(record: CallRecord) -> tuple[object, ...]:
         details.encoding_ms,
         details.model,
         details.key_id,
+        details.replica,
     )

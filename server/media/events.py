@@ -42,6 +42,7 @@ class Final:
     seed: int
     vertex_count: int = 0  # mesh: known only once the file is made
     face_count: int = 0
+    replica: str = ""  # the Ray Serve replica that made it (placement = "ray")
 
 
 MediaEvent = Header | Progress | Chunk | Final

@@ -123,6 +123,7 @@ def media_event_to_pb(event: MediaEvent) -> common_pb2.MediaEvent:
                 queued_ms=event.queued_ms,
                 inference_ms=event.inference_ms,
                 encoding_ms=event.encoding_ms,
+                replica=event.replica,
             ),
             seed=event.seed,
             vertex_count=event.vertex_count,

@@ -170,7 +170,9 @@ def text_event_to_pb(event: TextEvent) -> text_pb2.TextGenerateResponse:
                     total_tokens=event.prompt_tokens + event.completion_tokens,
                 ),
                 timings=common_pb2.Timings(
-                    queued_ms=event.queued_ms, inference_ms=event.inference_ms
+                    queued_ms=event.queued_ms,
+                    inference_ms=event.inference_ms,
+                    replica=event.replica,
                 ),
                 seed=event.seed,
             )

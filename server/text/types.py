@@ -49,6 +49,7 @@ class TextFinal:
     seed: int
     queued_ms: float
     inference_ms: float
+    replica: str = ""  # the Ray Serve replica that made it (placement = "ray")
 
 
 TextEvent = TextDelta | TextFinal

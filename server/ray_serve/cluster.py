@@ -1,0 +1,85 @@
+"""The edge's side of the cluster: connect once, deploy each ray-placed model's Serve
+application (or find it running), and hand the registry a RayEngine for it.
+
+Our grpc.aio server stays the front: Serve's HTTP and gRPC proxies are never started (its
+gRPC proxy runs no interceptors, serves no grpc.health.v1 and routes by method name only).
+Deploying is idempotent: each deployment's version is a digest of its spec and settings, so
+a second edge running the same manifest leaves the replicas as they are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+
+import ray
+from ray import serve
+
+from genserve.server.manifest import Modality, ModelSpec
+from genserve.server.ray_serve.board import board_for
+from genserve.server.ray_serve.engine import RayEngine
+from genserve.server.ray_serve.placement import RaySettings, app_name
+from genserve.server.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+DEPLOYMENT = "engine"  # the one deployment of each model's application
+_connect_lock = threading.Lock()
+
+
+class DeploymentFailed(RuntimeError):
+    """Serve could not start a model's replicas; the message is short and client-safe."""
+
+
+def connect(settings: RaySettings) -> None:
+    """ray.init once per process (several models share the connection), then Serve."""
+    with _connect_lock:
+        if not ray.is_initialized():
+            ray.init(
+                address=settings.address,
+                namespace=settings.namespace,
+                log_to_driver=False,  # replica logs stay in the cluster's log files
+                include_dashboard=False if settings.address is None else None,
+            )
+        serve.start(proxy_location="Disabled")
+
+
+def load_ray_engine(modality: Modality, spec: ModelSpec, settings: Settings) -> RayEngine:
+    """The registry's loader for a ray-placed model. Blocks until its replicas run."""
+    from genserve.server.ray_serve.replica import EngineReplica
+
+    connect(settings.ray)
+    app = app_name(spec.name, spec.ray)
+    board = board_for(app, settings.ray.namespace)
+    if settings.ray.deploy:
+        # Replicas may start anywhere: give them the model store as an absolute path.
+        remote = settings.model_copy(update={"model_store": settings.model_store.resolve()})
+        local = spec.model_copy(update={"placement": "local"})
+        deployment = EngineReplica.options(  # type: ignore[attr-defined]
+            name=DEPLOYMENT, version=_version(local, remote), **spec.ray.deployment_options()
+        )
+        logger.info("deploying %s on Ray Serve as application %s", spec.name, app)
+        try:
+            serve.run(deployment.bind(modality, local, remote), name=app, route_prefix=None)
+        except RuntimeError as error:
+            logger.error("Ray Serve could not deploy %s: %s", app, error)
+            raise DeploymentFailed(f"Ray Serve application {app}: {_last_line(error)}") from None
+    handle = serve.get_app_handle(app)
+    return RayEngine(spec.name, app, handle, board, settings.ray.poll_s)
+
+
+# The settings a replica reads (an edge's port or data folder is not one of them).
+REPLICA_SETTINGS = {"model_store", "text", "media", "image", "audio", "video", "mesh", "embedding"}
+
+
+def _version(spec: ModelSpec, settings: Settings) -> str:
+    """Same spec and settings, same version: redeploying changes nothing."""
+    text = spec.model_dump_json() + settings.model_dump_json(include=REPLICA_SETTINGS)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _last_line(error: Exception) -> str:
+    """The replica's exception line, without Serve's traceback around it."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__

@@ -1,0 +1,85 @@
+"""Where a model's engine runs, as the manifest and the edge's settings say it.
+
+`placement = "ray"` in a model's manifest entry puts its engine in a Ray Serve deployment;
+its `[<modality>.ray]` table says how many replicas and what each one gets. The edge's
+`--ray.*` settings say which cluster. Nothing here imports ray: a server with no
+ray-placed model never pays for it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Placement = Literal["local", "ray"]
+
+
+class RayAutoscaling(BaseModel):
+    """Ray Serve's autoscaling: replicas follow the requests each one has in flight."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: float = Field(2.0, gt=0)
+
+
+class RayPlacement(BaseModel):
+    """One model's deployment: its replicas and the resources of each."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    num_replicas: int = Field(1, ge=1, description="fixed replica count (no autoscaling)")
+    autoscaling: RayAutoscaling | None = Field(None, description="instead of num_replicas")
+    num_cpus: float = Field(1.0, ge=0, description="CPUs Ray reserves per replica")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per replica (fractions share one)")
+    max_ongoing_requests: int = Field(
+        8, ge=1, description="requests a replica holds at once; its engine queues them"
+    )
+    health_check_period_s: float = Field(2.0, gt=0)
+    app: str | None = Field(None, description="Serve application name; default genserve-<name>")
+
+    @model_validator(mode="after")
+    def _replicas_or_autoscaling(self) -> RayPlacement:
+        if self.autoscaling is not None and "num_replicas" in self.model_fields_set:
+            raise ValueError("give num_replicas or an [autoscaling] table, not both")
+        return self
+
+    def deployment_options(self) -> dict[str, Any]:
+        """Keyword arguments of `serve.deployment(...).options(...)`."""
+        options: dict[str, Any] = {
+            "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "health_check_period_s": self.health_check_period_s,
+        }
+        if self.autoscaling is not None:
+            options["autoscaling_config"] = self.autoscaling.model_dump()
+        else:
+            options["num_replicas"] = self.num_replicas
+        return options
+
+
+class RaySettings(BaseModel):
+    """How the edge reaches Ray (`--ray.address` and friends)."""
+
+    address: str | None = Field(
+        None, description="Ray cluster (host:port, ray://..., auto); unset: start one in process"
+    )
+    namespace: str = Field("genserve", description="Ray namespace of genserve's own actors")
+    deploy: bool = Field(
+        True, description="run each ray-placed model's Serve app; off: use apps already running"
+    )
+    poll_s: float = Field(0.5, gt=0, description="how often replica health and stats are read")
+
+
+@runtime_checkable
+class Replicated(Protocol):
+    """An engine whose work runs on replicas elsewhere (ListModels reports them)."""
+
+    @property
+    def replicas_running(self) -> int: ...
+
+
+def app_name(model: str, placement: RayPlacement) -> str:
+    return placement.app or f"genserve-{model}"
