@@ -38,6 +38,7 @@ class Timings:
     queued_ms: float
     inference_ms: float
     encoding_ms: float
+    replica: str = ""  # the Ray Serve replica that ran it (ray-placed models)
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,6 @@ class MediaAssembler:
             header=header,
             sha256=digest,
             seed=final.seed,
-            timings=Timings(t.queued_ms, t.inference_ms, t.encoding_ms),
+            timings=Timings(t.queued_ms, t.inference_ms, t.encoding_ms, t.replica),
             request_id=self.request_id,
         )

@@ -36,6 +36,8 @@ class ModelInfo(BaseModel):
     memory_bytes: int = Field(description="weights and buffers held now")
     queued: int = Field(description="requests waiting for it")
     in_flight: int = Field(description="requests running on it")
+    placement: str = Field(description="local (the server's process) or ray (Serve replicas)")
+    replicas_running: int = Field(description="placement ray: replicas running now")
 
     @classmethod
     def from_pb(cls, info: models_pb2.ModelInfo) -> "ModelInfo":

@@ -12,9 +12,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 
 import ray
 from ray import serve
+from ray.serve.schema import ApplicationStatus
 
 from genserve.server.manifest import Modality, ModelSpec
 from genserve.server.ray_serve.board import board_for
@@ -25,6 +27,7 @@ from genserve.server.settings import Settings
 logger = logging.getLogger(__name__)
 
 DEPLOYMENT = "engine"  # the one deployment of each model's application
+DEPLOY_POLL_S = 0.5
 _connect_lock = threading.Lock()
 
 
@@ -60,11 +63,9 @@ def load_ray_engine(modality: Modality, spec: ModelSpec, settings: Settings) -> 
             name=DEPLOYMENT, version=_version(local, remote), **spec.ray.deployment_options()
         )
         logger.info("deploying %s on Ray Serve as application %s", spec.name, app)
-        try:
-            serve.run(deployment.bind(modality, local, remote), name=app, route_prefix=None)
-        except RuntimeError as error:
-            logger.error("Ray Serve could not deploy %s: %s", app, error)
-            raise DeploymentFailed(f"Ray Serve application {app}: {_last_line(error)}") from None
+        target = serve.RunTarget(deployment.bind(modality, local, remote), app, route_prefix=None)
+        serve.run_many([target], wait_for_applications_running=False)
+        _wait_running(app, settings.ray.deploy_timeout_s)
     handle = serve.get_app_handle(app)
     return RayEngine(spec.name, app, handle, board, settings.ray.poll_s)
 
@@ -73,13 +74,33 @@ def load_ray_engine(modality: Modality, spec: ModelSpec, settings: Settings) -> 
 REPLICA_SETTINGS = {"model_store", "text", "media", "image", "audio", "video", "mesh", "embedding"}
 
 
+def _wait_running(app: str, timeout_s: float) -> None:
+    """Until the application runs; DeploymentFailed when Serve gives up on it, or when it
+    does not run in time (replicas that fit on no node wait for resources for ever)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = serve.status().applications.get(app)
+        if status is not None and status.status is ApplicationStatus.RUNNING:
+            return
+        if status is not None and status.status is ApplicationStatus.DEPLOY_FAILED:
+            logger.error("Ray Serve could not deploy %s: %s", app, status.message)
+            raise DeploymentFailed(f"Ray Serve application {app}: {_last_line(status.message)}")
+        if time.monotonic() > deadline:
+            state = status.status.value if status is not None else "not found"
+            raise DeploymentFailed(
+                f"Ray Serve application {app} not running after "
+                f"{timeout_s:.0f} s ({state}); see `serve status`"
+            )
+        time.sleep(DEPLOY_POLL_S)
+
+
 def _version(spec: ModelSpec, settings: Settings) -> str:
     """Same spec and settings, same version: redeploying changes nothing."""
     text = spec.model_dump_json() + settings.model_dump_json(include=REPLICA_SETTINGS)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _last_line(error: Exception) -> str:
+def _last_line(message: str) -> str:
     """The replica's exception line, without Serve's traceback around it."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return lines[-1] if lines else "failed"

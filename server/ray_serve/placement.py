@@ -38,6 +38,9 @@ class RayPlacement(BaseModel):
         8, ge=1, description="requests a replica holds at once; its engine queues them"
     )
     health_check_period_s: float = Field(2.0, gt=0)
+    max_constructor_retries: int = Field(
+        3, ge=1, description="failed replica starts before Serve gives the deployment up"
+    )
     app: str | None = Field(None, description="Serve application name; default genserve-<name>")
 
     @model_validator(mode="after")
@@ -52,6 +55,7 @@ class RayPlacement(BaseModel):
             "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
             "max_ongoing_requests": self.max_ongoing_requests,
             "health_check_period_s": self.health_check_period_s,
+            "max_constructor_retry_count": self.max_constructor_retries,
         }
         if self.autoscaling is not None:
             options["autoscaling_config"] = self.autoscaling.model_dump()
@@ -69,6 +73,9 @@ class RaySettings(BaseModel):
     namespace: str = Field("genserve", description="Ray namespace of genserve's own actors")
     deploy: bool = Field(
         True, description="run each ray-placed model's Serve app; off: use apps already running"
+    )
+    deploy_timeout_s: float = Field(
+        300.0, gt=0, description="for a deployment's replicas to run; past it the model failed"
     )
     poll_s: float = Field(0.5, gt=0, description="how often replica health and stats are read")
 

@@ -9,6 +9,7 @@ from grpc.aio import ServicerContext
 
 from genserve.server.errors import InvalidArgument
 from genserve.server.modalities import MODALITIES, ROW_BY_MODALITY
+from genserve.server.ray_serve.placement import Replicated
 from genserve.server.registry import ModelEntry, ModelRegistry
 from genserve.server.settings import Settings
 from genserve.v1 import models_pb2, models_pb2_grpc
@@ -72,4 +73,8 @@ def model_info_to_pb(entry: ModelEntry, registry: ModelRegistry) -> models_pb2.M
         memory_bytes=entry.resident_bytes,
         queued=stats.queued if stats else 0,
         in_flight=stats.in_flight if stats else 0,
+        placement=spec.placement,
+        replicas_running=(
+            entry.engine.replicas_running if isinstance(entry.engine, Replicated) else 0
+        ),
     )
