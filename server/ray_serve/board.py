@@ -3,7 +3,8 @@
 Serve routes each request to some replica and offers no way to ask one replica how it is
 doing, so every replica posts its status every `poll_s`, and the edges read the whole
 board at the same pace (queue and in-flight gauges, the requests each replica gave up).
-One small actor per Serve application, named after it, created by whoever comes first.
+One small actor per Serve application, named after it, created by whoever comes first. It
+also keeps the digest of the configuration deployed, so a second edge does not redeploy.
 """
 
 from __future__ import annotations
@@ -23,6 +24,14 @@ class ReplicaBoard:
     def __init__(self) -> None:
         self._latest: dict[str, ReplicaStatus] = {}
         self._received_at: dict[str, float] = {}
+        self._config = ""
+
+    def record_config(self, digest: str) -> bool:
+        """The deployed configuration's digest; True when it differs from the last one.
+        Serve redeploys (a rolling restart) on every `serve.run`: edges that share the
+        application deploy only what changed."""
+        changed, self._config = digest != self._config, digest
+        return changed
 
     def post(self, status: ReplicaStatus) -> None:
         self._latest[status.info.id] = status

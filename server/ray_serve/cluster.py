@@ -3,8 +3,10 @@ application (or find it running), and hand the registry a RayEngine for it.
 
 Our grpc.aio server stays the front: Serve's HTTP and gRPC proxies are never started (its
 gRPC proxy runs no interceptors, serves no grpc.health.v1 and routes by method name only).
-Deploying is idempotent: each deployment's version is a digest of its spec and settings, so
-a second edge running the same manifest leaves the replicas as they are.
+Deploying is idempotent: Serve restarts every replica on each `serve.run`, so the edge runs
+one only when the digest of the model's spec and settings differs from the one deployed
+(kept on the application's board), or the application is missing or failed. A second
+edge with the same manifest leaves the replicas as they are.
 """
 
 from __future__ import annotations
@@ -59,12 +61,17 @@ def load_ray_engine(modality: Modality, spec: ModelSpec, settings: Settings) -> 
         # Replicas may start anywhere: give them the model store as an absolute path.
         remote = settings.model_copy(update={"model_store": settings.model_store.resolve()})
         local = spec.model_copy(update={"placement": "local"})
-        deployment = EngineReplica.options(  # type: ignore[attr-defined]
-            name=DEPLOYMENT, version=_version(local, remote), **spec.ray.deployment_options()
-        )
-        logger.info("deploying %s on Ray Serve as application %s", spec.name, app)
-        target = serve.RunTarget(deployment.bind(modality, local, remote), app, route_prefix=None)
-        serve.run_many([target], wait_for_applications_running=False)
+        changed = ray.get(board.record_config.remote(_digest(local, remote)))
+        status = serve.status().applications.get(app)
+        if changed or status is None or status.status is ApplicationStatus.DEPLOY_FAILED:
+            deployment = EngineReplica.options(  # type: ignore[attr-defined]
+                name=DEPLOYMENT, **spec.ray.deployment_options()
+            )
+            logger.info("deploying %s on Ray Serve as application %s", spec.name, app)
+            target = serve.RunTarget(
+                deployment.bind(modality, local, remote), app, route_prefix=None
+            )
+            serve.run_many([target], wait_for_applications_running=False)
         _wait_running(app, settings.ray.deploy_timeout_s)
     handle = serve.get_app_handle(app)
     return RayEngine(spec.name, app, handle, board, settings.ray.poll_s)
@@ -94,8 +101,8 @@ def _wait_running(app: str, timeout_s: float) -> None:
         time.sleep(DEPLOY_POLL_S)
 
 
-def _version(spec: ModelSpec, settings: Settings) -> str:
-    """Same spec and settings, same version: redeploying changes nothing."""
+def _digest(spec: ModelSpec, settings: Settings) -> str:
+    """What the replicas are built from: same digest, nothing to redeploy."""
     text = spec.model_dump_json() + settings.model_dump_json(include=REPLICA_SETTINGS)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
