@@ -19,11 +19,11 @@ from PIL import Image
 from genserve.server.background import ServerThread, make_settings, wait_until
 from genserve.server.manifest import Manifest, Modality, load_manifest
 from genserve.server.ray_serve.engine import RayEngine
+from genserve.server.ray_serve.local_cluster import local_cluster
 from genserve.server.ray_serve.placement import RaySettings
 from genserve.server.ray_serve.wire import ReplicaStatus
 from genserve.v1 import image_pb2, image_pb2_grpc, models_pb2, models_pb2_grpc
 from tests.media_calls import TEST_CHUNK_SIZE, collect
-from tests.ray_cluster import two_node_cluster
 from tests.text_calls import generate, greedy
 
 MANIFEST = Path(__file__).parent / "manifests" / "ray_two_replicas.toml"
@@ -37,7 +37,7 @@ LONG_STEPS = 100  # an image request that runs long enough to be interrupted
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[str]:
-    with two_node_cluster() as address:
+    with local_cluster(nodes=2, cpus_per_node=1) as address:
         yield address
 
 
@@ -213,6 +213,32 @@ def test_second_edge_fronts_the_same_replicas(cluster: str, edge: ServerThread, 
         channel.close()
     finally:
         second.stop()
+
+
+def test_health_follows_the_deployment(edge: ServerThread, channel: grpc.Channel):
+    """The application goes away: the model and its service turn NOT_SERVING, requests get
+    UNAVAILABLE; reloading the model deploys it again and it serves."""
+    from ray import serve
+
+    health = health_pb2_grpc.HealthStub(channel)
+    models = models_pb2_grpc.ModelServiceStub(channel)
+
+    def status(service: str) -> Any:
+        return health.Check(health_pb2.HealthCheckRequest(service=service)).status
+
+    serve.delete(ray_engine(edge, Modality.IMAGE).app)
+    for service in ("genserve.v1.ImageService", f"genserve.v1.ImageService/{IMAGE}"):
+        wait_until(lambda s=service: status(s) == NOT_SERVING or None, 30)
+    assert status("genserve.v1.TextService") == SERVING  # the other deployment is untouched
+    with pytest.raises(grpc.RpcError) as refused:
+        draw(channel, "deployment-gone")
+    assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+
+    models.UnloadModel(models_pb2.UnloadModelRequest(name=IMAGE))
+    info = models.LoadModel(models_pb2.LoadModelRequest(name=IMAGE), timeout=120)
+    assert info.state == "loaded" and info.replicas_running == 2
+    wait_until(lambda: status("genserve.v1.ImageService") == SERVING or None, 30)
+    draw(channel, "deployed-again")
 
 
 def test_health_follows_a_deployment_that_cannot_start(cluster: str, tmp_path: Path):

@@ -1,8 +1,10 @@
-"""A real two-node Ray cluster on this machine, loopback only, for the Ray placement tests.
+"""A real multi-node Ray cluster on this machine, loopback only: for tests, benchmarks and
+trying placement out (like background.py's server thread).
 
-`ray start --head --num-cpus 1` and a second `ray start --address ...`: two raylets, so
-replicas land on two nodes as they would on two machines. Stopped with `ray stop --force`
-whatever happens; the test process's own connection is shut down first.
+`ray start --head --num-cpus 1` and more `ray start --address ...`: one raylet per node, so
+replicas land on several nodes as they would on several machines. Stopped with
+`ray stop --force` whatever happens (this process's own connection is shut down first):
+it stops every Ray process on the machine, so use it where no other cluster runs.
 """
 
 from __future__ import annotations
@@ -31,10 +33,10 @@ def _ray(*args: str) -> None:
 
 
 @contextmanager
-def two_node_cluster() -> Iterator[str]:
+def local_cluster(nodes: int = 2, cpus_per_node: int = 1) -> Iterator[str]:
     """Yields the head's address (127.0.0.1:port)."""
     address = f"127.0.0.1:{free_port()}"
-    node = ("--num-cpus", "1", "--node-ip-address", "127.0.0.1")
+    node = ("--num-cpus", str(cpus_per_node), "--node-ip-address", "127.0.0.1")
     try:
         _ray(
             "start",
@@ -46,7 +48,8 @@ def two_node_cluster() -> Iterator[str]:
             "--disable-usage-stats",
             *node,
         )
-        _ray("start", "--address", address, *node)
+        for _ in range(nodes - 1):
+            _ray("start", "--address", address, *node)
         yield address
     finally:
         import ray
