@@ -1,10 +1,11 @@
 """`make bench`: every measurement in one run, written to bench/results/.
 
-python -m bench                    # the full run (about 15 minutes here)
+python -m bench                    # the full run (about 18 minutes here)
 python -m bench --quick            # tiny counts, so the harness cannot rot (make test)
 
 llama-server, the peer, is built by `make bench` (bench/.llama-server); without it the
-sweep runs on genserve alone.
+sweep runs on genserve alone. The Ray Serve measurements (bench/ray_scale.py) start and
+stop a local two-node Ray cluster of their own.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import media_overhead, perplexity, weights
+from bench import media_overhead, perplexity, ray_scale, weights
 from bench.llama_server import LLAMA_SERVER, start_llama_server
 from bench.server_process import bridge_process, free_port, served_text_models
 from bench.text_throughput import (
@@ -87,6 +88,9 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
     results["perplexity"] = perplexity_pair()
     results["weights"] = weights.compare(tokens if quick else 64, 1 if quick else 3)
     results["media_overhead"] = media_overhead.run(1 if quick else 5)
+    results["ray_scale"] = (
+        ray_scale.run(rounds=1, repeats=1, per_round=4) if quick else ray_scale.run(5, 15)
+    )
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(results, indent=2))
     (out / "summary.md").write_text(summary(results))
@@ -176,6 +180,8 @@ def summary(results: dict[str, Any]) -> str:
         weights.markdown(results["weights"]),
         "",
         media_overhead.markdown(results["media_overhead"]),
+        "",
+        ray_scale.markdown(results["ray_scale"]),
         "",
     ]
     return "\n".join(lines)

@@ -32,6 +32,13 @@ def test_quick_benchmark_writes_its_results(tmp_path: Path) -> None:
         "video",
         "mesh",
     }
+    ray = written["ray_scale"]  # image requests on 1 and 2 Ray Serve replicas, and the hop
+    assert ray["scale"]["one_replica_images_per_s"] > 0
+    assert ray["scale"]["two_replicas_images_per_s"] > 0
+    assert (
+        ray["hop"]["sizes"]["256x256, 1 step"]["chunks"]
+        > ray["hop"]["sizes"]["64x64, 1 step"]["chunks"]
+    )
     assert "| genserve (llama.cpp engine) | 2 |" in (tmp_path / "summary.md").read_text()
     assert Image.open(tmp_path / "throughput.png").format == "PNG"
     assert results["max_new_tokens"] == 8
