@@ -5,6 +5,7 @@ where it is read. No cluster here (see test_ray_placement.py)."""
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -92,3 +93,25 @@ def test_the_manifests_ray_table() -> None:
         spec(ray={"num_replicas": 2})  # a Ray table on a model that runs in process
     with pytest.raises(ValidationError, match="not both"):
         RayPlacement.model_validate({"num_replicas": 2, "autoscaling": {}})
+
+
+def test_the_rayservice_builds_the_ray_profiles_applications() -> None:
+    """deploy/rayservice.yaml's applications resolve to genserve's builder and build."""
+    import importlib
+
+    import yaml
+
+    from genserve.server.manifest import load_manifest, manifest_path
+    from genserve.server.ray_serve.placement import app_name
+
+    root = Path(__file__).resolve().parent.parent
+    service = yaml.safe_load((root / "deploy" / "rayservice.yaml").read_text())
+    config = yaml.safe_load(service["spec"]["serveConfigV2"])
+    assert config["proxy_location"] == "Disabled"  # the edge is the front
+    manifest = load_manifest(manifest_path("ray"))
+    for app in config["applications"]:
+        module, _, function = app["import_path"].partition(":")
+        built = getattr(importlib.import_module(module), function)(app["args"])
+        assert type(built).__name__ == "Application"
+        spec = next(s for s in (*manifest.text, *manifest.image) if s.name == app["args"]["model"])
+        assert app["name"] == app_name(spec.name, spec.ray)  # where the edge looks for it

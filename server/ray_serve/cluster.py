@@ -15,6 +15,7 @@ import hashlib
 import logging
 import threading
 import time
+from typing import Any
 
 import ray
 from ray import serve
@@ -28,7 +29,6 @@ from genserve.server.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-DEPLOYMENT = "engine"  # the one deployment of each model's application
 DEPLOY_POLL_S = 0.5
 _connect_lock = threading.Lock()
 
@@ -52,29 +52,31 @@ def connect(settings: RaySettings) -> None:
 
 def load_ray_engine(modality: Modality, spec: ModelSpec, settings: Settings) -> RayEngine:
     """The registry's loader for a ray-placed model. Blocks until its replicas run."""
-    from genserve.server.ray_serve.replica import EngineReplica
-
     connect(settings.ray)
     app = app_name(spec.name, spec.ray)
     board = board_for(app, settings.ray.namespace)
     if settings.ray.deploy:
-        # Replicas may start anywhere: give them the model store as an absolute path.
-        remote = settings.model_copy(update={"model_store": settings.model_store.resolve()})
-        local = spec.model_copy(update={"placement": "local"})
-        changed = ray.get(board.record_config.remote(_digest(local, remote)))
-        status = serve.status().applications.get(app)
-        if changed or status is None or status.status is ApplicationStatus.DEPLOY_FAILED:
-            deployment = EngineReplica.options(  # type: ignore[attr-defined]
-                name=DEPLOYMENT, **spec.ray.deployment_options()
-            )
-            logger.info("deploying %s on Ray Serve as application %s", spec.name, app)
-            target = serve.RunTarget(
-                deployment.bind(modality, local, remote), app, route_prefix=None
-            )
-            serve.run_many([target], wait_for_applications_running=False)
-        _wait_running(app, settings.ray.deploy_timeout_s)
-    handle = serve.get_app_handle(app)
-    return RayEngine(spec.name, app, handle, board, settings.ray.poll_s)
+        _deploy(app, board, modality, spec, settings)
+    elif serve.status().applications.get(app) is None:
+        raise DeploymentFailed(
+            f"Ray Serve application {app} is not deployed (serve deploy, a RayService, "
+            "or an edge with --ray.deploy)"
+        )
+    _wait_running(app, settings.ray.deploy_timeout_s)
+    return RayEngine(spec.name, app, serve.get_app_handle(app), board, settings.ray.poll_s)
+
+
+def _deploy(app: str, board: Any, modality: Modality, spec: ModelSpec, settings: Settings) -> None:
+    from genserve.server.ray_serve.apps import application
+
+    # Replicas may start anywhere: give them the model store as an absolute path.
+    remote = settings.model_copy(update={"model_store": settings.model_store.resolve()})
+    changed = ray.get(board.record_config.remote(_digest(spec, remote)))
+    status = serve.status().applications.get(app)
+    if changed or status is None or status.status is ApplicationStatus.DEPLOY_FAILED:
+        logger.info("deploying %s on Ray Serve as application %s", spec.name, app)
+        target = serve.RunTarget(application(modality, spec, remote), app, route_prefix=None)
+        serve.run_many([target], wait_for_applications_running=False)
 
 
 # The settings a replica reads (an edge's port or data folder is not one of them).
