@@ -68,7 +68,8 @@ class RaySettings(BaseModel):
     """How the edge reaches Ray (`--ray.address` and friends)."""
 
     address: str | None = Field(
-        None, description="Ray cluster (host:port, ray://..., auto); unset: start one in process"
+        None,
+        description="Ray cluster: host:port or auto (from a Ray node); unset: start one in process",
     )
     namespace: str = Field("genserve", description="Ray namespace of genserve's own actors")
     deploy: bool = Field(
@@ -78,6 +79,9 @@ class RaySettings(BaseModel):
         300.0, gt=0, description="for a deployment's replicas to run; past it the model failed"
     )
     poll_s: float = Field(0.5, gt=0, description="how often replica health and stats are read")
+    request_timeout_s: float = Field(
+        600.0, gt=0, description="a replica ends a request running longer (a lost cancel)"
+    )
 
 
 @runtime_checkable

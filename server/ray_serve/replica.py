@@ -8,6 +8,7 @@ the engine's own cancellation (it stops at its next step).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
@@ -55,21 +56,30 @@ class EngineReplica:
         self._board = board_for(app_name(spec.name, spec.ray), settings.ray.namespace)
         self._stop = threading.Event()
         self._poll_s = settings.ray.poll_s
+        self._timeout_s = settings.ray.request_timeout_s
         threading.Thread(target=self._post_status, name="board-post", daemon=True).start()
         logger.info("replica %s of %s ready (pid %d)", self.info.id, spec.name, self.info.pid)
 
     async def generate(self, request: Any) -> AsyncIterator[Any]:
         """Who serves the request first, then the engine's events; the final one names
-        this replica in its timings."""
+        this replica in its timings. The watchdog ends a request that outlives
+        `--ray.request-timeout-s`: a cancel Serve fails to deliver (ray#52533) must not
+        hold the engine for ever."""
         yield self.info
         try:
-            async for event in self._engine.generate(request):
-                self._events += 1
-                if isinstance(event, Final | TextFinal):
-                    event = replace(event, replica=self.info.id)
-                yield event
+            async with asyncio.timeout(self._timeout_s):
+                async for event in self._engine.generate(request):
+                    self._events += 1
+                    if isinstance(event, Final | TextFinal):
+                        event = replace(event, replica=self.info.id)
+                    yield event
         except GenServeError as error:  # refused by the engine: the caller's code and message
             raise ReplicaError.of(error) from None
+        except TimeoutError:
+            logger.warning("replica %s: a request ran past %.0f s", self.info.id, self._timeout_s)
+            raise ReplicaError(
+                "DEADLINE_EXCEEDED", f"the request ran past {self._timeout_s:.0f} s", None
+            ) from None
 
     def status(self) -> ReplicaStatus:
         stats = self._engine.stats()
