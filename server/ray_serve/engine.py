@@ -16,7 +16,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 from ray import serve
@@ -94,9 +95,12 @@ class RayEngine:
             for attempt in range(1, ATTEMPTS + 1):
                 sent_any = False
                 try:
-                    async for event in self._stream(request, request_id):
-                        sent_any = True
-                        yield event
+                    # aclosing: a caller that leaves cancels the replica now, not when the
+                    # inner generator is collected
+                    async with aclosing(self._stream(request, request_id)) as events:
+                        async for event in events:
+                            sent_any = True
+                            yield event
                     return
                 except RayActorError as error:
                     replica = self._streams.get(request_id)
@@ -110,7 +114,7 @@ class RayEngine:
         finally:
             self._streams.pop(request_id, None)
 
-    async def _stream(self, request: Any, request_id: str) -> AsyncIterator[Any]:
+    async def _stream(self, request: Any, request_id: str) -> AsyncGenerator[Any]:
         response = self._handle.generate.remote(request)
         assert isinstance(response, DeploymentResponseGenerator)  # the handle streams
         finished = False
