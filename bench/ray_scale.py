@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -82,27 +83,50 @@ def draw(channel: grpc.Channel, req: image_pb2.ImageGenerateRequest) -> tuple[fl
     return wall_ms, t.queued_ms + t.inference_ms + t.encoding_ms, chunks
 
 
-def images_per_s(channel: grpc.Channel, model: str, count: int) -> float:
+def cpu_s(pid: int) -> float:
+    """CPU seconds a process has used (user + system), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def images_per_s(
+    channel: grpc.Channel, model: str, count: int, replicas: list[int]
+) -> tuple[float, float, float]:
+    """(images/s, the edge process's CPU share, the replicas' CPU share): shares in cores,
+    CPU seconds over wall seconds (the bench's callers run in the edge's process)."""
+    edge_before, replicas_before = time.process_time(), sum(cpu_s(p) for p in replicas)
     started = time.perf_counter()
     with ThreadPoolExecutor(CONCURRENCY) as pool:
         list(pool.map(lambda _: draw(channel, request(model)), range(count)))
-    return count / (time.perf_counter() - started)
+    wall = time.perf_counter() - started
+    edge = (time.process_time() - edge_before) / wall
+    return count / wall, edge, (sum(cpu_s(p) for p in replicas) - replicas_before) / wall
 
 
-def scale(channel: grpc.Channel, rounds: int, per_round: int) -> dict[str, Any]:
-    images_per_s(channel, ONE, CONCURRENCY)  # warm-up: first calls pay for lazy setup
-    images_per_s(channel, TWO, CONCURRENCY)
-    rates: dict[str, list[float]] = {ONE: [], TWO: []}
+def scale(
+    server: ServerThread, channel: grpc.Channel, rounds: int, per_round: int
+) -> dict[str, Any]:
+    pids = {
+        model: [r.info.pid for r in ray_engine(server, model).replicas()] for model in (ONE, TWO)
+    }
+    for model in (ONE, TWO):
+        images_per_s(channel, model, CONCURRENCY, pids[model])  # warm-up: lazy setup
+    runs: dict[str, list[tuple[float, float, float]]] = {ONE: [], TWO: []}
     for _ in range(rounds):
         for model in (ONE, TWO):
-            rates[model].append(images_per_s(channel, model, per_round))
-    one, two = statistics.median(rates[ONE]), statistics.median(rates[TWO])
+            runs[model].append(images_per_s(channel, model, per_round, pids[model]))
+
+    def median(model: str, i: int) -> float:
+        return round(statistics.median(run[i] for run in runs[model]), 2)
+
     return {
         "requests": f"{per_round} per round, {CONCURRENCY} at a time, 64x64, {SCALE_STEPS} steps",
         "rounds": rounds,
-        "one_replica_images_per_s": round(one, 2),
-        "two_replicas_images_per_s": round(two, 2),
-        "ratio": round(two / one, 2),
+        "one_replica_images_per_s": median(ONE, 0),
+        "two_replicas_images_per_s": median(TWO, 0),
+        "ratio": round(median(TWO, 0) / median(ONE, 0), 2),
+        "one_replica_cpu_cores": {"replicas": median(ONE, 2), "edge_and_callers": median(ONE, 1)},
+        "two_replicas_cpu_cores": {"replicas": median(TWO, 2), "edge_and_callers": median(TWO, 1)},
     }
 
 
@@ -148,11 +172,16 @@ def _one_step(
     return lambda: draw(channel, request(model, side, steps=1))
 
 
+def ray_engine(server: ServerThread, model: str) -> RayEngine:
+    engine = server.server.registry.resolve(Modality.IMAGE, model).engine
+    assert isinstance(engine, RayEngine)
+    return engine
+
+
 def replica_rss_mb(server: ServerThread) -> float:
     """Resident memory of one replica process (the 1-replica deployment's)."""
-    engine = server.server.registry.resolve(Modality.IMAGE, ONE).engine
-    assert isinstance(engine, RayEngine)
-    for line in Path(f"/proc/{engine.replicas()[0].info.pid}/status").read_text().splitlines():
+    pid = ray_engine(server, ONE).replicas()[0].info.pid
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return round(int(line.split()[1]) / 1024, 1)
     return 0.0
@@ -172,7 +201,7 @@ def run(rounds: int, repeats: int, per_round: int = 16) -> dict[str, Any]:
         channel = server.channel()
         try:
             results["replica_rss_mb"] = replica_rss_mb(server)
-            results["scale"] = scale(channel, rounds, per_round)
+            results["scale"] = scale(server, channel, rounds, per_round)
             results["hop"] = hop(channel, repeats)
         finally:
             channel.close()
@@ -192,6 +221,12 @@ def markdown(results: dict[str, Any]) -> str:
         "|---|---|",
         f"| 1 replica | {s['one_replica_images_per_s']} |",
         f"| 2 replicas | {s['two_replicas_images_per_s']} ({s['ratio']}x) |",
+        "",
+        f"CPU in use, in cores (CPU seconds over wall seconds; 2 on this machine): 1 replica "
+        f"{s['one_replica_cpu_cores']['replicas']} in the replica, "
+        f"{s['one_replica_cpu_cores']['edge_and_callers']} in the edge and its callers; "
+        f"2 replicas {s['two_replicas_cpu_cores']['replicas']} and "
+        f"{s['two_replicas_cpu_cores']['edge_and_callers']}.",
         "",
         f"Edge-to-replica hop, against the in-process engine (medians of {h['repeats']}): "
         f"{h['hop_per_request_ms']} ms per request, {h['hop_per_chunk_ms']} ms per chunk.",
