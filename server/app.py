@@ -17,6 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from genserve.server.auth.exposure import bind_host, is_loopback, server_credentials
 from genserve.server.auth.interceptor import AuthInterceptor
 from genserve.server.auth.wiring import build_guard, watch_keys
+from genserve.server.health_watch import watch_health
 from genserve.server.interceptors import (
     ErrorInterceptor,
     RequestIdInterceptor,
@@ -92,6 +93,7 @@ class GenServeServer:
         self._stopping = False
         self.guard = build_guard(settings, self.registry)
         self._keys_watch: asyncio.Task[None] | None = None
+        self._health_watch: asyncio.Task[None] | None = None
         self._telemetry = TelemetryInterceptor(
             [log_access, self.usage_log, self.metrics],
             self.metrics.track_in_flight,
@@ -177,6 +179,7 @@ class GenServeServer:
                 detail = f"{default.state}: {default.detail}" if default else "no model"
                 logger.warning("%s is NOT_SERVING: %s", row.service, detail)
         await self.health.set(OVERALL, SERVING)
+        self._health_watch = asyncio.create_task(watch_health(self.registry, self._report_health))
 
     async def _report_health(self, entry: ModelEntry) -> None:
         """A model's own status, and its service's: SERVING while its default model can
@@ -193,8 +196,9 @@ class GenServeServer:
         False when a model thread had to be abandoned."""
         grace = self.settings.shutdown_grace_s if grace is None else grace
         await self.health.enter_graceful_shutdown()
-        if self._keys_watch is not None:
-            self._keys_watch.cancel()
+        for task in (self._keys_watch, self._health_watch):
+            if task is not None:
+                task.cancel()
         logger.info("stopping: draining in-flight calls for up to %.1f s", grace)
         # Calls still running when the grace period ends are cancelled by us, and their
         # callers see UNAVAILABLE: from then on, telemetry records that code.

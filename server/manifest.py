@@ -19,9 +19,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from genserve.server.admission import AdmissionLimits
+from genserve.server.upstream.spec import UpstreamSpec
 
 MANIFEST_DIR = Path(__file__).parent / "manifests"
 PACKAGE_SCHEME = "package:"  # package:<python package>[/<folder inside it>]
+UPSTREAM_ENGINE = "upstream"  # the engine kind of a model served elsewhere
 STORE_SCHEME = "store:"  # store:<folder in the model store> (built by `make models`)
 
 
@@ -47,7 +49,9 @@ class ModelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")
-    source: str = Field(description="hub id, local folder, package:<pkg>[/dir] or store:<dir>")
+    source: str = Field(
+        "", description="hub id, local folder, package:<pkg>[/dir] or store:<dir>; none upstream"
+    )
     default: bool = Field(False, description="serves requests of its modality naming no model")
     engine: str | None = Field(None, description="engine kind; unset: the modality's default")
     gguf_file: str | None = None
@@ -65,6 +69,17 @@ class ModelSpec(BaseModel):
     limits: AdmissionLimits = Field(
         default_factory=AdmissionLimits, description="this model's caps on cost and time"
     )
+    upstream: UpstreamSpec | None = Field(
+        None, description='engine = "upstream": the server that runs the model'
+    )
+
+    @model_validator(mode="after")
+    def _upstream_engine_names_its_upstream(self) -> ModelSpec:
+        if (self.engine == UPSTREAM_ENGINE) != (self.upstream is not None):
+            raise ValueError(f'an `upstream` table goes with engine = "{UPSTREAM_ENGINE}"')
+        if self.upstream is None and not self.source:
+            raise ValueError("`source` is required: where the weights are")
+        return self
 
     def resolved_source(self, model_store: Path) -> str:
         """The path or hub id to give from_pretrained."""

@@ -79,7 +79,10 @@ class ModelEntry:
     @property
     def ready(self) -> bool:
         """Would a request for it be served (possibly after a load)?"""
-        if self.state in (ModelState.LOADED, ModelState.ON_DEMAND):
+        if self.state is ModelState.LOADED:
+            # Its engine may depend on something outside the process (an upstream).
+            return self.engine is None or self.engine.ready
+        if self.state is ModelState.ON_DEMAND:
             return True
         return self.state is ModelState.UNLOADED and self.policy is LoadPolicy.LAZY and (
             not self.held_back
@@ -360,6 +363,8 @@ def _initial_state(spec: ModelSpec, loader: Loader | None) -> ModelState:
 
 def _estimate_bytes(spec: ModelSpec, model_store: Path) -> int:
     """Weight files on disk, before a model's first load has measured it."""
+    if not spec.source:  # served elsewhere: no weights here
+        return 0
     try:
         source = Path(spec.resolved_source(model_store))
     except FileNotFoundError:

@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS usage (
     inference_ms REAL,
     encoding_ms REAL,
     model TEXT,
-    key_id TEXT
+    key_id TEXT,
+    upstream_ms REAL
 );
 CREATE INDEX IF NOT EXISTS usage_request_id ON usage (request_id);
 """
@@ -47,9 +48,16 @@ INSERT = """
 INSERT INTO usage (
     request_id, datetime_utc, method, client_address, response_time_ms, status_code,
     successful, time_to_first_message_ms, messages_out, bytes_out, prompt_tokens,
-    completion_tokens, queued_ms, inference_ms, encoding_ms, model, key_id
-) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    completion_tokens, queued_ms, inference_ms, encoding_ms, model, key_id, upstream_ms
+) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
+
+# Columns added after the first release, with their types: an older log gains them.
+ADDED_COLUMNS = {
+    "model": "TEXT",  # models by name
+    "key_id": "TEXT",  # callers with keys
+    "upstream_ms": "REAL",  # models served elsewhere
+}
 
 _STOP = object()
 
@@ -66,10 +74,9 @@ class UsageLog:
             connection.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
             connection.executescript(SCHEMA)
             columns = {row[1] for row in connection.execute("PRAGMA table_info(usage)")}
-            if "model" not in columns:  # a log written before models had names
-                connection.execute("ALTER TABLE usage ADD COLUMN model TEXT")
-            if "key_id" not in columns:  # a log written before callers had keys
-                connection.execute("ALTER TABLE usage ADD COLUMN key_id TEXT")
+            for column, kind in ADDED_COLUMNS.items():
+                if column not in columns:
+                    connection.execute(f"ALTER TABLE usage ADD COLUMN {column} {kind}")
         connection.close()
         self._writer = threading.Thread(target=self._write_rows, name="usage-log", daemon=True)
         self._writer.start()
@@ -124,4 +131,5 @@ def _row(record: CallRecord) -> tuple[object, ...]:
         details.encoding_ms,
         details.model,
         details.key_id,
+        details.upstream_ms,
     )
