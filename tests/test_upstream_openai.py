@@ -101,6 +101,7 @@ def edge(genserve: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             "text": [
                 model("up-chat", upstream(v1, good, model=SMOLLM), default=True),
                 model("up-chat-wrong-key", upstream(v1, wrong, model=SMOLLM)),
+                model("up-chat-unknown", upstream(v1, good, model="no-such-model")),
                 model(
                     "up-chat-down",
                     upstream(
@@ -374,3 +375,12 @@ def test_an_upstream_down_at_start_is_not_serving_until_it_comes_back(
             stub.Generate(_chat(edge, "up-chat-down"), metadata=edge.metadata, timeout=60)
         )
         assert deltas
+
+
+def test_a_model_the_upstream_does_not_know_is_not_found(edge: Edge) -> None:
+    stub = text_pb2_grpc.TextServiceStub(edge.channel)
+    with pytest.raises(grpc.RpcError) as failure:
+        _text(stub.Generate(_chat(edge, "up-chat-unknown"), metadata=edge.metadata))
+    assert failure.value.code() == grpc.StatusCode.NOT_FOUND
+    details = failure.value.details() or ""
+    assert "up-chat-unknown" in details and "404" in details and "no-such-model" in details
