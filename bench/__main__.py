@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import media_overhead, perplexity, ray_scale, weights
+from bench import media_overhead, perplexity, ray_scale, upstream_hop, weights
 from bench.llama_server import LLAMA_SERVER, start_llama_server
 from bench.server_process import bridge_process, free_port, served_text_models
 from bench.text_throughput import (
@@ -39,6 +39,7 @@ from bench.text_throughput import (
 
 LLAMA_CPP_MODEL = "smollm2-135m-instruct"  # the tiny profile's default, engine llama.cpp
 TRANSFORMERS_MODEL = "smollm2-135m-instruct-transformers"
+HOP_REQUESTS, HOP_TOKENS = 40, 32
 SWEEPS = ("sweep_genserve", "sweep_llama_server", "sweep_genserve_transformers")
 
 
@@ -85,6 +86,7 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
         if peer:
             assert process.poll() is None, "llama-server exited"
             results["greedy_agreement"] = greedy_agreement(url, llama_url, tokens)
+        results["upstream_hop"] = upstream_hop_run(stack, quick, peer, url)
     results["perplexity"] = perplexity_pair()
     results["weights"] = weights.compare(tokens if quick else 64, 1 if quick else 3)
     results["media_overhead"] = media_overhead.run(1 if quick else 5)
@@ -99,14 +101,30 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def llama_server_process(port: int) -> Iterator[subprocess.Popen[bytes]]:
-    process = start_llama_server(tiny_gguf(), port)
+def llama_server_process(port: int, threads: int = 2) -> Iterator[subprocess.Popen[bytes]]:
+    process = start_llama_server(tiny_gguf(), port, threads)
     try:
         wait_http(f"http://127.0.0.1:{port}/health")
         yield process
     finally:
         process.terminate()
         process.wait()
+
+
+def upstream_hop_run(
+    stack: contextlib.ExitStack, quick: bool, peer: bool, genserve_url: str
+) -> dict[str, Any]:
+    """What genserve adds in front of an upstream. llama-server runs on one thread here,
+    leaving the other core to the edge and the client (on two cores, a two-thread decode
+    would be slowed by anything else running, which is not the hop's cost). Without it
+    (quick runs), the upstream is genserve's own bridge."""
+    if quick or not peer:
+        return upstream_hop.run(genserve_url, LLAMA_CPP_MODEL, "genserve bridge", 2, 4)
+    port = free_port()
+    stack.enter_context(llama_server_process(port, threads=1))
+    return upstream_hop.run(
+        f"http://127.0.0.1:{port}", "smollm2", "llama-server, 1 thread", HOP_REQUESTS, HOP_TOKENS
+    )
 
 
 def streams_of(
@@ -180,6 +198,8 @@ def summary(results: dict[str, Any]) -> str:
         weights.markdown(results["weights"]),
         "",
         media_overhead.markdown(results["media_overhead"]),
+        "",
+        upstream_hop.markdown(results["upstream_hop"]),
         "",
         ray_scale.markdown(results["ray_scale"]),
         "",

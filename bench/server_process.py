@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import grpc
 import tomli_w
@@ -55,13 +56,20 @@ def served_text_models(names: list[str]) -> Iterator[str]:
         )
         for i, spec in enumerate(specs)
     ]
+    with served_manifest({"text": entries}) as target:
+        yield target
+
+
+@contextmanager
+def served_manifest(manifest: dict[str, Any]) -> Iterator[str]:
+    """Yields the gRPC target of a server process serving this manifest (loopback, no auth)."""
     with tempfile.TemporaryDirectory(prefix="genserve-bench-") as folder:
-        manifest = Path(folder) / "text.toml"
-        manifest.write_text(tomli_w.dumps({"text": entries}))
+        path = Path(folder) / "manifest.toml"
+        path.write_text(tomli_w.dumps(manifest))
         port = free_port()
         command = [sys.executable, "-m", "genserve.server", "--host", "127.0.0.1"]
         command += ["--port", str(port)]
-        command += ["--metrics-port", "0", "--data-dir", folder, "--manifest", str(manifest)]
+        command += ["--metrics-port", "0", "--data-dir", folder, "--manifest", str(path)]
         command += ["--model-store", str(MODEL_STORE), "--log-level", "WARNING"]
         process = subprocess.Popen(command)
         try:

@@ -19,6 +19,7 @@ from genserve.server.auth.exposure import bind_host, is_loopback, server_credent
 from genserve.server.auth.interceptor import AuthInterceptor
 from genserve.server.auth.wiring import build_guard, watch_keys
 from genserve.server.engine.contract import Engine
+from genserve.server.health_watch import watch_health
 from genserve.server.interceptors import (
     ErrorInterceptor,
     RequestIdInterceptor,
@@ -48,7 +49,6 @@ MODEL_SERVICE = models_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
 MiB = 1024 * 1024
 RECORD_WAIT_S = 1.0  # after the grace period, for cancelled calls to write their rows
 ENGINE_STOP_WAIT_S = 1.0  # then for model threads to finish their step
-HEALTH_SWEEP_S = 1.0  # engines whose readiness changes on its own (Ray replicas) are re-read
 
 
 def model_health_name(entry: ModelEntry) -> str:
@@ -105,8 +105,7 @@ class GenServeServer:
         self._stopping = False
         self.guard = build_guard(settings, self.registry)
         self._keys_watch: asyncio.Task[None] | None = None
-        self._health_sweep: asyncio.Task[None] | None = None
-        self._reported: dict[str, Any] = {}  # health name -> the status last set
+        self._health_watch: asyncio.Task[None] | None = None
         self._telemetry = TelemetryInterceptor(
             [log_access, self.usage_log, self.metrics],
             self.metrics.track_in_flight,
@@ -158,7 +157,7 @@ class GenServeServer:
         names = [OVERALL, *(row.service for row in MODALITIES)]
         names += [model_health_name(entry) for entry in self.registry.entries()]
         for name in names:
-            await self._set_health(name, NOT_SERVING)
+            await self.health.set(name, NOT_SERVING)
         await self._server.start()
         logger.info(
             "gRPC listening on %s:%d (%s, %s)",
@@ -186,47 +185,32 @@ class GenServeServer:
         await self.registry.preload()
         for entry in self.registry.entries():
             await self._report_health(entry)
-        self._health_sweep = asyncio.create_task(self._sweep_health())
         for row in MODALITIES:
             default = self.registry.default_entry(row.modality)
             if default is None or not default.ready:
                 detail = f"{default.state}: {default.detail}" if default else "no model"
                 logger.warning("%s is NOT_SERVING: %s", row.service, detail)
-        await self._set_health(OVERALL, SERVING)
+        await self.health.set(OVERALL, SERVING)
+        self._health_watch = asyncio.create_task(watch_health(self.registry, self._report_health))
 
     async def _report_health(self, entry: ModelEntry) -> None:
         """A model's own status, and its service's: SERVING while its default model can
         serve (loaded, loadable on use, or loaded per request)."""
-        status = SERVING if entry.ready else NOT_SERVING
-        await self._set_health(model_health_name(entry), status)
+        await self.health.set(model_health_name(entry), SERVING if entry.ready else NOT_SERVING)
         default = self.registry.default_entry(entry.modality)
         if default is entry:
-            await self._set_health(ROW_BY_MODALITY[entry.modality].service, status)
-
-    async def _set_health(self, name: str, status: Any) -> None:
-        """Only changes reach the health service: Watch streams see each change once."""
-        if self._reported.get(name) != status:
-            self._reported[name] = status
-            await self.health.set(name, status)
-
-    async def _sweep_health(self) -> None:
-        """A loaded engine's readiness can change without the registry knowing (replicas
-        that die or come back): read it again every HEALTH_SWEEP_S."""
-        while not self._stopping:
-            await asyncio.sleep(HEALTH_SWEEP_S)
-            for entry in self.registry.entries():
-                await self._report_health(entry)
+            service = ROW_BY_MODALITY[entry.modality].service
+            await self.health.set(service, SERVING if entry.ready else NOT_SERVING)
 
     async def stop(self, grace: float | None = None) -> bool:
         """NOT_SERVING first, then stop accepting, then drain in-flight calls; after the
         grace period, cancel the rest, write their usage rows, stop the model threads.
         False when a model thread had to be abandoned."""
         grace = self.settings.shutdown_grace_s if grace is None else grace
-        if self._health_sweep is not None:
-            self._health_sweep.cancel()
         await self.health.enter_graceful_shutdown()
-        if self._keys_watch is not None:
-            self._keys_watch.cancel()
+        for task in (self._keys_watch, self._health_watch):
+            if task is not None:
+                task.cancel()
         logger.info("stopping: draining in-flight calls for up to %.1f s", grace)
         # Calls still running when the grace period ends are cancelled by us, and their
         # callers see UNAVAILABLE: from then on, telemetry records that code.

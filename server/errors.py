@@ -68,6 +68,12 @@ class Unavailable(GenServeError):
     retry_after_s = 1.0
 
 
+class DeadlineExceeded(GenServeError):
+    """Something we waited on (an upstream server, say) took longer than allowed."""
+
+    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 class Unimplemented(GenServeError):
     grpc_code = grpc.StatusCode.UNIMPLEMENTED
 

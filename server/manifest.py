@@ -20,9 +20,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from genserve.server.admission import AdmissionLimits
 from genserve.server.ray_serve.placement import Placement, RayPlacement
+from genserve.server.upstream.spec import UpstreamSpec
 
 MANIFEST_DIR = Path(__file__).parent / "manifests"
 PACKAGE_SCHEME = "package:"  # package:<python package>[/<folder inside it>]
+UPSTREAM_ENGINE = "upstream"  # the engine kind of a model served elsewhere
 STORE_SCHEME = "store:"  # store:<folder in the model store> (built by `make models`)
 
 
@@ -48,7 +50,9 @@ class ModelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$")
-    source: str = Field(description="hub id, local folder, package:<pkg>[/dir] or store:<dir>")
+    source: str = Field(
+        "", description="hub id, local folder, package:<pkg>[/dir] or store:<dir>; none upstream"
+    )
     default: bool = Field(False, description="serves requests of its modality naming no model")
     engine: str | None = Field(None, description="engine kind; unset: the modality's default")
     gguf_file: str | None = None
@@ -69,11 +73,24 @@ class ModelSpec(BaseModel):
     # Where the engine runs: in this process, or in a Ray Serve deployment (`[<modality>.ray]`).
     placement: Placement = "local"
     ray: RayPlacement = Field(default_factory=RayPlacement, description="placement = ray only")
+    upstream: UpstreamSpec | None = Field(
+        None, description='engine = "upstream": the server that runs the model'
+    )
 
     @model_validator(mode="after")
     def _ray_table_only_with_ray_placement(self) -> ModelSpec:
         if "ray" in self.model_fields_set and self.placement != "ray":
             raise ValueError(f"model {self.name}: a [ray] table needs placement = \"ray\"")
+        if self.placement == "ray" and self.upstream is not None:
+            raise ValueError(f"model {self.name}: an upstream model runs elsewhere already")
+        return self
+
+    @model_validator(mode="after")
+    def _upstream_engine_names_its_upstream(self) -> ModelSpec:
+        if (self.engine == UPSTREAM_ENGINE) != (self.upstream is not None):
+            raise ValueError(f'an `upstream` table goes with engine = "{UPSTREAM_ENGINE}"')
+        if self.upstream is None and not self.source:
+            raise ValueError("`source` is required: where the weights are")
         return self
 
     def resolved_source(self, model_store: Path) -> str:

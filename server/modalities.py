@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from genserve.server.admission import Cost
 from genserve.server.engine.contract import Engine
-from genserve.server.manifest import Modality, ModelSpec
+from genserve.server.manifest import UPSTREAM_ENGINE, Modality, ModelSpec
 from genserve.server.media.audio import AudioDefaults, AudioParams
 from genserve.server.media.image import ImageDefaults, ImageParams
 from genserve.server.media.mesh import MeshDefaults, MeshParams
@@ -102,6 +102,15 @@ def _text_llama_engine(spec: ModelSpec, settings: Settings) -> Engine[Any, Any]:
     return load_llama_text_engine(spec, settings)
 
 
+def _upstream_loader(modality: Modality) -> EngineLoader:
+    def load(spec: ModelSpec, settings: Settings) -> Engine[Any, Any]:
+        from genserve.server.upstream.loader import load_upstream_engine
+
+        return load_upstream_engine(modality, spec, settings)
+
+    return load
+
+
 def _media_loader(name: str) -> EngineLoader:
     """Imported when a model loads: the table stays cheap to import."""
 
@@ -164,6 +173,7 @@ MODALITIES: tuple[ModalityRow, ...] = (
             "llama.cpp": _text_llama_engine,
             "transformers": _text_engine,
             "transformers-serial": _text_serial_engine,
+            UPSTREAM_ENGINE: _upstream_loader(Modality.TEXT),
         },
         default_engine="transformers",
         cost_of=_text_cost,
@@ -177,7 +187,10 @@ MODALITIES: tuple[ModalityRow, ...] = (
         servicer_kind="media",
         defaults_type=AudioDefaults,
         limits_of=lambda s: s.audio,
-        engines={"bark": _media_loader("load_audio_engine")},
+        engines={
+            "bark": _media_loader("load_audio_engine"),
+            UPSTREAM_ENGINE: _upstream_loader(Modality.AUDIO),
+        },
         default_engine="bark",
         converter=audio_params_from_pb,
         cost_of=_audio_cost,
@@ -191,7 +204,10 @@ MODALITIES: tuple[ModalityRow, ...] = (
         servicer_kind="media",
         defaults_type=ImageDefaults,
         limits_of=lambda s: s.image,
-        engines={"diffusers": _media_loader("load_image_engine")},
+        engines={
+            "diffusers": _media_loader("load_image_engine"),
+            UPSTREAM_ENGINE: _upstream_loader(Modality.IMAGE),
+        },
         default_engine="diffusers",
         converter=image_params_from_pb,
         cost_of=_image_cost,
@@ -233,7 +249,10 @@ MODALITIES: tuple[ModalityRow, ...] = (
         servicer_kind="embedding",
         defaults_type=NoDefaults,
         limits_of=lambda s: s.embedding,
-        engines={"sentence-transformers": _media_loader("load_embedding_engine")},
+        engines={
+            "sentence-transformers": _media_loader("load_embedding_engine"),
+            UPSTREAM_ENGINE: _upstream_loader(Modality.EMBEDDING),
+        },
         default_engine="sentence-transformers",
     ),
 )

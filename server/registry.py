@@ -79,7 +79,8 @@ class ModelEntry:
     @property
     def ready(self) -> bool:
         """Would a request for it be served (possibly after a load)?"""
-        if self.state is ModelState.LOADED:  # and its engine still can (replicas may die)
+        if self.state is ModelState.LOADED:
+            # Its engine may depend on something outside the process (upstream, replicas).
             return self.engine is None or self.engine.ready
         if self.state is ModelState.ON_DEMAND:
             return True
@@ -362,8 +363,8 @@ def _initial_state(spec: ModelSpec, loader: Loader | None) -> ModelState:
 
 def _estimate_bytes(spec: ModelSpec, model_store: Path) -> int:
     """Weight files on disk, before a model's first load has measured it."""
-    if spec.placement == "ray":
-        return 0  # held by its replicas, not by this process
+    if spec.placement == "ray" or not spec.source:  # weights held elsewhere, not here
+        return 0
     try:
         source = Path(spec.resolved_source(model_store))
     except FileNotFoundError:

@@ -6,6 +6,7 @@ Set by the interceptors at the start of each RPC; everything running inside the 
 
 from __future__ import annotations
 
+import time
 import uuid
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -39,6 +40,8 @@ class CallDetails:
     encoding_ms: float | None = None
     key_id: str | None = None  # the caller's key id (never its secret), set by auth
     replica: str | None = None  # the Ray Serve replica that served it (placement = "ray")
+    upstream_ms: float | None = None  # a model served elsewhere: time spent on its server
+    deadline: float | None = None  # the caller's gRPC deadline, on time.monotonic()
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -49,3 +52,9 @@ def current_call_details() -> CallDetails:
     """The running call's details; a throwaway record outside an RPC."""
     details = call_details_var.get()
     return details if details is not None else CallDetails()
+
+
+def seconds_left() -> float | None:
+    """Until the running call's deadline; None when the caller set none."""
+    deadline = current_call_details().deadline
+    return None if deadline is None else deadline - time.monotonic()

@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS usage (
     encoding_ms REAL,
     model TEXT,
     key_id TEXT,
+    upstream_ms REAL,
     replica TEXT
 );
 CREATE INDEX IF NOT EXISTS usage_request_id ON usage (request_id);
@@ -49,9 +50,18 @@ INSERT = """
 INSERT INTO usage (
     request_id, datetime_utc, method, client_address, response_time_ms, status_code,
     successful, time_to_first_message_ms, messages_out, bytes_out, prompt_tokens,
-    completion_tokens, queued_ms, inference_ms, encoding_ms, model, key_id, replica
-) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    completion_tokens, queued_ms, inference_ms, encoding_ms, model, key_id, upstream_ms,
+    replica
+) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
+
+# Columns added after the first release, with their types: an older log gains them.
+ADDED_COLUMNS = {
+    "model": "TEXT",  # models by name
+    "key_id": "TEXT",  # callers with keys
+    "upstream_ms": "REAL",  # models served elsewhere
+    "replica": "TEXT",  # ray-placed models
+}
 
 _STOP = object()
 
@@ -68,12 +78,9 @@ class UsageLog:
             connection.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
             connection.executescript(SCHEMA)
             columns = {row[1] for row in connection.execute("PRAGMA table_info(usage)")}
-            if "model" not in columns:  # a log written before models had names
-                connection.execute("ALTER TABLE usage ADD COLUMN model TEXT")
-            if "key_id" not in columns:  # a log written before callers had keys
-                connection.execute("ALTER TABLE usage ADD COLUMN key_id TEXT")
-            if "replica" not in columns:  # a log written before Ray placement
-                connection.execute("ALTER TABLE usage ADD COLUMN replica TEXT")
+            for column, kind in ADDED_COLUMNS.items():
+                if column not in columns:
+                    connection.execute(f"ALTER TABLE usage ADD COLUMN {column} {kind}")
         connection.close()
         self._writer = threading.Thread(target=self._write_rows, name="usage-log", daemon=True)
         self._writer.start()
@@ -128,5 +135,6 @@ def _row(record: CallRecord) -> tuple[object, ...]:
         details.encoding_ms,
         details.model,
         details.key_id,
+        details.upstream_ms,
         details.replica,
     )

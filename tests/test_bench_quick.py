@@ -39,6 +39,9 @@ def test_quick_benchmark_writes_its_results(tmp_path: Path) -> None:
         ray["hop"]["sizes"]["256x256, 1 step"]["chunks"]
         > ray["hop"]["sizes"]["64x64, 1 step"]["chunks"]
     )
+    hop = written["upstream_hop"]
+    assert hop["tokens_direct"] == hop["tokens_via_genserve"] == 4
+    assert hop["ttft_via_genserve_ms"] > 0 and hop["total_direct_ms"] > 0
     assert "| genserve (llama.cpp engine) | 2 |" in (tmp_path / "summary.md").read_text()
     assert Image.open(tmp_path / "throughput.png").format == "PNG"
     assert results["max_new_tokens"] == 8

@@ -118,7 +118,10 @@ class TelemetryInterceptor(CallInterceptor):
         # Read the peer now: grpc_call_get_peer after a cancel reads freed transport
         # memory and can crash the process (grpc/grpc#29927).
         peer = context.peer()
-        call_details = CallDetails()
+        remaining = context.time_remaining()
+        call_details = CallDetails(
+            deadline=None if remaining is None else time.monotonic() + remaining
+        )
         call_details_var.set(call_details)
         first_message_ms: float | None = None
         messages = 0

@@ -1,0 +1,123 @@
+"""An upstream's file, as it arrives, turned into our typed media stream: the header
+(what the first bytes say about the file), bounded chunks, and a final event whose
+sha256 is the digest of exactly the chunks sent."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import time
+import wave
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from PIL import Image
+
+from genserve.server.media.events import Chunk, Final, Header, MediaEvent
+from genserve.server.media.image import ImageFormat
+
+# Enough of a file's start to read its size (PNG/JPEG/WebP) or its format (WAV).
+HEADER_PROBE_BYTES = 64 * 1024
+
+SNIFFED_TYPES = (
+    (b"\x89PNG", "image/png", "png"),
+    (b"\xff\xd8\xff", "image/jpeg", "jpg"),
+    (b"RIFF", "audio/wav", "wav"),  # WebP is RIFF too: told apart below
+)
+
+
+@dataclass(frozen=True)
+class MediaTiming:
+    seed: int
+    started: float  # time.perf_counter() when the upstream call began
+
+
+def header_for(head: bytes, stem: str, declared_type: str | None) -> Header:
+    """What the start of the file tells: its type, and its size or sound format."""
+    mime, extension = declared_type or "application/octet-stream", "bin"
+    for magic, sniffed, ext in SNIFFED_TYPES:
+        if head.startswith(magic):
+            mime, extension = sniffed, ext
+    if head[8:12] == b"WEBP":
+        mime, extension = "image/webp", "webp"
+    name = f"{stem}.{extension}"
+    if mime.startswith("image/"):
+        try:
+            width, height = Image.open(io.BytesIO(head)).size
+        except Exception:  # too little of it yet, or not an image after all
+            width = height = 0
+        return Header(mime_type=mime, file_name=name, width=width, height=height)
+    if mime == "audio/wav":
+        return _wav_header(head, name)
+    return Header(mime_type=mime, file_name=name)
+
+
+def _wav_header(head: bytes, name: str) -> Header:
+    try:
+        with wave.open(io.BytesIO(head)) as reader:
+            rate, frames = reader.getframerate(), reader.getnframes()
+    except (wave.Error, EOFError):
+        return Header(mime_type="audio/wav", file_name=name)
+    # A streamed WAV may declare an unknown (maximal) length: then the duration is unknown.
+    duration = frames / rate if rate and frames < 0x7FFFFFFF // 2 else 0.0
+    return Header(mime_type="audio/wav", file_name=name, sample_rate=rate, duration_s=duration)
+
+
+async def media_events(
+    data: AsyncIterator[bytes],
+    chunk_size: int,
+    stem: str,
+    declared_type: str | None,
+    timing: MediaTiming,
+) -> AsyncIterator[MediaEvent]:
+    """Header first (from up to HEADER_PROBE_BYTES of the file), then chunks of at most
+    chunk_size bytes as the bytes arrive, then the final event."""
+    digest = hashlib.sha256()
+    pending = bytearray()
+    sent = 0
+    header_sent = False
+    inference_ms = 0.0
+    async for piece in data:
+        if not inference_ms:  # the upstream's compute ends when its file starts
+            inference_ms = (time.perf_counter() - timing.started) * 1000
+        pending += piece
+        if not header_sent and len(pending) < HEADER_PROBE_BYTES:
+            continue
+        if not header_sent:
+            yield header_for(bytes(pending), stem, declared_type)
+            header_sent = True
+        while len(pending) >= chunk_size:
+            chunk = bytes(pending[:chunk_size])
+            del pending[:chunk_size]
+            digest.update(chunk)
+            yield Chunk(data=chunk, offset=sent)
+            sent += len(chunk)
+    if not header_sent:
+        yield header_for(bytes(pending), stem, declared_type)
+    for start in range(0, len(pending), chunk_size):
+        chunk = bytes(pending[start : start + chunk_size])
+        digest.update(chunk)
+        yield Chunk(data=chunk, offset=sent)
+        sent += len(chunk)
+    now_ms = (time.perf_counter() - timing.started) * 1000
+    yield Final(
+        total_bytes=sent,
+        sha256=digest.hexdigest(),
+        queued_ms=0.0,
+        inference_ms=inference_ms or now_ms,
+        encoding_ms=now_ms - (inference_ms or now_ms),
+        seed=timing.seed,
+    )
+
+
+async def one_piece(data: bytes) -> AsyncIterator[bytes]:
+    """A file that came whole (base64 in JSON) as a stream of one piece."""
+    yield data
+
+
+def reencoded(data: bytes, image_format: ImageFormat) -> bytes:
+    """An upstream image in the format the caller asked for."""
+    encoded = io.BytesIO()
+    with Image.open(io.BytesIO(data)) as image:
+        image.convert("RGB").save(encoded, format=image_format.value.upper())
+    return encoded.getvalue()
