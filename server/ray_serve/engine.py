@@ -29,7 +29,11 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from genserve.server.engine.contract import EngineStats
 from genserve.server.errors import ResourceExhausted, Unavailable
 from genserve.server.ray_serve.wire import ReplicaError, ReplicaInfo, ReplicaStatus
-from genserve.server.request_context import current_call_details, current_request_id
+from genserve.server.request_context import (
+    current_call_details,
+    current_request_id,
+    seconds_left,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +119,8 @@ class RayEngine:
             self._streams.pop(request_id, None)
 
     async def _stream(self, request: Any, request_id: str) -> AsyncGenerator[Any]:
-        response = self._handle.generate.remote(request)
+        # The caller's deadline goes along as a duration (clocks differ between machines).
+        response = self._handle.generate.remote(request, seconds_left())
         assert isinstance(response, DeploymentResponseGenerator)  # the handle streams
         finished = False
         try:

@@ -60,14 +60,15 @@ class EngineReplica:
         threading.Thread(target=self._post_status, name="board-post", daemon=True).start()
         logger.info("replica %s of %s ready (pid %d)", self.info.id, spec.name, self.info.pid)
 
-    async def generate(self, request: Any) -> AsyncIterator[Any]:
+    async def generate(self, request: Any, seconds_left: float | None = None) -> AsyncIterator[Any]:
         """Who serves the request first, then the engine's events; the final one names
-        this replica in its timings. The watchdog ends a request that outlives
-        `--ray.request-timeout-s`: a cancel Serve fails to deliver (ray#52533) must not
-        hold the engine for ever."""
+        this replica in its timings. A watchdog ends the request at the caller's deadline
+        or after `--ray.request-timeout-s`, whichever comes first: a cancel that Serve fails
+        to deliver (ray#52533) must not hold the engine."""
         yield self.info
+        limit = min(self._timeout_s, seconds_left) if seconds_left else self._timeout_s
         try:
-            async with asyncio.timeout(self._timeout_s):
+            async with asyncio.timeout(limit):
                 async for event in self._engine.generate(request):
                     self._events += 1
                     if isinstance(event, Final | TextFinal):
@@ -76,10 +77,8 @@ class EngineReplica:
         except GenServeError as error:  # refused by the engine: the caller's code and message
             raise ReplicaError.of(error) from None
         except TimeoutError:
-            logger.warning("replica %s: a request ran past %.0f s", self.info.id, self._timeout_s)
-            raise ReplicaError(
-                "DEADLINE_EXCEEDED", f"the request ran past {self._timeout_s:.0f} s", None
-            ) from None
+            logger.warning("replica %s: a request ran past its %.1f s", self.info.id, limit)
+            raise ReplicaError("DEADLINE_EXCEEDED", f"ran past {limit:.1f} s", None) from None
 
     def status(self) -> ReplicaStatus:
         stats = self._engine.stats()
