@@ -79,8 +79,8 @@ class ModelSpec(BaseModel):
 
     @model_validator(mode="after")
     def _ray_table_only_with_ray_placement(self) -> ModelSpec:
-        if "ray" in self.model_fields_set and self.placement != "ray":
-            raise ValueError(f"model {self.name}: a [ray] table needs placement = \"ray\"")
+        if self.placement != "ray" and self.ray != RayPlacement():  # (a dump's defaults pass)
+            raise ValueError(f'model {self.name}: a [ray] table needs placement = "ray"')
         if self.placement == "ray" and self.upstream is not None:
             raise ValueError(f"model {self.name}: an upstream model runs elsewhere already")
         return self

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import signal
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,6 +34,7 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 # Enough requests that two replicas both get some: Serve picks the less loaded of two.
 MAX_SPREAD_REQUESTS = 16
 LONG_STEPS = 100  # an image request that runs long enough to be interrupted
+LIVE_POST_S = 1.0  # a replica posting within this is alive (they post every 0.25 s here)
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +113,13 @@ def test_two_replicas_each_are_running_and_serving(edge: ServerThread, channel: 
 
 def _two(replicas: list[ReplicaStatus]) -> list[ReplicaStatus] | None:
     return replicas if len(replicas) == 2 else None
+
+
+def _two_live(engine: RayEngine) -> list[ReplicaStatus] | None:
+    """Both replicas running and posting (a dead one's last post lingers a few seconds)."""
+    now = time.time()
+    live = [r for r in engine.replicas() if now - r.reported_at < LIVE_POST_S]
+    return live if len(live) == 2 and engine.replicas_running == 2 else None
 
 
 def test_requests_spread_over_both_replicas(edge: ServerThread, channel: grpc.Channel):
@@ -203,7 +212,7 @@ def test_second_edge_fronts_the_same_replicas(cluster: str, edge: ServerThread, 
     serves from the same replicas."""
     engine = ray_engine(edge, Modality.IMAGE)
     # (after the kill above, Serve may still be bringing a replacement up)
-    replicas = {r.info.id for r in wait_until(lambda: _two(engine.replicas()), 60)}
+    replicas = {r.info.id for r in wait_until(lambda: _two_live(engine), 60)}
     manifest = load_manifest(MANIFEST).model_copy(update={"text": ()})
     second = ServerThread(ray_settings(tmp_path, cluster), manifest).start()
     try:
