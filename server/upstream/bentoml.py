@@ -25,9 +25,9 @@ def image_adapter(chunk_size: int) -> Adapter[ImageParams, MediaEvent]:
     async def image(http: UpstreamHttp, params: ImageParams) -> AsyncIterator[MediaEvent]:
         assert http.spec.endpoint is not None
         clock, started = time.perf_counter(), time.monotonic()
+        # The seed's BentoML example takes these; a negative prompt it does not.
         body = {
             "prompt": params.prompt,
-            "negative_prompt": params.negative_prompt,
             "num_inference_steps": params.num_inference_steps,
             "guidance_scale": params.guidance_scale,
             "width": params.width,
@@ -58,7 +58,6 @@ async def text(http: UpstreamHttp, request: TextRequest) -> AsyncIterator[TextEv
         "max_new_tokens": params.max_new_tokens,
         "do_sample": params.do_sample,
         "temperature": params.temperature,
-        "top_k": params.top_k,
         "top_p": params.top_p,
         "seed": params.seed % SEED_MODULUS,
     }
