@@ -69,6 +69,13 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
                 bentoml_model("bento-image", url, "/generate/image", retries={"backoff_s": 0.05})
                 | {"default": True},
                 bentoml_model("bento-image-late", late, "/generate/image"),
+                # BentoML sends its headers with the file: a wait longer than the idle limit.
+                bentoml_model(
+                    "bento-image-patient",
+                    url,
+                    "/generate/image",
+                    timeouts={"idle_s": 0.05, "first_byte_s": 60},
+                ),
             ],
         }
     )
@@ -189,3 +196,12 @@ def test_an_upstream_down_at_start_serves_once_it_comes_up(edge: Edge) -> None:
         assert _image(edge, "bento-image-late").final is not None
     finally:
         late.stop()
+
+
+def test_the_first_byte_may_take_longer_than_the_idle_limit(edge: Edge) -> None:
+    stub = image_pb2_grpc.ImageServiceStub(edge.channel)
+    request = image_pb2.ImageGenerateRequest(
+        prompt="a cat", width=128, height=128, num_inference_steps=10, model="bento-image-patient"
+    )
+    result = collect(stub.Generate(request, timeout=120))
+    assert result.final is not None and result.final.sha256 == result.sha256
