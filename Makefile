@@ -71,7 +71,24 @@ ui: setup
 serve: setup
 	$(BIN)/python -m genserve.server $(ARGS)
 
-test: setup
+# The BentoML upstream of the tests (tests/upstreams/) in a virtual environment of its own:
+# bentoml's pins stay out of ours. torch first and pinned, as above.
+BENTOML_VENV  := .venv-bentoml
+BENTOML_STAMP := $(BENTOML_VENV)/.installed
+BENTOML_REQS  := tests/upstreams/requirements-bentoml.txt
+BENTOML_LOCK  := tests/upstreams/constraints-bentoml.txt
+$(BENTOML_STAMP): $(BENTOML_REQS) $(BENTOML_LOCK)
+	test -x $(BENTOML_VENV)/bin/python || $(PYTHON) -m venv $(BENTOML_VENV)
+	$(BENTOML_VENV)/bin/pip install -q --upgrade pip
+	$(BENTOML_VENV)/bin/pip install -q $(TORCH)
+	$(BENTOML_VENV)/bin/pip install -q -c $(BENTOML_LOCK) -r $(BENTOML_REQS)
+	$(BENTOML_VENV)/bin/pip install -q --no-deps $(SMOLLM)
+	touch $@
+
+.PHONY: bentoml-venv
+bentoml-venv: $(BENTOML_STAMP)
+
+test: setup $(BENTOML_STAMP)
 	$(BIN)/python -m pytest -q
 
 # Benchmarks, not part of `make test`: one run, ratios side by side, bench/results/.
@@ -97,4 +114,4 @@ lint: setup
 	$(BIN)/mypy server rest_bridge clients tests bench
 
 clean:
-	rm -rf $(VENV) $(STUBS) protos/genserve/v1/*_pb2*.py* var
+	rm -rf $(VENV) $(BENTOML_VENV) $(STUBS) protos/genserve/v1/*_pb2*.py* var

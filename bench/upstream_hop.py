@@ -1,8 +1,9 @@
 """The cost of the hop to an upstream: one OpenAI-compatible server called directly (HTTP,
 streaming chat, a pooled client) against the same server behind genserve (our gRPC
 TextService, a model whose engine is `upstream`, in a server process of its own). The
-same greedy request alternates between the two paths, one at a time; medians of time
-to first token and of the whole stream, and the difference: what genserve adds."""
+same greedy request (one question, its prompt cached upstream) alternates between the two
+paths, one at a time; medians of time to first token and of the whole stream, and of the
+differences pair by pair: what genserve adds."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from bench.text_throughput import QUESTIONS, SYSTEM_PROMPT, chat_body
 from genserve.v1 import text_pb2, text_pb2_grpc
 
 EDGE_MODEL = "hop"
+QUESTION = 0
 
 
 @dataclass
@@ -102,20 +104,18 @@ def run(
         httpx.Client(base_url=upstream_url, timeout=600) as client,
     ):
         stub = text_pb2_grpc.TextServiceStub(channel)
-        # Warm both paths' connections, and the upstream's prompt cache with every question:
-        # then neither path pays a prefill the other was spared.
-        through_genserve(stub, 0, tokens)
-        for question in range(min(requests, len(QUESTIONS))):
-            direct(client, upstream_model, question, tokens)
+        # One question throughout: the upstream's prompt cache then serves both paths alike
+        # (a prompt one path had just sent would spare the other its prefill).
+        through_genserve(stub, QUESTION, tokens)  # warm both paths' connections and the cache
+        direct(client, upstream_model, QUESTION, tokens)
         for index in range(requests):
-            question = index % len(QUESTIONS)
             # Alternate which path goes first, so drift on the machine falls on both.
             if index % 2 == 0:
-                direct_runs.append(direct(client, upstream_model, question, tokens))
-                hop_runs.append(through_genserve(stub, question, tokens))
+                direct_runs.append(direct(client, upstream_model, QUESTION, tokens))
+                hop_runs.append(through_genserve(stub, QUESTION, tokens))
             else:
-                hop_runs.append(through_genserve(stub, question, tokens))
-                direct_runs.append(direct(client, upstream_model, question, tokens))
+                hop_runs.append(through_genserve(stub, QUESTION, tokens))
+                direct_runs.append(direct(client, upstream_model, QUESTION, tokens))
 
     def median(runs: list[Timing], field: str) -> float:
         return round(statistics.median(getattr(run, field) for run in runs), 2)

@@ -40,5 +40,8 @@ async def watch_health(
             if reported.get(entry.name) != entry.ready:
                 reported[entry.name] = entry.ready
                 logger.info("model %s is %s", entry.name, "ready" if entry.ready else "NOT ready")
-                await report(entry)
+                try:
+                    await report(entry)
+                except Exception:  # the watch must outlive one failed report
+                    logger.exception("reporting the health of %s failed", entry.name)
         await asyncio.sleep(interval_s)

@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from bench.__main__ import run
 
 
+@pytest.mark.timeout(600)  # five server processes and every measurement, on a shared machine
 def test_quick_benchmark_writes_its_results(tmp_path: Path) -> None:
     results = run(quick=True, out=tmp_path)
     written = json.loads((tmp_path / "bench.json").read_text())

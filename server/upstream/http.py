@@ -16,6 +16,7 @@ import asyncio
 import email.utils
 import json
 import logging
+import math
 import random
 import time
 from collections.abc import AsyncIterator
@@ -49,6 +50,15 @@ T = TypeVar("T")
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 MAX_ERROR_BODY_BYTES = 4096  # what we read of an error reply, to quote its message
 MAX_QUOTED_CHARS = 200
+MAX_RETRY_AFTER_S = 86400.0
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An upstream's 2xx answer, its body not read yet."""
+
+    response: httpx.Response
+    sent_at: float  # time.monotonic() when the answered attempt was sent
 
 
 @dataclass(frozen=True)
@@ -67,18 +77,13 @@ class UpstreamHttp:
         self.model = model
         self.spec = spec
         self._api_key = api_key
-        timeouts = spec.timeouts
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.AsyncClient(
             base_url=spec.base_url.rstrip("/"),
             headers=headers,
-            timeout=httpx.Timeout(
-                connect=timeouts.connect_s,
-                read=timeouts.idle_s,
-                write=timeouts.idle_s,
-                pool=timeouts.connect_s,
-            ),
-            limits=httpx.Limits(max_connections=spec.max_in_flight),
+            timeout=self._timeout(),
+            # One more than the calls we let in: a health probe never waits for a slot.
+            limits=httpx.Limits(max_connections=spec.max_in_flight + 1),
             follow_redirects=False,
             trust_env=False,  # a proxy from the environment must not see our key
         )
@@ -90,7 +95,7 @@ class UpstreamHttp:
     @asynccontextmanager
     async def stream(
         self, method: str, path: str, body: dict[str, Any] | None = None
-    ) -> AsyncIterator[httpx.Response]:
+    ) -> AsyncIterator[Reply]:
         """The upstream's 2xx reply, headers read and body not yet: retried and mapped
         before that, closed (connection and all) when the block exits."""
         self._loop = asyncio.get_running_loop()
@@ -101,44 +106,38 @@ class UpstreamHttp:
         self.in_flight += 1
         started = time.perf_counter()
         try:
-            response = await self._send_with_retries(method, path, body)
+            reply = await self._send_with_retries(method, path, body)
             try:
-                yield response
+                yield reply
             finally:
-                await response.aclose()
+                await reply.response.aclose()
         finally:
             self.in_flight -= 1
             current_call_details().upstream_ms = (time.perf_counter() - started) * 1000
 
-    async def timed(self, items: AsyncIterator[T], started: float) -> AsyncIterator[T]:
-        """`items` read from an open reply: the first must come within the first-byte
-        limit (counted from `started`), then failures end the stream with a non-OK status."""
-        first = True
+    async def timed(self, reply: Reply, items: AsyncIterator[T]) -> AsyncIterator[T]:
+        """`items` read from an open reply: the first within what is left of the first-byte
+        limit (counted from when the answered attempt was sent), each later one within the
+        idle limit; any failure ends the stream with a non-OK status."""
+        timeouts = self.spec.timeouts
+        limit = timeouts.first_byte_s - (time.monotonic() - reply.sent_at)
+        waiting_for = "its first byte"
         try:
             while True:
-                if first:
-                    limit = self._limit(self.spec.timeouts.first_byte_s) - (
-                        time.monotonic() - started
-                    )
-                    try:
-                        async with asyncio.timeout(max(limit, 0.001)):
-                            item = await anext(items)
-                    except TimeoutError:
-                        raise DeadlineExceeded(
-                            f"model {self.model}: the upstream sent nothing for "
-                            f"{self._limit(self.spec.timeouts.first_byte_s):.1f} s"
-                        ) from None
-                    first = False
-                else:
-                    item = await anext(items)
+                left = seconds_left()
+                wait = limit if left is None else min(limit, left)
+                try:
+                    async with asyncio.timeout(max(wait, 0.0)):
+                        item = await anext(items)
+                except TimeoutError:
+                    raise DeadlineExceeded(
+                        f"model {self.model}: the upstream sent nothing for {wait:.1f} s while "
+                        f"we waited for {waiting_for}"
+                    ) from None
+                limit, waiting_for = timeouts.idle_s, "more of the stream"
                 yield item
         except StopAsyncIteration:
             return
-        except httpx.ReadTimeout:
-            raise DeadlineExceeded(
-                f"model {self.model}: the upstream stalled for {self.spec.timeouts.idle_s:.1f} s "
-                "mid-stream"
-            ) from None
         except httpx.HTTPError as error:
             raise Unavailable(
                 f"model {self.model}: the upstream stream broke ({type(error).__name__}); "
@@ -146,10 +145,9 @@ class UpstreamHttp:
             ) from error
 
     async def fetch_json(self, method: str, path: str, body: dict[str, Any]) -> Any:
-        """A whole JSON reply (embeddings, images): read under the first-byte limit."""
-        started = time.monotonic()
-        async with self.stream(method, path, body) as response:
-            chunks = [c async for c in self.timed(response.aiter_bytes(), started)]
+        """A whole JSON reply (embeddings, images), read under the same limits."""
+        async with self.stream(method, path, body) as reply:
+            chunks = [c async for c in self.timed(reply, reply.response.aiter_bytes())]
         try:
             return json.loads(b"".join(chunks))
         except ValueError:
@@ -158,6 +156,7 @@ class UpstreamHttp:
     async def problem(self, path: str) -> str | None:
         """One health probe: None when the upstream answers and accepts our key, else
         what is wrong (for the log: never the key)."""
+        self._loop = asyncio.get_running_loop()
         try:
             response = await self._client.get(path, timeout=self.spec.timeouts.connect_s)
         except httpx.HTTPError as error:
@@ -195,12 +194,12 @@ class UpstreamHttp:
 
     async def _send_with_retries(
         self, method: str, path: str, body: dict[str, Any] | None
-    ) -> httpx.Response:
+    ) -> Reply:
         retries = self.spec.retries
         for attempt in range(1, retries.attempts + 1):
-            refusal, response = await self._attempt(method, path, body)
-            if response is not None:
-                return response
+            refusal, reply = await self._attempt(method, path, body)
+            if reply is not None:
+                return reply
             assert refusal is not None
             wait = self._wait_before_retry(refusal, attempt)
             if wait is None:
@@ -217,7 +216,7 @@ class UpstreamHttp:
 
     async def _attempt(
         self, method: str, path: str, body: dict[str, Any] | None
-    ) -> tuple[Refusal | None, httpx.Response | None]:
+    ) -> tuple[Refusal | None, Reply | None]:
         request = self._client.build_request(
             method,
             path,
@@ -226,6 +225,7 @@ class UpstreamHttp:
             timeout=self._timeout(),
         )
         first_byte_s = self._limit(self.spec.timeouts.first_byte_s)
+        sent_at = time.monotonic()
         try:
             async with asyncio.timeout(first_byte_s):
                 response = await self._client.send(request, stream=True)
@@ -234,12 +234,12 @@ class UpstreamHttp:
                 f"model {self.model}: the upstream did not answer within {first_byte_s:.1f} s"
             )
             return Refusal(error, retry=False), None
-        except httpx.HTTPError as failure:  # connect errors and timeouts: nothing was sent
+        except httpx.HTTPError as failure:
             kind = type(failure).__name__
             error = Unavailable(f"model {self.model}: upstream unreachable ({kind})")
-            return Refusal(error, retry=True), None
+            return Refusal(error, retry=_nothing_was_sent(failure)), None
         if response.is_success:
-            return None, response
+            return None, Reply(response, sent_at)
         try:
             quoted = await self._quote_error(response)
         finally:
@@ -292,13 +292,12 @@ class UpstreamHttp:
         return seconds if left is None else max(min(seconds, left), 0.001)
 
     def _timeout(self) -> httpx.Timeout:
+        """httpx's own limits for connecting and sending; waiting for the answer is timed
+        by `_attempt` (the first byte) and `timed` (each later piece), which know which
+        limit applies."""
         timeouts = self.spec.timeouts
-        return httpx.Timeout(
-            connect=self._limit(timeouts.connect_s),
-            read=timeouts.idle_s,
-            write=timeouts.idle_s,
-            pool=self._limit(timeouts.connect_s),
-        )
+        connect = self._limit(timeouts.connect_s)
+        return httpx.Timeout(connect=connect, read=None, write=timeouts.idle_s, pool=connect)
 
     async def _quote_error(self, response: httpx.Response) -> str:
         """The upstream's own error message, short, with our key scrubbed out of it."""
@@ -318,6 +317,15 @@ class UpstreamHttp:
         return message[:MAX_QUOTED_CHARS]
 
 
+def _nothing_was_sent(failure: httpx.HTTPError) -> bool:
+    """Safe to send again: the upstream cannot have started on it. A connection that
+    could not be opened, or a pooled keep-alive connection the server had closed just
+    before we wrote on it (it answers nothing). Not a read or write that failed midway."""
+    if isinstance(failure, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
+        return True
+    return isinstance(failure, httpx.RemoteProtocolError) and "without sending" in str(failure)
+
+
 def _probe_problem(response: httpx.Response) -> str | None:
     if response.is_success:
         return None
@@ -327,25 +335,30 @@ def _probe_problem(response: httpx.Response) -> str | None:
 
 
 def retry_after_s(headers: httpx.Headers) -> float | None:
-    """Retry-After in seconds (a number or an HTTP date), or retry-after-ms."""
-    exact = headers.get("retry-after-ms")
+    """Retry-After in seconds (a number or an HTTP date), or retry-after-ms; within
+    [0, a day], and None for anything else (nan, inf, garbage)."""
+    seconds: float | None = None
+    exact, value = headers.get("retry-after-ms"), headers.get("retry-after")
     if exact is not None:
-        try:
-            return max(float(exact) / 1000, 0.0)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
+        seconds = _number(exact)
+        seconds = None if seconds is None else seconds / 1000
+    if seconds is None and value is not None:
+        seconds = _number(value)
+        if seconds is None:
+            try:
+                seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+            except (TypeError, ValueError):
+                return None
+    if seconds is None or not math.isfinite(seconds):
         return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+
+
+def _number(text: str) -> float | None:
     try:
-        return max(float(value), 0.0)
+        return float(text)
     except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
         return None
-    return max(when.timestamp() - time.time(), 0.0)
 
 
 def _error_message(body: bytes) -> str:

@@ -13,11 +13,13 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from genserve.server.errors import Unavailable
 from genserve.server.media.events import Chunk, Final, Header, MediaEvent
 from genserve.server.media.image import ImageFormat
 
-# Enough of a file's start to read its size (PNG/JPEG/WebP) or its format (WAV).
-HEADER_PROBE_BYTES = 64 * 1024
+# Enough of a file's start to read its size (PNG, WebP, most JPEGs) or format (WAV), and
+# little enough that speech starts flowing at once.
+HEADER_PROBE_BYTES = 4096
 
 SNIFFED_TYPES = (
     (b"\x89PNG", "image/png", "png"),
@@ -52,14 +54,21 @@ def header_for(head: bytes, stem: str, declared_type: str | None) -> Header:
     return Header(mime_type=mime, file_name=name)
 
 
+# A WAV written while streaming declares 0, 0x7FFFFFFF or 0xFFFFFFFF data bytes (not known
+# yet); `wave` reports that as whole frames, so anything from 2 GiB less a frame is unknown.
+STREAMED_WAV_BYTES = 0x7FFFFFFF
+
+
 def _wav_header(head: bytes, name: str) -> Header:
     try:
         with wave.open(io.BytesIO(head)) as reader:
             rate, frames = reader.getframerate(), reader.getnframes()
+            frame_bytes = reader.getsampwidth() * reader.getnchannels()
     except (wave.Error, EOFError):
         return Header(mime_type="audio/wav", file_name=name)
-    # A streamed WAV may declare an unknown (maximal) length: then the duration is unknown.
-    duration = frames / rate if rate and frames < 0x7FFFFFFF // 2 else 0.0
+    size = frames * frame_bytes
+    known = rate and 0 < size < STREAMED_WAV_BYTES - frame_bytes
+    duration = frames / rate if known else 0.0
     return Header(mime_type="audio/wav", file_name=name, sample_rate=rate, duration_s=duration)
 
 
@@ -93,6 +102,8 @@ async def media_events(
             yield Chunk(data=chunk, offset=sent)
             sent += len(chunk)
     if not header_sent:
+        if not pending:  # a 200 with nothing in it is no answer
+            raise Unavailable("the upstream answered with an empty file")
         yield header_for(bytes(pending), stem, declared_type)
     for start in range(0, len(pending), chunk_size):
         chunk = bytes(pending[start : start + chunk_size])

@@ -26,9 +26,16 @@ from genserve.server.upstream.media_stream import MediaTiming, media_events, one
 CHARS_PER_TOKEN = 4
 SEED_MODULUS = 2**32  # llama.cpp's seeds are 32-bit; OpenAI's accept that range too
 HEALTH_PATH = "/models"
+# OpenAI's finish reasons of a whole answer; any other (content_filter, abort) cut it short.
+FINISHED = {
+    "stop": FinishReason.STOP,
+    "length": FinishReason.LENGTH,
+    "tool_calls": FinishReason.STOP,
+    "function_call": FinishReason.STOP,
+}
 
 
-def chat_body(model: str, request: TextRequest) -> dict[str, Any]:
+def chat_body(model: str, request: TextRequest, send_top_k: bool) -> dict[str, Any]:
     params = request.params
     body: dict[str, Any] = {
         "model": model,
@@ -40,8 +47,9 @@ def chat_body(model: str, request: TextRequest) -> dict[str, Any]:
         "temperature": params.temperature if params.do_sample else 0.0,
     }
     if params.do_sample:
-        # top_k is not OpenAI's, but llama-server, vLLM and genserve read it; others ignore it.
-        body.update(top_p=params.top_p, top_k=params.top_k)
+        body["top_p"] = params.top_p
+        if send_top_k:  # not OpenAI's (it refuses unknown fields); llama-server's and vLLM's
+            body["top_k"] = params.top_k
     if params.stop:
         body["stop"] = list(params.stop)
     return body
@@ -52,12 +60,13 @@ async def chat(http: UpstreamHttp, request: TextRequest) -> AsyncIterator[TextEv
     (include_usage); otherwise each content delta counts as one token and the prompt is
     estimated from its length."""
     assert http.spec.model is not None
-    started, clock = time.monotonic(), time.perf_counter()
+    clock = time.perf_counter()
     completion = 0
     finish: str | None = None
     usage: dict[str, Any] | None = None
-    async with http.stream("POST", "/chat/completions", chat_body(http.spec.model, request)) as r:
-        async for event in http.timed(EventSource(r).aiter_sse(), started):
+    body = chat_body(http.spec.model, request, http.spec.send_top_k)
+    async with http.stream("POST", "/chat/completions", body) as reply:
+        async for event in http.timed(reply, EventSource(reply.response).aiter_sse()):
             if event.data.strip() == "[DONE]":
                 break
             chunk = _parse(http, event.data)
@@ -72,12 +81,14 @@ async def chat(http: UpstreamHttp, request: TextRequest) -> AsyncIterator[TextEv
                 finish = choice.get("finish_reason") or finish
     if finish is None:  # the stream stopped without saying why: it was cut short
         raise Unavailable(f"model {http.model}: the upstream's stream ended before its end")
+    if finish not in FINISHED:  # content_filter, vLLM's abort: cut short upstream
+        raise Unavailable(f"model {http.model}: the upstream ended the answer early ({finish})")
     prompt_tokens = math.ceil(sum(len(t.content) for t in request.messages) / CHARS_PER_TOKEN)
     if usage:
         prompt_tokens = int(usage.get("prompt_tokens") or prompt_tokens)
         completion = int(usage.get("completion_tokens") or completion)
     yield TextFinal(
-        finish_reason=FinishReason.LENGTH if finish == "length" else FinishReason.STOP,
+        finish_reason=FINISHED[finish],
         prompt_tokens=prompt_tokens,
         completion_tokens=completion,
         seed=request.params.seed,
@@ -133,16 +144,15 @@ def speech_adapter(chunk_size: int) -> Adapter[AudioParams, MediaEvent]:
     async def speech(http: UpstreamHttp, params: AudioParams) -> AsyncIterator[MediaEvent]:
         """The upstream's WAV streamed on as it arrives."""
         clock = time.perf_counter()
-        started = time.monotonic()
         body = {
             "model": http.spec.model,
             "input": params.prompt,
             "voice": http.spec.voice or params.preset,
             "response_format": "wav",
         }
-        async with http.stream("POST", "/audio/speech", body) as response:
-            data = http.timed(response.aiter_bytes(), started)
-            declared = response.headers.get("content-type")
+        async with http.stream("POST", "/audio/speech", body) as reply:
+            data = http.timed(reply, reply.response.aiter_bytes())
+            declared = reply.response.headers.get("content-type")
             timing = MediaTiming(params.seed, clock)
             async for event in media_events(data, chunk_size, "speech", declared, timing):
                 yield event

@@ -43,6 +43,9 @@ class UpstreamSpec(BaseModel):
     model: str | None = Field(None, description="openai: the upstream's name for the model")
     endpoint: str | None = Field(None, description="bentoml: the API's path, e.g. /txt2img")
     voice: str | None = Field(None, description="openai speech: the upstream voice to ask for")
+    send_top_k: bool = Field(
+        False, description="openai chat: send top_k (llama-server, vLLM; OpenAI refuses it)"
+    )
     api_key_env: str | None = Field(None, description="environment variable holding the key")
     api_key_file: Path | None = Field(None, description="file holding the key")
     timeouts: UpstreamTimeouts = Field(default_factory=UpstreamTimeouts)
@@ -68,5 +71,8 @@ class UpstreamSpec(BaseModel):
                 raise ValueError(f"environment variable {self.api_key_env} is not set")
             return value
         if self.api_key_file:
-            return self.api_key_file.read_text().strip()
+            key = self.api_key_file.read_text().strip()
+            if not key:
+                raise ValueError(f"key file {self.api_key_file} is empty")
+            return key
         return None
