@@ -69,7 +69,7 @@ class RaySettings(BaseModel):
 
     address: str | None = Field(
         None,
-        description="Ray cluster: host:port or auto (from a Ray node); unset: start one in process",
+        description="Ray cluster: host:port or auto; unset: a local one, or one started here",
     )
     namespace: str = Field("genserve", description="Ray namespace of genserve's own actors")
     deploy: bool = Field(
