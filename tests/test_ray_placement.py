@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from genserve.server.background import ServerThread, make_settings, wait_until
 from genserve.server.manifest import Manifest, Modality, load_manifest
@@ -187,6 +189,7 @@ def test_client_cancel_stops_the_replicas_compute(edge: ServerThread, channel: g
             break
     assert replica is not None
     before = wait_until(lambda: status_of(engine, replica.id), 30)
+    wait_until(lambda: in_flight_gauge(edge, IMAGE) == 1 or None, 30)  # the edge's /metrics
     call.cancel()
     # The replica's engine gives the request up: its in-flight gauge drops to 0 and it
     # counts one more cancelled request; it stopped well short of the 100 steps.
@@ -195,10 +198,21 @@ def test_client_cancel_stops_the_replicas_compute(edge: ServerThread, channel: g
         30,
     )
     assert after.events - before.events < LONG_STEPS
+    wait_until(lambda: in_flight_gauge(edge, IMAGE) == 0 or None, 30)
     row = edge.wait_for_usage_row("cancelled-by-client")
     assert row["status_code"] == "CANCELLED" and row["replica"] == replica.id
     # and it serves the next request
     draw(channel, "after-cancel")
+
+
+def in_flight_gauge(server: ServerThread, model: str) -> float:
+    """genserve_model_in_flight for the model, as Prometheus scrapes it off the edge."""
+    metrics = httpx.get(f"http://127.0.0.1:{server.server.metrics_port}/metrics").text
+    for family in text_string_to_metric_families(metrics):
+        for sample in family.samples:
+            if sample.name == "genserve_model_in_flight" and sample.labels["model"] == model:
+                return float(sample.value)
+    raise AssertionError(f"no in-flight gauge for {model}")
 
 
 def _stopped(status: ReplicaStatus | None, cancelled_before: int) -> ReplicaStatus | None:

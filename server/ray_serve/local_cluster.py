@@ -19,7 +19,11 @@ from pathlib import Path
 
 RAY = str(Path(sys.executable).parent / "ray")
 START_TIMEOUT_S = 120
-ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+# Loopback only, so no token auth: Ray 2.60 turns it on for `ray start --head` wherever an
+# earlier in-process ray.init() left ~/.ray/auth_token, and the second node then fails to
+# join. This process's own driver connects under the same setting.
+AUTH_MODE = "disabled"
+ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": AUTH_MODE}
 
 
 def free_port() -> int:
@@ -29,7 +33,11 @@ def free_port() -> int:
 
 
 def _ray(*args: str) -> None:
-    subprocess.run([RAY, *args], check=True, capture_output=True, env=ENV, timeout=START_TIMEOUT_S)
+    done = subprocess.run(
+        [RAY, *args], capture_output=True, text=True, env=ENV, timeout=START_TIMEOUT_S
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"ray {' '.join(args)} failed:\n{done.stderr[-2000:]}")
 
 
 @contextmanager
@@ -37,6 +45,7 @@ def local_cluster(nodes: int = 2, cpus_per_node: int = 1) -> Iterator[str]:
     """Yields the head's address (127.0.0.1:port)."""
     address = f"127.0.0.1:{free_port()}"
     node = ("--num-cpus", str(cpus_per_node), "--node-ip-address", "127.0.0.1")
+    os.environ.setdefault("RAY_AUTH_MODE", AUTH_MODE)  # for ray.init() in this process
     try:
         _ray(
             "start",
