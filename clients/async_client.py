@@ -202,13 +202,18 @@ class AsyncTextClient:
         stub = text_pb2_grpc.TextServiceStub(self._client.channel)
         request_id = request_id or new_request_id()
         pieces: list[str] = []
+        final = None
+        # Read to the end of the stream, not just to the final event: leaving early cancels
+        # the call, and a call cancelled before its OK status arrives is logged CANCELLED.
         async for event in self._client._stream(
             stub.Generate, requests.text_request(prompt, **params), timeout, request_id
         ):
             if event.HasField("delta"):
                 pieces.append(event.delta.text)
             else:
-                return text_result(pieces, event.final, request_id)
+                final = event.final
+        if final is not None:
+            return text_result(pieces, final, request_id)
         raise AssertionError("a text stream ends with a final event")
 
 

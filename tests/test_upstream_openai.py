@@ -332,7 +332,11 @@ def test_an_upstream_429_is_waited_out_or_passed_on_with_its_delay(
     request = _chat(edge, "up-chat-throttled", max_new_tokens=RETRY_TOKENS, stop=[" "])
     _, final = _text(stub.Generate(request, metadata=metadata, timeout=60))
     assert final.usage.completion_tokens >= 1
-    rows = genserve.usage_rows(dict(metadata)["x-request-id"])
+    request_id = dict(metadata)["x-request-id"]
+    # The upstream writes its rows as its calls end: the last may lag ours.
+    rows = _wait_for(
+        lambda: (found := genserve.usage_rows(request_id)) and len(found) > 1 and found
+    )
     assert [r["status_code"] for r in rows] == ["RESOURCE_EXHAUSTED", "OK"]
     refused, served = (datetime.fromisoformat(r["datetime_utc"]) for r in rows)
     # Retry-After is whole seconds (at least 1): the edge waited it, not a guess of its own.
