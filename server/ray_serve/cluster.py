@@ -80,7 +80,11 @@ def _deploy(app: str, board: Any, modality: Modality, spec: ModelSpec, settings:
 
 
 # The settings a replica reads (an edge's port or data folder is not one of them).
-REPLICA_SETTINGS = {"model_store", "text", "media", "image", "audio", "video", "mesh", "embedding"}
+ENGINE_SETTINGS = ("model_store", "text", "media", "image", "audio", "video", "mesh", "embedding")
+REPLICA_SETTINGS: dict[str, Any] = {
+    **dict.fromkeys(ENGINE_SETTINGS, True),
+    "ray": {"namespace", "poll_s", "request_timeout_s"},  # not the address: edges differ
+}
 
 
 def _wait_running(app: str, timeout_s: float) -> None:
