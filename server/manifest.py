@@ -81,6 +81,8 @@ class ModelSpec(BaseModel):
     def _ray_table_only_with_ray_placement(self) -> ModelSpec:
         if self.placement != "ray" and self.ray != RayPlacement():  # (a dump's defaults pass)
             raise ValueError(f'model {self.name}: a [ray] table needs placement = "ray"')
+        if self.placement == "ray" and self.load_policy is LoadPolicy.ON_DEMAND:
+            raise ValueError(f"model {self.name}: a ray-placed model is not loaded per request")
         if self.placement == "ray" and self.upstream is not None:
             raise ValueError(f"model {self.name}: an upstream model runs elsewhere already")
         return self
@@ -158,6 +160,7 @@ class Manifest(BaseModel):
         """The modality's default model."""
         specs = self.specs(modality)
         return next((s for s in specs if s.default), specs[0] if specs else None)
+
 
 def load_manifest(path: Path) -> Manifest:
     with path.open("rb") as f:

@@ -198,6 +198,10 @@ def test_client_cancel_stops_the_replicas_compute(edge: ServerThread, channel: g
         30,
     )
     assert after.events - before.events < LONG_STEPS
+    # and no further steps are logged once it stopped (the replica posts every second)
+    time.sleep(2.5)
+    later = status_of(engine, replica.id)
+    assert later is not None and later.events == after.events
     wait_until(lambda: in_flight_gauge(edge, IMAGE) == 0 or None, 30)
     row = edge.wait_for_usage_row("cancelled-by-client")
     assert row["status_code"] == "CANCELLED" and row["replica"] == replica.id

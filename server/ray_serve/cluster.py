@@ -76,7 +76,11 @@ def _deploy(app: str, board: Any, modality: Modality, spec: ModelSpec, settings:
     if changed or status is None or status.status is ApplicationStatus.DEPLOY_FAILED:
         logger.info("deploying %s on Ray Serve as application %s", spec.name, app)
         target = serve.RunTarget(application(modality, spec, remote), app, route_prefix=None)
-        serve.run_many([target], wait_for_applications_running=False)
+        try:
+            serve.run_many([target], wait_for_applications_running=False)
+        except BaseException:  # not deployed after all: the next edge must try again
+            ray.get(board.record_config.remote(""))
+            raise
 
 
 # The settings a replica reads (an edge's port or data folder is not one of them).

@@ -21,24 +21,29 @@ from contextlib import aclosing
 from typing import Any
 
 from ray import serve
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import RayActorError, RayError, RayTaskError
 from ray.serve._private.common import ReplicaState  # the key of serve.status()'s counts
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from genserve.server.engine.contract import EngineStats
 from genserve.server.errors import ResourceExhausted, Unavailable
+from genserve.server.media.embedding import Embeddings
+from genserve.server.media.events import Final
 from genserve.server.ray_serve.wire import ReplicaError, ReplicaInfo, ReplicaStatus
 from genserve.server.request_context import (
     current_call_details,
     current_request_id,
     seconds_left,
 )
+from genserve.server.text.types import TextFinal
 
 logger = logging.getLogger(__name__)
 
 # Tries per request when a replica dies before the caller got anything.
 ATTEMPTS = 2
+# The last event of a whole stream: text and media end with their final, embeddings are one.
+COMPLETE = (TextFinal, Final, Embeddings)
 
 
 class RayEngine:
@@ -123,12 +128,14 @@ class RayEngine:
         response = self._handle.generate.remote(request, seconds_left())
         assert isinstance(response, DeploymentResponseGenerator)  # the handle streams
         finished = False
+        last: Any = None
         try:
             async for item in response:
                 if isinstance(item, ReplicaInfo):  # the replica that took the request
                     self._streams[request_id] = item
                     current_call_details().replica = item.id
                     continue
+                last = item
                 yield item
             finished = True
         except RayTaskError as error:  # raised by the replica's code
@@ -143,9 +150,19 @@ class RayEngine:
             ) from None
         except DeploymentUnavailableError:
             raise Unavailable(f"model {self.name}: its deployment is unavailable") from None
+        except RayActorError:
+            raise  # generate() decides: retry, or UNAVAILABLE
+        except RayError as error:  # a lost node or object: the stream is broken, not wrong
+            logger.warning("the stream of %s broke on Ray: %s", self.name, error)
+            raise Unavailable(f"model {self.name}: its replica's stream broke; retry") from None
         finally:
             if not finished:  # the caller left, or failed: stop the replica's work
-                response.cancel()
+                try:
+                    response.cancel()
+                except Exception:  # cancel() re-raises the routing error: keep ours
+                    logger.debug("cancelling a call of %s", self.name, exc_info=True)
+        if not isinstance(last, COMPLETE):  # a stream must end with its final event
+            raise Unavailable(f"model {self.name}: the replica's stream ended early; retry")
 
     # -- introspection (tests, operators) ------------------------------------------------------
 
@@ -167,11 +184,14 @@ class RayEngine:
         import ray
 
         try:
-            self._replicas = ray.get(self._board.read.remote(), timeout=10)
             self._running = _running_replicas(self.app)
         except Exception:  # the cluster is unreachable for now: not ready until it is back
             logger.warning("could not read the state of %s on Ray", self.app, exc_info=True)
             self._running = 0
+        try:  # the board only feeds stats: losing it must not take the model down
+            self._replicas = ray.get(self._board.read.remote(), timeout=10)
+        except Exception:
+            logger.warning("could not read the replica board of %s", self.app, exc_info=True)
 
 
 def _running_replicas(app: str) -> int:

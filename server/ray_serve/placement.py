@@ -20,7 +20,9 @@ class RayAutoscaling(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    min_replicas: int = Field(1, ge=0)
+    # At least one: with none running the model is not ready, so no request would ever
+    # reach the handle and make Serve scale up again.
+    min_replicas: int = Field(1, ge=1)
     max_replicas: int = Field(2, ge=1)
     target_ongoing_requests: float = Field(2.0, gt=0)
 
