@@ -10,6 +10,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -57,7 +58,7 @@ def channel(server: ServerThread) -> Iterator[grpc.Channel]:
     channel.close()
 
 
-def text(channel: grpc.Channel, metadata: tuple[tuple[str, str], ...], **fields: object) -> str:
+def text(channel: grpc.Channel, metadata: tuple[tuple[str, str], ...], **fields: Any) -> str:
     """Runs a short greedy text call; returns the request ID the server echoed."""
     from genserve.v1 import text_pb2_grpc
 

@@ -214,7 +214,7 @@ def test_deadline_is_504(tiny_server: ServerThread) -> None:
     ).start()
     try:
         with httpx.Client(base_url=thread.url, timeout=30) as client:
-            long_answer = {
+            long_answer: dict[str, str | int] = {
                 "prompt": "Write a long essay on the history of computing.",
                 "max_new_tokens": 2000,
             }

@@ -67,8 +67,9 @@ def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def short_text(http: httpx.Client, headers: dict[str, str], **params: object) -> httpx.Response:
-    query = {"prompt": "What is FastAPI?", "max_new_tokens": 2, "do_sample": "false"} | params
+def short_text(http: httpx.Client, headers: dict[str, str], **params: str | int) -> httpx.Response:
+    query: dict[str, str | int] = {"prompt": "What is FastAPI?", "max_new_tokens": 2}
+    query |= {"do_sample": "false"} | params
     return http.get("/generate/text", params=query, headers=headers)
 
 
@@ -99,8 +100,8 @@ def test_a_wrong_key_is_401_invalid_token(http: httpx.Client) -> None:
 
 
 def test_openai_routes_take_the_key_as_openai_sends_it(http: httpx.Client, keys: Keys) -> None:
-    body = {"model": "smollm2-135m-instruct", "messages": [{"role": "user", "content": "Hi"}]}
-    body |= {"max_tokens": 2}
+    body: dict[str, object] = {"model": "smollm2-135m-instruct", "max_tokens": 2}
+    body["messages"] = [{"role": "user", "content": "Hi"}]
     refused = http.post("/v1/chat/completions", json=body)
     assert refused.status_code == 401
     assert refused.json()["error"]["type"] == "authentication_error"

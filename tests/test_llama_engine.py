@@ -118,7 +118,7 @@ def test_batched_greedy_equals_solo_greedy() -> None:
 def test_a_seed_reproduces_alone_and_in_a_batch(engine: LlamaCppTextEngine) -> None:
     alone = run(collect(engine, ask("Tell me a story.", sample=True, seed=1234)))
 
-    async def among_others() -> list[tuple[str, TextFinal]]:
+    async def among_others() -> tuple[tuple[str, TextFinal], ...]:
         return await asyncio.gather(
             collect(engine, ask("Write a poem.", sample=True, seed=5)),
             collect(engine, ask("Tell me a story.", sample=True, seed=1234)),
