@@ -142,9 +142,7 @@ def mesh_request(
     return mesh_pb2.MeshGenerateRequest(
         prompt=prompt,
         format=MESH_FORMATS[format],
-        **_given(
-            num_inference_steps=steps, guidance_scale=guidance_scale, seed=seed, model=model
-        ),
+        **_given(num_inference_steps=steps, guidance_scale=guidance_scale, seed=seed, model=model),
     )
 
 

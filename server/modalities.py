@@ -141,9 +141,7 @@ class ModalityRow:
     @property
     def service(self) -> str:
         """The full gRPC service name, as health and reflection know it."""
-        name: str = self.proto_module.DESCRIPTOR.services_by_name[
-            self.service_short_name
-        ].full_name
+        name: str = self.proto_module.DESCRIPTOR.services_by_name[self.service_short_name].full_name
         return name
 
     def loader_for(self, spec: ModelSpec) -> EngineLoader | None:

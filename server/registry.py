@@ -84,8 +84,10 @@ class ModelEntry:
             return self.engine is None or self.engine.ready
         if self.state is ModelState.ON_DEMAND:
             return True
-        return self.state is ModelState.UNLOADED and self.policy is LoadPolicy.LAZY and (
-            not self.held_back
+        return (
+            self.state is ModelState.UNLOADED
+            and self.policy is LoadPolicy.LAZY
+            and (not self.held_back)
         )
 
     @property
@@ -381,4 +383,3 @@ def _close_quietly(engine: Engine[Any, Any], name: str, wait_s: float | None = N
     except Exception:  # closing one model must not stop the others closing
         logger.exception("closing model %s failed", name)
         return False
-

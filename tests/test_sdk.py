@@ -229,9 +229,10 @@ def test_resource_exhausted_when_the_queue_is_full(tmp_path: Path) -> None:
             assert started.wait(60)
             # max_retries=0: by default the SDK waits out the server's retry-after and tries
             # again, which a queue this busy may well refuse again.
-            with GenServe(f"localhost:{server.port}", max_retries=0) as once, pytest.raises(
-                ResourceExhaustedError
-            ) as refused:
+            with (
+                GenServe(f"localhost:{server.port}", max_retries=0) as once,
+                pytest.raises(ResourceExhaustedError) as refused,
+            ):
                 once.image.generate("x", steps=1)
             assert refused.value.retry_after_s is not None and refused.value.retry_after_s > 0
             for thread in threads:

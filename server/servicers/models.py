@@ -19,9 +19,7 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
     def __init__(self, registry: ModelRegistry, settings: Settings) -> None:
         self._registry = registry
         self._limits = struct_pb2.Struct()
-        self._limits.update(
-            {row.modality.value: row.public_limits(settings) for row in MODALITIES}
-        )
+        self._limits.update({row.modality.value: row.public_limits(settings) for row in MODALITIES})
 
     async def ListModels(
         self,
