@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -227,6 +228,12 @@ def test_resource_exhausted_when_the_queue_is_full(tmp_path: Path) -> None:
             for thread in threads:
                 thread.start()
             assert started.wait(60)
+            # The second one waits in the queue (the threads may start in either order).
+            engine = server.server.registry.resolve(Modality.IMAGE, None).engine
+            assert engine is not None
+            deadline = time.monotonic() + 60
+            while engine.stats().queued < 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
             # max_retries=0: by default the SDK waits out the server's retry-after and tries
             # again, which a queue this busy may well refuse again.
             with (
