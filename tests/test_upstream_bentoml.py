@@ -21,6 +21,7 @@ from genserve.server.manifest import Manifest
 from genserve.server.settings import MediaLimits
 from genserve.v1 import image_pb2, image_pb2_grpc, text_pb2, text_pb2_grpc
 from tests.media_calls import TEST_CHUNK_SIZE, collect
+from tests.text_calls import collect_text
 from tests.upstreams.bentoml_process import BentoMLProcess, free_port
 
 pytestmark = pytest.mark.timeout(600)
@@ -132,14 +133,9 @@ def _text(edge: Edge, name: str, **fields: Any) -> tuple[list[str], text_pb2.Tex
     request = text_pb2.TextGenerateRequest(
         prompt="What is FastAPI?", model=name, do_sample=False, **fields
     )
-    deltas, final = [], None
-    for response in stub.Generate(request, timeout=120):
-        if response.HasField("delta"):
-            deltas.append(response.delta.text)
-        else:
-            final = response.final
-    assert final is not None
-    return deltas, final
+    result = collect_text(stub.Generate(request, timeout=120))
+    assert result.final is not None
+    return result.deltas, result.final
 
 
 def test_text_streams_piece_by_piece_and_is_counted_here(edge: Edge) -> None:

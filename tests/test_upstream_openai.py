@@ -37,6 +37,7 @@ from genserve.v1 import (
 )
 from tests.auth_setup import auth_server, bearer
 from tests.media_calls import TEST_CHUNK_SIZE, MediaResult, collect
+from tests.text_calls import collect_text
 from tests.upstream_setup import (
     BUDGET_DRAIN_TOKENS,
     RETRY_S,
@@ -156,24 +157,9 @@ def _chat(edge: Edge, name: str, **fields: Any) -> text_pb2.TextGenerateRequest:
 
 
 def _text(call: Any) -> tuple[list[str], text_pb2.TextFinal]:
-    deltas, final = [], None
-    for response in call:
-        if response.HasField("delta"):
-            deltas.append(response.delta.text)
-        else:
-            final = response.final
-    assert final is not None
-    return deltas, final
-
-
-def _edge_rows(edge: Edge, request_id: str) -> list[dict[str, Any]]:
-    import sqlite3
-
-    edge.server.server.usage_log.flush()
-    with sqlite3.connect(edge.server.server.settings.usage_db_path) as connection:
-        connection.row_factory = sqlite3.Row
-        rows = connection.execute("SELECT * FROM usage WHERE request_id = ?", (request_id,))
-        return [dict(row) for row in rows]
+    result = collect_text(call)
+    assert result.final is not None
+    return result.deltas, result.final
 
 
 def _all_edge_rows(edge: Edge) -> list[dict[str, Any]]:
@@ -214,7 +200,7 @@ def test_chat_streams_the_upstreams_tokens_with_its_usage(edge: Edge, genserve: 
     assert final.usage.completion_tokens == 16 and final.usage.prompt_tokens > 0
     assert final.finish_reason == text_pb2.FINISH_REASON_LENGTH
 
-    (row,) = _edge_rows(edge, request_id)
+    (row,) = edge.server.usage_rows(request_id)
     assert row["status_code"] == "OK" and row["model"] == "up-chat"
     assert row["upstream_ms"] is not None and row["upstream_ms"] > 0
     assert row["completion_tokens"] == 16

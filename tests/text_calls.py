@@ -40,13 +40,19 @@ def generate(
     stub = text_pb2_grpc.TextServiceStub(channel)
     metadata = (("x-request-id", request_id),) if request_id else None
     call = stub.Generate(req, metadata=metadata, timeout=timeout)
+    result = collect_text(call)
+    result.request_id = dict(call.initial_metadata())["x-request-id"]
+    return result
+
+
+def collect_text(call: Any) -> TextResult:
+    """A TextService/Generate stream read to its end: its deltas and its final event."""
     result = TextResult()
     for response in call:
         if response.HasField("delta"):
             result.deltas.append(response.delta.text)
         else:
             result.final = response.final
-    result.request_id = dict(call.initial_metadata())["x-request-id"]
     return result
 
 

@@ -15,7 +15,12 @@ from genserve.server.media.image import ImageFormat, ImageParams
 from genserve.server.text.types import FinishReason, TextDelta, TextEvent, TextFinal, TextRequest
 from genserve.server.upstream.engine import Adapter
 from genserve.server.upstream.http import UpstreamHttp
-from genserve.server.upstream.media_stream import MediaTiming, media_events, reencoded
+from genserve.server.upstream.media_stream import (
+    MediaTiming,
+    media_events,
+    one_piece,
+    reencoded,
+)
 from genserve.server.upstream.openai import CHARS_PER_TOKEN, SEED_MODULUS
 
 HEALTH_PATH = "/readyz"
@@ -40,7 +45,7 @@ def image_adapter(chunk_size: int) -> Adapter[ImageParams, MediaEvent]:
             data = http.timed(reply, reply.response.aiter_bytes())
             if params.format is not ImageFormat.PNG:  # the service sends PNG
                 whole = b"".join([piece async for piece in data])
-                data = _one(reencoded(whole, params.format))
+                data = one_piece(reencoded(whole, params.format))
             async for event in media_events(data, chunk_size, "image", declared, timing):
                 yield event
 
@@ -81,7 +86,3 @@ async def text(http: UpstreamHttp, request: TextRequest) -> AsyncIterator[TextEv
         queued_ms=0.0,
         inference_ms=(time.perf_counter() - clock) * 1000,
     )
-
-
-async def _one(data: bytes) -> AsyncIterator[bytes]:
-    yield data
