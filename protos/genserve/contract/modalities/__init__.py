@@ -1,0 +1,1 @@
+"""One module per modality: its params, bounds, price and spec."""

@@ -1,0 +1,112 @@
+"""Speech-to-text: an audio file in, the transcript streamed out segment by segment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from genserve.contract.events import Timings, timings_to_pb
+from genserve.contract.limits import TranscriptionLimits
+from genserve.contract.spec import Cost, Interaction, ModalitySpec, Upload, finite
+from genserve.v1 import transcription_pb2
+
+AUDIO_TYPES = ("audio/wav", "audio/flac", "audio/mpeg", "audio/ogg")
+
+
+class TranscriptionParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    audio: bytes = Field(description="the recording: WAV, FLAC, MP3 or OGG")
+    language: str = Field("", description='ISO 639-1 code, e.g. "en"; unset: detected')
+    beam_size: int = Field(1, description="1: greedy")
+    temperature: float = 0.0
+    initial_prompt: str = Field("", description="words to expect: names, spelling")
+    # Filled by the server once it has read the file's header, to price it.
+    duration_s: float = Field(0.0, description="the audio's length, seconds")
+
+
+def transcription_bounds(limits: TranscriptionLimits) -> dict[str, dict[str, Any]]:
+    return {
+        "audio": {"min_length": 1, "max_length": limits.max_audio_bytes},
+        "language": {"pattern": r"^([a-z]{2,3})?$", "description": 'e.g. "en"; unset: detected'},
+        "beam_size": {"ge": 1, "le": limits.max_beam_size},
+        "temperature": finite(0, 1),
+        "initial_prompt": {"max_length": limits.max_prompt_chars},
+        "duration_s": {"ge": 0, "le": limits.max_duration_s},
+    }
+
+
+def transcription_cost(params: TranscriptionParams) -> Cost:
+    return Cost(params.duration_s * params.beam_size, "audio seconds x beam_size")
+
+
+@dataclass(frozen=True)
+class Segment:
+    start_s: float
+    end_s: float
+    text: str
+
+
+@dataclass(frozen=True)
+class TranscriptionFinal:
+    language: str
+    language_probability: float
+    duration_s: float
+    segments: int
+    queued_ms: float
+    inference_ms: float
+    encoding_ms: float = 0.0
+    replica: str = ""
+
+    @property
+    def timings(self) -> Timings:
+        return Timings(self.queued_ms, self.inference_ms, self.encoding_ms, self.replica)
+
+
+TranscriptionEvent = Segment | TranscriptionFinal
+
+
+def transcription_event_to_pb(event: TranscriptionEvent) -> transcription_pb2.TranscriptionEvent:
+    if isinstance(event, Segment):
+        return transcription_pb2.TranscriptionEvent(
+            segment=transcription_pb2.TranscriptSegment(
+                start_s=event.start_s, end_s=event.end_s, text=event.text
+            )
+        )
+    return transcription_pb2.TranscriptionEvent(
+        final=transcription_pb2.TranscriptionFinal(
+            language=event.language,
+            language_probability=event.language_probability,
+            duration_s=event.duration_s,
+            timings=timings_to_pb(event.timings),
+            segments=event.segments,
+        )
+    )
+
+
+TRANSCRIPTION = ModalitySpec(
+    name="transcription",
+    aliases=("speech-to-text", "stt", "asr"),
+    description="speech-to-text (Whisper): the transcript, segment by segment",
+    proto_module=transcription_pb2,
+    service_name="TranscriptionService",
+    method="Generate",
+    request_type=transcription_pb2.TranscriptionRequest,
+    interaction=Interaction.TEXT_STREAM,
+    params_type=TranscriptionParams,
+    limits_type=TranscriptionLimits,
+    settings_sections=("transcription",),
+    bounds=transcription_bounds,
+    cost=transcription_cost,
+    mime_types=("text/plain",),
+    http_path="/transcribe",
+    sdk_timeout_s=600.0,
+    engines={"faster-whisper": "genserve.server.media.transcription:load_transcription_engine"},
+    default_engine="faster-whisper",
+    upload=Upload("audio", "WAV, FLAC, MP3 or OGG", lambda limits: limits.max_audio_bytes),
+    piece="segment",
+    event_to_pb=transcription_event_to_pb,
+    server_hook="genserve.server.media.transcription:read_audio_header",
+)
