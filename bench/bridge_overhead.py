@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 
 from bench.timing import alternate
-from genserve.bridge.background import BridgeThread
+from tests.bridge_thread import BridgeThread
 from genserve.bridge.settings import BridgeSettings
-from genserve.server.background import ServerThread, make_settings
+from tests.server_thread import ServerThread, make_settings
 from genserve.server.manifest import load_manifest, manifest_path
 from genserve.v1 import image_pb2, image_pb2_grpc, text_pb2, text_pb2_grpc
 

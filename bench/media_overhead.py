@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from bench.timing import alternate
-from genserve.server.background import ServerThread, make_settings
+from tests.server_thread import ServerThread, make_settings
 from genserve.server.engine.serial import SerialEngine
 from genserve.server.manifest import Manifest, Modality, load_manifest, manifest_path
 from genserve.v1 import (

@@ -30,7 +30,7 @@ from typing import Any
 
 import grpc
 
-from genserve.server.background import ServerThread, make_settings
+from tests.server_thread import ServerThread, make_settings
 from genserve.server.manifest import Manifest, Modality
 from genserve.server.ray_serve.engine import RayEngine
 from genserve.server.ray_serve.local_cluster import local_cluster

@@ -19,7 +19,7 @@ import tomli_w
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.text_throughput import tiny_text_spec, wait_http
-from genserve.server.background import MODEL_STORE
+from tests.server_thread import MODEL_STORE
 
 
 def free_port() -> int:

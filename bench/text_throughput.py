@@ -20,7 +20,7 @@ import httpx
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from genserve.server.background import MODEL_STORE
+from tests.server_thread import MODEL_STORE
 from genserve.server.manifest import Modality, ModelSpec, load_manifest, manifest_path
 from genserve.server.text.loader import _checkpoint
 from genserve.server.text.weights import prepare_weights

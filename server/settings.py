@@ -10,74 +10,18 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from genserve.contract.limits import (
+    AudioLimits,
+    EmbeddingLimits,
+    ImageLimits,
+    MediaLimits,
+    MeshLimits,
+    TextLimits,
+    TranscriptionLimits,
+    VideoLimits,
+)
 from genserve.server.logging_setup import LogFormat
 from genserve.server.ray_serve.placement import RaySettings
-
-
-class TextLimits(BaseModel):
-    """Bounds on text requests; a request outside them gets INVALID_ARGUMENT."""
-
-    max_new_tokens: int = Field(2048, ge=1, description="largest max_new_tokens a caller may ask")
-    max_prompt_chars: int = Field(65536, ge=1, description="prompt plus messages, in characters")
-    max_messages: int = Field(256, ge=1)
-    max_stop_sequences: int = Field(4, ge=0)
-    max_stop_sequence_chars: int = Field(64, ge=1)
-    max_top_k: int = Field(1000, ge=1)
-    max_temperature: float = Field(10.0, gt=0)
-    max_queue: int = Field(64, ge=1, description="requests waiting for the model before 429")
-    max_batch_size: int = Field(16, ge=1, description="sequences decoded together")
-    max_wait_ms: float = Field(10.0, ge=0, description="how long a batch waits for company")
-    max_batch_tokens: int = Field(32768, ge=1, description="prompt + new tokens per batch")
-    prefill_chunk_tokens: int = Field(
-        256, ge=1, description="prompt tokens prefilled per scheduler step, between decode steps"
-    )
-    kv_cache_tokens: int = Field(
-        16384, ge=256, description="llama.cpp engine: KV cells its running requests share"
-    )
-    threads: int = Field(0, ge=0, description="llama.cpp engine: threads; 0 = every usable core")
-
-
-class MediaLimits(BaseModel):
-    """What every media modality shares."""
-
-    chunk_size: int = Field(64 * 1024, ge=1024, le=2 * 1024 * 1024, description="bytes per chunk")
-    max_queue: int = Field(16, ge=1, description="requests waiting per pipeline before 429")
-    max_prompt_chars: int = Field(2000, ge=1)
-
-
-class ImageLimits(BaseModel):
-    max_steps: int = Field(100, ge=1)
-    max_guidance_scale: float = Field(30.0, gt=0)
-    min_side: int = Field(64, ge=8)
-    max_side: int = Field(2048, ge=8)
-    max_pixels: int = Field(1024 * 1024, ge=64)
-
-
-class AudioLimits(BaseModel):
-    max_prompt_chars: int = Field(500, ge=1)
-    voice_presets: tuple[str, ...] = tuple(f"v2/en_speaker_{i}" for i in range(10))
-
-
-class VideoLimits(BaseModel):
-    max_image_bytes: int = Field(10 * 1024 * 1024, ge=1024)
-    max_image_pixels: int = Field(4096 * 4096, ge=64, description="decompression-bomb guard")
-    max_frames: int = Field(64, ge=1)
-    max_fps: float = Field(60.0, gt=0)
-    max_steps: int = Field(100, ge=1)
-    min_side: int = Field(64, ge=8)
-    max_side: int = Field(2048, ge=8)
-    max_pixels: int = Field(1024 * 1024, ge=64)
-
-
-class MeshLimits(BaseModel):
-    max_steps: int = Field(100, ge=1)
-    max_guidance_scale: float = Field(50.0, gt=0)
-
-
-class EmbeddingLimits(BaseModel):
-    max_texts: int = Field(64, ge=1)
-    max_text_chars: int = Field(8192, ge=1)
-    max_queue: int = Field(64, ge=1, description="batches waiting for the model before 429")
 
 
 class TlsSettings(BaseModel):
@@ -135,6 +79,7 @@ class Settings(BaseSettings):
     video: VideoLimits = Field(default_factory=VideoLimits)
     mesh: MeshLimits = Field(default_factory=MeshLimits)
     embedding: EmbeddingLimits = Field(default_factory=EmbeddingLimits)
+    transcription: TranscriptionLimits = Field(default_factory=TranscriptionLimits)
     keys_file: Path | None = Field(None, description="API keys (genserve keys create); auth on")
     insecure_no_auth: bool = Field(False, description="allow a non-loopback host without auth")
     metrics_host: str = Field("127.0.0.1", description="address the metrics port binds")
@@ -142,6 +87,10 @@ class Settings(BaseSettings):
     tls: TlsSettings = Field(default_factory=TlsSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     ray: RaySettings = Field(default_factory=RaySettings)
+
+    def sections(self) -> dict[str, BaseModel]:
+        """The limits sections by name, as the modality specs read them."""
+        return {name: value for name, value in self if isinstance(value, BaseModel)}
 
     @property
     def usage_db_path(self) -> Path:

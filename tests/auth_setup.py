@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import grpc
 
 from genserve.server.auth.keys import create_key
-from genserve.server.background import ServerThread, make_settings
+from tests.server_thread import ServerThread, make_settings
 from genserve.server.manifest import Manifest, load_manifest, manifest_path
 from genserve.server.settings import AuthSettings
 

@@ -8,9 +8,9 @@ import httpx
 import pytest
 import torch
 
-from genserve.bridge.background import BridgeThread
+from tests.bridge_thread import BridgeThread
 from genserve.bridge.settings import BridgeSettings
-from genserve.server.background import ServerThread, make_settings
+from tests.server_thread import ServerThread, make_settings
 from genserve.server.logging_setup import configure_logging
 from genserve.server.manifest import load_manifest, manifest_path
 from genserve.server.settings import MediaLimits

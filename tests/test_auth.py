@@ -22,7 +22,7 @@ from genserve.client import GenServe, PermissionDeniedError, UnauthenticatedErro
 from genserve.client.cli import main as cli_main
 from genserve.server.auth.exposure import ExposureError
 from genserve.server.auth.keys import MODALITY_NAMES, create_key, load_keys, revoke_key
-from genserve.server.background import ServerThread, make_settings, wait_until
+from tests.server_thread import ServerThread, make_settings, wait_until
 from genserve.server.manifest import Manifest, Modality
 from genserve.server.settings import AuthSettings, Settings
 from genserve.v1 import image_pb2, image_pb2_grpc, models_pb2, models_pb2_grpc

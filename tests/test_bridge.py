@@ -19,9 +19,9 @@ import pytest
 import soundfile
 from PIL import Image
 
-from genserve.bridge.background import BridgeThread
+from tests.bridge_thread import BridgeThread
 from genserve.bridge.settings import BridgeSettings, Timeouts
-from genserve.server.background import ServerThread, wait_until
+from tests.server_thread import ServerThread, wait_until
 from genserve.server.errors import HTTP_STATUS_BY_GRPC_CODE
 from genserve.server.settings import TextLimits
 from genserve.server.text.types import FinishReason

@@ -14,9 +14,9 @@ import pytest
 import soundfile
 from openai import OpenAI
 
-from genserve.bridge.background import BridgeThread
+from tests.bridge_thread import BridgeThread
 from genserve.bridge.settings import BridgeSettings
-from genserve.server.background import ServerThread, make_settings
+from tests.server_thread import ServerThread, make_settings
 from genserve.server.manifest import Manifest, load_manifest, manifest_path
 from genserve.server.settings import (
     AudioLimits,

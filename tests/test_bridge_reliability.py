@@ -15,10 +15,10 @@ from typing import Any
 import httpx
 import pytest
 
-from genserve.bridge.background import BridgeThread
+from tests.bridge_thread import BridgeThread
 from genserve.bridge.body_limit import body_caps
 from genserve.bridge.settings import BridgeSettings
-from genserve.server.background import ServerThread, make_settings, wait_until
+from tests.server_thread import ServerThread, make_settings, wait_until
 from genserve.server.manifest import Manifest, load_manifest, manifest_path
 from genserve.server.settings import MediaLimits
 from genserve.server.text.types import FinishReason

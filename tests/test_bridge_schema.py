@@ -18,9 +18,9 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import negative_data_rejection
 
-from genserve.bridge.background import BridgeThread
+from tests.bridge_thread import BridgeThread
 from genserve.bridge.settings import BridgeSettings
-from genserve.server.background import ServerThread, make_settings
+from tests.server_thread import ServerThread, make_settings
 from genserve.server.manifest import Manifest, Modality, load_manifest, manifest_path
 from genserve.server.settings import (
     ImageLimits,

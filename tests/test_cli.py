@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from genserve.server.background import ServerThread
+from tests.server_thread import ServerThread
 from tests.media_calls import png_bytes
 
 CLI_TIMEOUT_S = 180

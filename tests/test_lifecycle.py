@@ -14,7 +14,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-from genserve.server.background import ServerThread, make_settings
+from tests.server_thread import ServerThread, make_settings
 from genserve.server.engine.contract import EngineStats
 from genserve.server.manifest import LoadPolicy, Manifest, Modality, load_manifest, manifest_path
 from genserve.server.text.types import TextEvent, TextRequest

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from genserve.server.background import MODEL_STORE
+from tests.server_thread import MODEL_STORE
 from genserve.server.errors import InvalidArgument, ResourceExhausted, Unavailable
 from genserve.server.manifest import Modality, load_manifest, manifest_path
 from genserve.server.text.llama_engine import (

@@ -27,7 +27,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from genserve.server.background import MODEL_STORE
+from tests.server_thread import MODEL_STORE
 from genserve.v1 import (
     audio_pb2,
     audio_pb2_grpc,

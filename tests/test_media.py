@@ -14,7 +14,7 @@ import pytest
 import soundfile
 from PIL import Image
 
-from genserve.server.background import ServerThread
+from tests.server_thread import ServerThread
 from genserve.server.engine.serial import SerialEngine
 from genserve.server.manifest import Modality
 from genserve.server.media.mesh_files import obj_blocks

@@ -15,7 +15,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 
-from genserve.server.background import ServerThread, make_settings, wait_until
+from tests.server_thread import ServerThread, make_settings, wait_until
 from genserve.server.manifest import LoadPolicy, Manifest, Modality, load_manifest, manifest_path
 from genserve.v1 import (
     audio_pb2,

@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from genserve.server.background import ServerThread, make_settings, wait_until
+from tests.server_thread import ServerThread, make_settings, wait_until
 from genserve.server.manifest import Manifest, Modality, load_manifest
 from genserve.server.ray_serve.engine import RayEngine
 from genserve.server.ray_serve.local_cluster import local_cluster

@@ -15,7 +15,7 @@ import grpc
 import pytest
 
 from genserve.server.admission import AdmissionLimits, Cost, SpeedEstimate, admit
-from genserve.server.background import ServerThread, make_settings
+from tests.server_thread import ServerThread, make_settings
 from genserve.server.errors import FailedPrecondition, InvalidArgument
 from genserve.server.manifest import Manifest, Modality, load_manifest, manifest_path
 from genserve.server.settings import MediaLimits

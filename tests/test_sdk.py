@@ -31,7 +31,7 @@ from genserve.client import (
 )
 from genserve.client.channel import should_retry
 from genserve.client.errors import from_rpc_error
-from genserve.server.background import ServerThread, make_settings
+from tests.server_thread import ServerThread, make_settings
 from genserve.server.manifest import Manifest, Modality, load_manifest, manifest_path
 from genserve.server.settings import MediaLimits
 from genserve.server.text.types import FinishReason

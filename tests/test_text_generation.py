@@ -7,7 +7,7 @@ import threading
 import grpc
 import pytest
 
-from genserve.server.background import ServerThread
+from tests.server_thread import ServerThread
 from genserve.server.text.types import FinishReason
 from genserve.v1 import text_pb2, text_pb2_grpc
 from tests.text_calls import generate, greedy, request, served_text_engine

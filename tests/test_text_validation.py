@@ -7,7 +7,7 @@ from typing import Any
 import grpc
 import pytest
 
-from genserve.server.background import ServerThread
+from tests.server_thread import ServerThread
 from genserve.v1 import text_pb2
 from tests.text_calls import generate, greedy
 

@@ -13,12 +13,12 @@ import grpc
 import httpx
 import pytest
 
-from genserve.bridge.background import BridgeThread
+from tests.bridge_thread import BridgeThread
 from genserve.bridge.settings import BridgeSettings, UpstreamTls
 from genserve.client import GenServe, PermissionDeniedError, UnavailableError
 from genserve.client.cli import main as cli_main
 from genserve.server.auth.keys import KeyEntry, KeysFile, create_key, load_keys, save_keys
-from genserve.server.background import ServerThread, make_settings
+from tests.server_thread import ServerThread, make_settings
 from genserve.server.manifest import Manifest, load_manifest, manifest_path
 from genserve.server.settings import AuthSettings, TlsSettings
 from tests.certs import Authority, Pem

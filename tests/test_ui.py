@@ -8,7 +8,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from genserve.client.ui import Message
-from genserve.server.background import REPO_ROOT, ServerThread
+from tests.server_thread import REPO_ROOT, ServerThread
 
 UI_SCRIPT = str(REPO_ROOT / "clients" / "ui.py")
 APP_TIMEOUT_S = 120

@@ -16,7 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
-from genserve.server.background import MODEL_STORE, ServerThread, make_settings
+from tests.server_thread import MODEL_STORE, ServerThread, make_settings
 from genserve.server.manifest import Manifest
 from genserve.server.settings import MediaLimits
 from genserve.v1 import image_pb2, image_pb2_grpc, text_pb2, text_pb2_grpc

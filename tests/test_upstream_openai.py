@@ -22,7 +22,7 @@ from PIL import Image
 
 from bench.server_process import free_port
 from genserve.server.auth.keys import create_key
-from genserve.server.background import ServerThread
+from tests.server_thread import ServerThread
 from genserve.server.manifest import Manifest
 from genserve.server.settings import MediaLimits
 from genserve.v1 import (

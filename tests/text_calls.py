@@ -7,7 +7,7 @@ from typing import Any
 
 import grpc
 
-from genserve.server.background import ServerThread
+from tests.server_thread import ServerThread
 from genserve.server.manifest import Modality
 from genserve.server.text.batching_engine import BatchingTextEngine
 from genserve.server.text.engine import TextEngine

@@ -24,7 +24,7 @@ from genserve.server.settings import Settings
 T = TypeVar("T")
 
 READY_TIMEOUT_S = 30
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parent.parent  # tests/ sits in the repository root
 MODEL_STORE = REPO_ROOT / "var" / "models"  # built by `make models`
 
 
