@@ -23,7 +23,7 @@ from PIL import Image
 
 from bench.timing import alternate
 from tests.server_thread import ServerThread, make_settings
-from genserve.server.engine.serial import SerialEngine
+from genserve.server.media.audio import BarkBundle
 from genserve.server.manifest import Manifest, Modality, load_manifest, manifest_path
 from genserve.v1 import (
     audio_pb2,
@@ -70,16 +70,31 @@ def timed_pair(
 def cases(
     server: ServerThread, channel: grpc.Channel
 ) -> dict[str, tuple[Callable[[], object], Callable[[], object]]]:
-    def pipeline(modality: Modality) -> Any:
-        engine = server.server.registry.resolve(modality, None).engine
-        assert isinstance(engine, SerialEngine)
-        return engine.model
+    # The bare side loads its own copy of each pipeline, from the same store folder the
+    # served model was loaded from (the tiny pipelines are small).
+    settings = server.server.settings
 
-    image_pipe, video_pipe, mesh_pipe, bark = (
-        pipeline(Modality.IMAGE),
-        pipeline(Modality.VIDEO),
-        pipeline(Modality.MESH),
-        pipeline(Modality.AUDIO),
+    def source(modality: Modality) -> str:
+        return server.server.registry.resolve(modality, None).spec.resolved_source(
+            settings.model_store
+        )
+
+    from diffusers import ShapEPipeline, StableDiffusionPipeline, StableVideoDiffusionPipeline
+    from transformers import BarkModel, BarkProcessor
+
+    image_pipe = StableDiffusionPipeline.from_pretrained(
+        source(Modality.IMAGE),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    video_pipe = StableVideoDiffusionPipeline.from_pretrained(source(Modality.VIDEO))
+    mesh_pipe = ShapEPipeline.from_pretrained(source(Modality.MESH))
+    for pipe in (image_pipe, video_pipe, mesh_pipe):
+        pipe.set_progress_bar_config(disable=True)
+    bark = BarkBundle(
+        BarkProcessor.from_pretrained(source(Modality.AUDIO)),
+        BarkModel.from_pretrained(source(Modality.AUDIO)).eval(),
     )
     buffer = io.BytesIO()
     Image.new("RGB", (64, 64), (200, 90, 40)).save(buffer, format="PNG")

@@ -15,10 +15,9 @@ end earlier).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from pydantic import BaseModel, ConfigDict, Field
 
+from genserve.contract.spec import Cost
 from genserve.server.errors import FailedPrecondition, InvalidArgument
 
 # Weight of the newest observation in the running speed estimate.
@@ -33,16 +32,6 @@ class AdmissionLimits(BaseModel):
     max_cost: float | None = Field(None, gt=0, description="units (see the modality's cost)")
     max_pixels: int | None = Field(None, gt=0, description="width x height, images and video")
     max_request_s: float | None = Field(None, gt=0, description="estimated wall time")
-
-
-@dataclass(frozen=True)
-class Cost:
-    units: float
-    formula: str  # how it was counted, for the message: "width x height x steps"
-    pixels: int | None = None
-    # False for work that stops cleanly at any step and is useful cut short (a text
-    # stream): its units are capped, but a deadline is no reason to refuse it.
-    timed: bool = True
 
 
 class SpeedEstimate:

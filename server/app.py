@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from genserve.contract import SPECS, Modality, spec_for
 from genserve.server.auth.exposure import bind_host, is_loopback, server_credentials
 from genserve.server.auth.interceptor import AuthInterceptor
 from genserve.server.auth.wiring import build_guard, watch_keys
@@ -26,15 +27,13 @@ from genserve.server.interceptors import (
     TelemetryInterceptor,
 )
 from genserve.server.interceptors.telemetry import log_access
-from genserve.server.manifest import Manifest, Modality, ModelSpec
+from genserve.server.manifest import Manifest, ModelSpec
 from genserve.server.metrics import ServerMetrics
-from genserve.server.modalities import MODALITIES, ROW_BY_MODALITY, ModalityRow
+from genserve.server.modalities import loader_for
 from genserve.server.reflection import enable_reflection
 from genserve.server.registry import Loader, LoaderFor, ModelEntry, ModelRegistry
-from genserve.server.servicers.embedding import EmbeddingServicer
-from genserve.server.servicers.media import MediaServicer
 from genserve.server.servicers.models import ModelServicer
-from genserve.server.servicers.text import TextServicer
+from genserve.server.servicers.registration import add_servicer, servicer_for
 from genserve.server.settings import Settings
 from genserve.server.usage_log import UsageLog
 from genserve.v1 import models_pb2, models_pb2_grpc
@@ -53,35 +52,27 @@ ENGINE_STOP_WAIT_S = 1.0  # then for model threads to finish their step
 
 def model_health_name(entry: ModelEntry) -> str:
     """One health status per model: `<service>/<model name>`."""
-    return f"{ROW_BY_MODALITY[entry.modality].service}/{entry.name}"
+    return f"{spec_for(entry.modality).service}/{entry.name}"
 
 
 def default_loader_for(settings: Settings) -> LoaderFor:
-    """The engine loader for a model: its modality's row, its engine kind, these settings."""
+    """The engine loader for a model: its modality's spec, its engine kind, these settings."""
 
-    def loader_for(modality: Modality, spec: ModelSpec) -> Loader | None:
-        load = ROW_BY_MODALITY[modality].loader_for(spec)
+    def engine_loader(modality: Modality, spec: ModelSpec) -> Loader | None:
+        load = loader_for(modality, spec)
         if load is None:
             return None
         if spec.placement == "ray":  # the same engine, built in Ray Serve replicas
             return partial(_ray_engine, modality, settings=settings)
         return partial(load, settings=settings)
 
-    return loader_for
+    return engine_loader
 
 
 def _ray_engine(modality: Modality, spec: ModelSpec, settings: Settings) -> Engine[Any, Any]:
     from genserve.server.ray_serve.cluster import load_ray_engine  # imports ray: only if used
 
     return load_ray_engine(modality, spec, settings)
-
-
-def _servicer(row: ModalityRow, registry: ModelRegistry, settings: Settings) -> object:
-    if row.servicer_kind == "text":
-        return TextServicer(registry, settings.text)
-    if row.servicer_kind == "embedding":
-        return EmbeddingServicer(registry, settings.embedding)
-    return MediaServicer(row, registry, settings)
 
 
 class GenServeServer:
@@ -130,15 +121,15 @@ class GenServeServer:
 
     def _add_servicers(self) -> None:
         server = self._server
-        for row in MODALITIES:
-            row.add_servicer(_servicer(row, self.registry, self.settings), server)
+        for spec in SPECS:
+            add_servicer(spec, servicer_for(spec, self.registry, self.settings), server)
         models_pb2_grpc.add_ModelServiceServicer_to_server(
             ModelServicer(self.registry, self.settings), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if self.settings.reflection:
             names = [
-                *(row.service for row in MODALITIES),
+                *(spec.service for spec in SPECS),
                 MODEL_SERVICE,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             ]
@@ -154,7 +145,7 @@ class GenServeServer:
             self.port = self._server.add_secure_port(address, credentials)
         else:
             self.port = self._server.add_insecure_port(address)
-        names = [OVERALL, *(row.service for row in MODALITIES)]
+        names = [OVERALL, *(spec.service for spec in SPECS)]
         names += [model_health_name(entry) for entry in self.registry.entries()]
         for name in names:
             await self.health.set(name, NOT_SERVING)
@@ -185,11 +176,11 @@ class GenServeServer:
         await self.registry.preload()
         for entry in self.registry.entries():
             await self._report_health(entry)
-        for row in MODALITIES:
-            default = self.registry.default_entry(row.modality)
+        for spec in SPECS:
+            default = self.registry.default_entry(Modality(spec.name))
             if default is None or not default.ready:
                 detail = f"{default.state}: {default.detail}" if default else "no model"
-                logger.warning("%s is NOT_SERVING: %s", row.service, detail)
+                logger.warning("%s is NOT_SERVING: %s", spec.service, detail)
         await self.health.set(OVERALL, SERVING)
         self._health_watch = asyncio.create_task(watch_health(self.registry, self._report_health))
 
@@ -199,7 +190,7 @@ class GenServeServer:
         await self.health.set(model_health_name(entry), SERVING if entry.ready else NOT_SERVING)
         default = self.registry.default_entry(entry.modality)
         if default is entry:
-            service = ROW_BY_MODALITY[entry.modality].service
+            service = spec_for(entry.modality).service
             await self.health.set(service, SERVING if entry.ready else NOT_SERVING)
 
     async def stop(self, grace: float | None = None) -> bool:

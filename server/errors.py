@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import grpc
 
-# Trailing metadata of a refusal that may be retried: whole seconds to wait first.
-RETRY_AFTER_METADATA_KEY = "retry-after"
-RETRY_AFTER_MS_METADATA_KEY = "retry-after-ms"  # the same wait, exact, for the SDK
+from genserve.contract import metadata
+from genserve.contract.spec import InvalidField
+
+# Trailing metadata of a refusal that may be retried (see genserve.contract.metadata).
+RETRY_AFTER_METADATA_KEY = metadata.RETRY_AFTER
+RETRY_AFTER_MS_METADATA_KEY = metadata.RETRY_AFTER_MS
 
 
 class GenServeError(Exception):
@@ -28,6 +31,11 @@ class InvalidArgument(GenServeError):
     def __init__(self, field: str, problem: str) -> None:
         super().__init__(f"{field}: {problem}")
         self.field = field
+
+    @classmethod
+    def of(cls, invalid: InvalidField) -> InvalidArgument:
+        """The contract's InvalidField (raised by specs and hooks), as the server's error."""
+        return cls(invalid.field, invalid.problem)
 
 
 class Unauthenticated(GenServeError):
@@ -72,10 +80,6 @@ class DeadlineExceeded(GenServeError):
     """Something we waited on (an upstream server, say) took longer than allowed."""
 
     grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
-
-
-class Unimplemented(GenServeError):
-    grpc_code = grpc.StatusCode.UNIMPLEMENTED
 
 
 # gRPC status -> HTTP status, for the REST bridge. Anything not listed is a 500.

@@ -13,11 +13,12 @@ import importlib.util
 import tomllib
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
+from genserve.contract import Modality
 from genserve.server.admission import AdmissionLimits
 from genserve.server.ray_serve.placement import Placement, RayPlacement
 from genserve.server.upstream.spec import UpstreamSpec
@@ -26,15 +27,6 @@ MANIFEST_DIR = Path(__file__).parent / "manifests"
 PACKAGE_SCHEME = "package:"  # package:<python package>[/<folder inside it>]
 UPSTREAM_ENGINE = "upstream"  # the engine kind of a model served elsewhere
 STORE_SCHEME = "store:"  # store:<folder in the model store> (built by `make models`)
-
-
-class Modality(StrEnum):
-    TEXT = "text"
-    AUDIO = "audio"
-    IMAGE = "image"
-    VIDEO = "video"
-    MESH = "mesh"
-    EMBEDDING = "embedding"
 
 
 class LoadPolicy(StrEnum):
@@ -121,23 +113,20 @@ class ModelSpec(BaseModel):
         return torch.float16 if on_cuda and half_ok else torch.float32
 
 
-class Manifest(BaseModel):
+class ManifestTables(BaseModel):
+    """An array of model tables per modality; the fields come from the contract's table."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    text: tuple[ModelSpec, ...] = ()
-    audio: tuple[ModelSpec, ...] = ()
-    image: tuple[ModelSpec, ...] = ()
-    video: tuple[ModelSpec, ...] = ()
-    mesh: tuple[ModelSpec, ...] = ()
-    embedding: tuple[ModelSpec, ...] = ()
-
-    @field_validator(*(m.value for m in Modality), mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _one_table_is_a_list_of_one(cls, value: Any) -> Any:
-        return [value] if isinstance(value, dict) else value
+    def _one_table_is_a_list_of_one(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        return {k: [v] if isinstance(v, dict) else v for k, v in data.items()}
 
     @model_validator(mode="after")
-    def _names_unique_and_one_default(self) -> Manifest:
+    def _names_unique_and_one_default(self) -> ManifestTables:
         seen: set[str] = set()
         for modality in Modality:
             specs = self.specs(modality)
@@ -160,6 +149,16 @@ class Manifest(BaseModel):
         """The modality's default model."""
         specs = self.specs(modality)
         return next((s for s in specs if s.default), specs[0] if specs else None)
+
+
+if TYPE_CHECKING:
+    Manifest = ManifestTables
+else:
+    Manifest = create_model(
+        "Manifest",
+        __base__=ManifestTables,
+        **{modality.value: (tuple[ModelSpec, ...], ()) for modality in Modality},
+    )
 
 
 def load_manifest(path: Path) -> Manifest:

@@ -128,7 +128,7 @@ class ModelRegistry:
     # -- lookups ---------------------------------------------------------------------------
 
     def entries(self, modality: Modality | None = None) -> list[ModelEntry]:
-        return [e for e in self._entries.values() if modality is None or e.modality is modality]
+        return [e for e in self._entries.values() if modality is None or e.modality == modality]
 
     def default_entry(self, modality: Modality) -> ModelEntry | None:
         name = self._defaults.get(modality)
@@ -140,7 +140,7 @@ class ModelRegistry:
             entry = self.default_entry(modality)
             return entry.spec if entry else None
         entry = self._entries.get(name)
-        return entry.spec if entry is not None and entry.modality is modality else None
+        return entry.spec if entry is not None and entry.modality == modality else None
 
     def resolve(self, modality: Modality, name: str | None) -> ModelEntry:
         """The named model of this modality, or the modality's default; NotFound else."""
@@ -150,7 +150,7 @@ class ModelRegistry:
                 raise NotFound(f"no {modality} model is configured on this server")
             return entry
         entry = self._entries.get(name)
-        if entry is None or entry.modality is not modality:
+        if entry is None or entry.modality != modality:
             known = ", ".join(e.name for e in self.entries(modality)) or "none"
             raise NotFound(f"model: no {modality} model named {name!r} (known: {known})")
         return entry

@@ -11,7 +11,9 @@ import uuid
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
-REQUEST_ID_METADATA_KEY = "x-request-id"
+from genserve.contract import metadata
+
+REQUEST_ID_METADATA_KEY = metadata.REQUEST_ID
 NO_REQUEST_ID = "-"
 
 request_id_var: ContextVar[str] = ContextVar("request_id", default=NO_REQUEST_ID)

@@ -3,7 +3,7 @@
 Order: a locked-out peer is refused first (no hashing for it); then the bearer key, or
 under mTLS the client certificate's subject; then whether that caller may use the
 model the request names (or its modality's default). Budgets are charged later, where
-a request is priced (servicers/media.py admit_request), through the caller set here.
+a request is priced (servicers/request.py admit_request), through the caller set here.
 """
 
 from __future__ import annotations

@@ -16,12 +16,11 @@ from typing import Any
 import grpc
 from grpc.aio import ServicerContext
 
+from genserve.contract import SPECS, Modality
 from genserve.server.auth.caller import caller_var
 from genserve.server.auth.guard import AUTHORIZATION, Guard, describe
 from genserve.server.interceptors.base import metadata_value
-from genserve.server.manifest import Modality
-from genserve.server.modalities import MODALITIES
-from genserve.server.servicers.media import requested_model
+from genserve.server.servicers.request import requested_model
 from genserve.v1 import models_pb2
 
 logger = logging.getLogger(__name__)
@@ -29,7 +28,7 @@ logger = logging.getLogger(__name__)
 HEALTH = "/grpc.health.v1.Health/"
 REFLECTION = "/grpc.reflection."
 MODEL_SERVICE = models_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
-MODALITY_BY_SERVICE = {f"/{row.service}/": row.modality for row in MODALITIES}
+MODALITY_BY_SERVICE = {f"/{spec.service}/": Modality(spec.name) for spec in SPECS}
 
 Check = Callable[[Any, ServicerContext[Any, Any]], Awaitable[None]]
 

@@ -2,7 +2,7 @@
 
 Each key has an id (logged, never secret), the salted hash of its secret, what it may
 call (models and/or modalities; neither means everything) and its budget per minute per
-modality in that modality's cost units (see modalities.py: text tokens, image
+modality in that modality's cost units (each spec's `cost`: text tokens, image
 width x height x steps, ...). An entry may name a client-certificate `subject` instead of
 (or as well as) a hash: under mTLS, that certificate's caller gets the entry's rules.
 """
@@ -15,17 +15,16 @@ import re
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from genserve.contract import Modality
 from genserve.server.auth.hashing import check_hash, hash_secret, new_secret
 
 KEY_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
-# The values of manifest.Modality, spelled here so that the CLI and the bridge read keys
-# without importing the model stack (a test checks the two agree).
-ModalityName = Literal["text", "audio", "image", "video", "mesh", "embedding"]
-MODALITY_NAMES: tuple[str, ...] = get_args(ModalityName)
+# The contract's modality names: the CLI and the bridge read keys without the model stack.
+ModalityName = Modality
+MODALITY_NAMES: tuple[str, ...] = tuple(m.value for m in Modality)
 
 
 class KeyEntry(BaseModel):

@@ -67,11 +67,9 @@ class SerialEngine(Generic[R, E]):
         max_queue: int,
         buffer_events: int = DEFAULT_BUFFER_EVENTS,
         memory_bytes: int = 0,
-        model: Any = None,
     ) -> None:
         self.name = name
         self.memory_bytes = memory_bytes
-        self.model = model  # what `work` runs on (benchmarks time it bare)
         self._work = work
         self._max_queue = max_queue
         self._buffer_events = buffer_events

@@ -9,24 +9,11 @@ from typing import Any
 import numpy as np
 import soundfile
 import torch
-from pydantic import BaseModel, ConfigDict
 
+from genserve.contract.events import Header
+from genserve.contract.modalities.audio import AudioParams
 from genserve.server.engine.rng import seeded_global_generator
-from genserve.server.media.events import Header
 from genserve.server.media.run import MediaRun
-
-
-class AudioDefaults(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    preset: str = "v2/en_speaker_1"  # the seed's default voice
-
-
-@dataclass(frozen=True)
-class AudioParams:
-    prompt: str
-    preset: str
-    seed: int
 
 
 @dataclass

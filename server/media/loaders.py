@@ -9,12 +9,12 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
+from genserve.contract.events import MediaEvent
 from genserve.server.engine.contract import module_bytes
 from genserve.server.engine.serial import Job, SerialEngine
 from genserve.server.manifest import ModelSpec
 from genserve.server.media.audio import BarkBundle, generate_audio
 from genserve.server.media.embedding import embed
-from genserve.server.media.events import MediaEvent
 from genserve.server.media.image import generate_image
 from genserve.server.media.mesh import generate_mesh
 from genserve.server.media.run import MediaRun
@@ -50,7 +50,6 @@ def _media_engine(
         work,
         max_queue=settings.media.max_queue,
         memory_bytes=module_bytes(pipeline),
-        model=pipeline,
     )
 
 

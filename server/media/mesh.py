@@ -2,43 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
-from genserve.server.media.events import Header
+from genserve.contract.events import Header
+from genserve.contract.modalities.mesh import MIME_TYPES, MeshFormat, MeshParams
 from genserve.server.media.mesh_files import write_obj, write_ply
 from genserve.server.media.run import MediaRun, diffusers_progress
 
-
-class MeshFormat(StrEnum):
-    OBJ = "obj"
-    PLY = "ply"
-
-
-MIME_TYPES = {MeshFormat.OBJ: "model/obj", MeshFormat.PLY: "model/ply"}
 WRITERS = {MeshFormat.OBJ: write_obj, MeshFormat.PLY: write_ply}
-
-
-class MeshDefaults(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    guidance_scale: float = 15.0  # the seed's defaults
-    num_inference_steps: int = Field(25, ge=1)
-    grid_size: int = Field(128, ge=8, le=256, description="marching-cubes resolution")
-
-
-@dataclass(frozen=True)
-class MeshParams:
-    prompt: str
-    guidance_scale: float
-    num_inference_steps: int
-    grid_size: int
-    seed: int
-    format: MeshFormat
 
 
 def generate_mesh(pipeline: Any, params: MeshParams, run: MediaRun) -> None:

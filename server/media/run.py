@@ -16,8 +16,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from genserve.contract.events import Chunk, Final, Header, Progress
 from genserve.server.engine.serial import Job
-from genserve.server.media.events import Chunk, Final, Header, Progress
 
 
 class ChunkedOutput(io.RawIOBase):

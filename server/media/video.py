@@ -8,7 +8,6 @@ is closed properly, which the seed's listing forgot (its bytes had no moov atom)
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, BinaryIO
 
@@ -16,41 +15,13 @@ import av
 import numpy as np
 import torch
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
 
-from genserve.server.media.events import Header
+from genserve.contract.events import Header
+from genserve.contract.modalities.video import VideoParams
 from genserve.server.media.run import MediaRun, diffusers_progress
 
 KEYFRAME_INTERVAL_S = 1.0  # one fragment per second of video
 SVD_MAX_GUIDANCE = 3.0  # StableVideoDiffusionPipeline's default max_guidance_scale
-
-
-class VideoDefaults(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    num_frames: int = Field(25, ge=1)  # the seed's defaults
-    fps: float = Field(7.0, gt=0)
-    decode_chunk_size: int = Field(8, ge=1)
-    motion_bucket_id: int = 127
-    noise_aug_strength: float = 0.02
-    num_inference_steps: int = Field(25, ge=1)
-    width: int = 1024
-    height: int = 576
-    seed: int = 42
-
-
-@dataclass(frozen=True)
-class VideoParams:
-    image: Image.Image
-    num_frames: int
-    fps: float
-    decode_chunk_size: int
-    motion_bucket_id: int
-    noise_aug_strength: float
-    num_inference_steps: int
-    width: int
-    height: int
-    seed: int
 
 
 def generate_video(pipeline: Any, params: VideoParams, run: MediaRun) -> None:
@@ -68,7 +39,8 @@ def generate_video(pipeline: Any, params: VideoParams, run: MediaRun) -> None:
     generator = torch.Generator(device="cpu").manual_seed(params.seed)
     with diffusers_progress(pipeline, run, "denoise"), torch.inference_mode():
         result = pipeline(
-            params.image,
+            # Checked by the server before it was queued (video_input.check_image).
+            Image.open(io.BytesIO(params.image)).convert("RGB"),
             height=params.height,
             width=params.width,
             num_frames=params.num_frames,

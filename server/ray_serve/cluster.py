@@ -21,6 +21,7 @@ import ray
 from ray import serve
 from ray.serve.schema import ApplicationStatus
 
+from genserve.contract import SPECS
 from genserve.server.manifest import Modality, ModelSpec
 from genserve.server.ray_serve.board import board_for
 from genserve.server.ray_serve.engine import RayEngine
@@ -83,8 +84,12 @@ def _deploy(app: str, board: Any, modality: Modality, spec: ModelSpec, settings:
             raise
 
 
-# The settings a replica reads (an edge's port or data folder is not one of them).
-ENGINE_SETTINGS = ("model_store", "text", "media", "image", "audio", "video", "mesh", "embedding")
+# The settings a replica reads (an edge's port or data folder is not one of them): the
+# model store and every section a spec reads, so no modality can be forgotten.
+ENGINE_SETTINGS = (
+    "model_store",
+    *dict.fromkeys(section for spec in SPECS for section in spec.settings_sections),
+)
 REPLICA_SETTINGS: dict[str, Any] = {
     **dict.fromkeys(ENGINE_SETTINGS, True),
     "ray": {"namespace", "poll_s", "request_timeout_s"},  # not the address: edges differ

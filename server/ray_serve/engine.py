@@ -26,10 +26,10 @@ from ray.serve._private.common import ReplicaState  # the key of serve.status()'
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
+from genserve.contract.events import Final
 from genserve.server.engine.contract import EngineStats
 from genserve.server.errors import ResourceExhausted, Unavailable
 from genserve.server.media.embedding import Embeddings
-from genserve.server.media.events import Final
 from genserve.server.ray_serve.wire import ReplicaError, ReplicaInfo, ReplicaStatus
 from genserve.server.request_context import (
     current_call_details,

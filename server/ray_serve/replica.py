@@ -20,10 +20,10 @@ from typing import Any
 import ray
 from ray import serve
 
+from genserve.contract.events import Final
 from genserve.server.engine.contract import Engine
 from genserve.server.errors import GenServeError
 from genserve.server.manifest import Modality, ModelSpec
-from genserve.server.media.events import Final
 from genserve.server.ray_serve.board import board_for
 from genserve.server.ray_serve.placement import app_name
 from genserve.server.ray_serve.wire import ReplicaError, ReplicaInfo, ReplicaStatus
@@ -39,9 +39,9 @@ REPLICA_CLOSE_WAIT_S = 5.0
 @serve.deployment
 class EngineReplica:
     def __init__(self, modality: Modality, spec: ModelSpec, settings: Settings) -> None:
-        from genserve.server.modalities import ROW_BY_MODALITY
+        from genserve.server.modalities import loader_for
 
-        loader = ROW_BY_MODALITY[modality].loader_for(spec)
+        loader = loader_for(modality, spec)
         if loader is None:
             raise ValueError(f"no {spec.engine or 'default'} engine for {modality}")
         self._engine: Engine[Any, Any] = loader(spec, settings)

@@ -7,8 +7,9 @@ from typing import Any
 from google.protobuf import struct_pb2
 from grpc.aio import ServicerContext
 
+from genserve.contract import SPECS, spec_for
 from genserve.server.errors import InvalidArgument
-from genserve.server.modalities import MODALITIES, ROW_BY_MODALITY
+from genserve.server.modalities import engine_kind, limits_of
 from genserve.server.ray_serve.placement import Replicated
 from genserve.server.registry import ModelEntry, ModelRegistry
 from genserve.server.settings import Settings
@@ -19,7 +20,9 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
     def __init__(self, registry: ModelRegistry, settings: Settings) -> None:
         self._registry = registry
         self._limits = struct_pb2.Struct()
-        self._limits.update({row.modality.value: row.public_limits(settings) for row in MODALITIES})
+        self._limits.update(
+            {spec.name: limits_of(spec, settings).model_dump(mode="json") for spec in SPECS}
+        )
 
     async def ListModels(
         self,
@@ -53,20 +56,19 @@ def _name(request: Any) -> str:
 
 def model_info_to_pb(entry: ModelEntry, registry: ModelRegistry) -> models_pb2.ModelInfo:
     spec = entry.spec
-    row = ROW_BY_MODALITY[entry.modality]
     stats = entry.engine.stats() if entry.engine is not None else None
     default = registry.default_entry(entry.modality)
     return models_pb2.ModelInfo(
         name=spec.name,
         modality=entry.modality.value,
-        service=row.service,
+        service=spec_for(entry.modality).service,
         source=spec.source,
         device=str(spec.resolved_device()),
         dtype=str(spec.resolved_dtype()).removeprefix("torch."),
         load_policy=spec.load_policy.value,
         state=entry.state.value,
         detail=entry.detail,
-        engine=spec.engine or row.default_engine,
+        engine=engine_kind(entry.modality, spec),
         is_default=default is entry,
         memory_bytes=entry.resident_bytes,
         queued=stats.queued if stats else 0,

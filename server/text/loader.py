@@ -53,6 +53,16 @@ def load_text_engine(spec: ModelSpec, settings: Settings, *, batching: bool = Tr
     )
 
 
+def load_batching_text_engine(spec: ModelSpec, settings: Settings) -> TextEngine:
+    """Engine kind "transformers": continuous batching."""
+    return load_text_engine(spec, settings, batching=True)
+
+
+def load_serial_text_engine(spec: ModelSpec, settings: Settings) -> TextEngine:
+    """Engine kind "transformers-serial": one request at a time."""
+    return load_text_engine(spec, settings, batching=False)
+
+
 def load_llama_text_engine(spec: ModelSpec, settings: Settings) -> TextEngine:
     """A GGUF file served by llama.cpp as it is: no dequantized copy."""
     from genserve.server.text.llama_engine import LlamaEngineConfig, load_llama_engine

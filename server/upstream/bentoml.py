@@ -9,9 +9,9 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 
+from genserve.contract.events import MediaEvent
+from genserve.contract.modalities.image import ImageFormat, ImageParams
 from genserve.server.errors import Unavailable
-from genserve.server.media.events import MediaEvent
-from genserve.server.media.image import ImageFormat, ImageParams
 from genserve.server.text.types import FinishReason, TextDelta, TextEvent, TextFinal, TextRequest
 from genserve.server.upstream.engine import Adapter
 from genserve.server.upstream.http import UpstreamHttp

@@ -51,3 +51,20 @@ def load_upstream_engine(
         "reachable" if engine.ready else "NOT reachable (health follows it)",
     )
     return engine
+
+
+# The engine kind "upstream" of each modality an upstream can serve (the specs' tables).
+def load_text_upstream(spec: ModelSpec, settings: Settings) -> UpstreamEngine[Any, Any]:
+    return load_upstream_engine(Modality.TEXT, spec, settings)
+
+
+def load_embedding_upstream(spec: ModelSpec, settings: Settings) -> UpstreamEngine[Any, Any]:
+    return load_upstream_engine(Modality.EMBEDDING, spec, settings)
+
+
+def load_image_upstream(spec: ModelSpec, settings: Settings) -> UpstreamEngine[Any, Any]:
+    return load_upstream_engine(Modality.IMAGE, spec, settings)
+
+
+def load_audio_upstream(spec: ModelSpec, settings: Settings) -> UpstreamEngine[Any, Any]:
+    return load_upstream_engine(Modality.AUDIO, spec, settings)

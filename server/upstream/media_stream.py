@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from genserve.contract.events import Chunk, Final, Header, MediaEvent
+from genserve.contract.modalities.image import ImageFormat
 from genserve.server.errors import Unavailable
-from genserve.server.media.events import Chunk, Final, Header, MediaEvent
-from genserve.server.media.image import ImageFormat
 
 # Enough of a file's start to read its size (PNG, WebP, most JPEGs) or format (WAV), and
 # little enough that speech starts flowing at once.

@@ -12,11 +12,11 @@ from typing import Any
 
 from httpx_sse import EventSource
 
+from genserve.contract.events import MediaEvent
+from genserve.contract.modalities.audio import AudioParams
+from genserve.contract.modalities.image import ImageFormat, ImageParams
 from genserve.server.errors import Unavailable
-from genserve.server.media.audio import AudioParams
 from genserve.server.media.embedding import Embeddings
-from genserve.server.media.events import MediaEvent
-from genserve.server.media.image import ImageFormat, ImageParams
 from genserve.server.text.types import FinishReason, TextDelta, TextEvent, TextFinal, TextRequest
 from genserve.server.upstream.engine import Adapter
 from genserve.server.upstream.http import UpstreamHttp

@@ -24,7 +24,7 @@ __all__ = [
     "Cost",
     "Interaction",
     "InvalidField",
-    "ModalitySpec",
     "Modality",
+    "ModalitySpec",
     "spec_for",
 ]

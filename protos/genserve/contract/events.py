@@ -77,7 +77,9 @@ def timings_from_pb(timings: common_pb2.Timings) -> Timings:
 
 def media_event_to_pb(event: MediaEvent) -> common_pb2.MediaEvent:
     if isinstance(event, Chunk):
-        return common_pb2.MediaEvent(chunk=common_pb2.DataChunk(data=event.data, offset=event.offset))
+        return common_pb2.MediaEvent(
+            chunk=common_pb2.DataChunk(data=event.data, offset=event.offset)
+        )
     if isinstance(event, Progress):
         return common_pb2.MediaEvent(progress=common_pb2.Progress(**asdict(event)))
     if isinstance(event, Header):

@@ -97,6 +97,11 @@ class ModalitySpec(Generic[P, L]):
     # A server-side check that needs the server's libraries (decoding an upload): an
     # import path to (params, limits) -> params, InvalidField on a bad request.
     server_hook: str | None = None
+    # The servicer class, as an import path, where the server's generic one
+    # (servicers/stream.py) does not fit: text's chat turns, embeddings' unary reply.
+    servicer: str | None = None
+    # A small valid request (its fields), for documentation and the contract tests.
+    example: Callable[[], Mapping[str, Any]] = dict
     seeded: bool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -166,16 +171,22 @@ class ModalitySpec(Generic[P, L]):
         return _defaults_model(self.params_type)
 
     def params_from(
-        self, fields: Mapping[str, Any], defaults: BaseModel, limits: L, fresh_seed: Callable[[], int]
+        self,
+        fields: Mapping[str, Any],
+        defaults: BaseModel,
+        limits: L,
+        fresh_seed: Callable[[], int],
     ) -> BaseModel:
         """Validates the caller's fields over the model's defaults; InvalidField else."""
         merged = defaults.model_dump(exclude_none=True) | dict(fields)
         if self.seeded and merged.get("seed") is None:
             merged["seed"] = fresh_seed()
         try:
-            params = self.params_model(limits).model_validate(merged)
+            checked = self.params_model(limits).model_validate(merged)
         except ValidationError as error:
-            raise invalid_field(error) from None
+            raise invalid_field(error, self.bounds(limits)) from None
+        # As the plain params_type (picklable by name, for Ray and worker processes).
+        params = self.params_type.model_construct(**dict(checked))
         if self.check is not None:
             self.check(params, limits)
         return params
@@ -274,19 +285,76 @@ def _is_repeated(descriptor: FieldDescriptor) -> bool:
 # -- bounded models --------------------------------------------------------------------
 
 
-def invalid_field(error: ValidationError) -> InvalidField:
-    """The first problem pydantic found, as the field's name and what it must be."""
+RANGE_ERRORS = frozenset(
+    {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number"}
+)
+SIZE_ERRORS = frozenset(
+    {
+        "too_long",
+        "too_short",
+        "string_too_long",
+        "string_too_short",
+        "bytes_too_long",
+        "bytes_too_short",
+    }
+)
+
+
+def invalid_field(error: ValidationError, bounds: Mapping[str, Mapping[str, Any]]) -> InvalidField:
+    """The first problem pydantic found, as the field's name and what it must be, in the
+    words of the field's bounds: "must be between 1 and 100, got 0"."""
     first = error.errors(include_url=False)[0]
-    location = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in first["loc"])
-    name = location.lstrip(".") or "request"
-    if first["type"] == "string_pattern_mismatch":
-        return InvalidField(name, "must not be empty")
-    if first["type"] == "missing":
-        return InvalidField(name, "is required")
-    message = first["msg"].removeprefix("Value error, ")
-    value = first.get("input")
-    shown = f", got {value!r}" if isinstance(value, int | float | str) and len(str(value)) < 40 else ""
-    return InvalidField(name, f"{message[0].lower()}{message[1:]}{shown}")
+    location = first["loc"]
+    name = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in location).lstrip(".")
+    bound: Mapping[str, Any] = bounds.get(str(location[0]), {}) if location else {}
+    if len(location) == 2 and isinstance(location[1], int):
+        bound = bound.get("items", {})  # an element of a list
+    return InvalidField(name or "request", _problem(first, bound))
+
+
+def _problem(error: Any, bound: Mapping[str, Any]) -> str:
+    kind, value = error["type"], error.get("input")
+    if kind == "missing":
+        return "is required"
+    if kind == "string_pattern_mismatch" and bound.get("pattern") == NOT_BLANK:
+        return "must not be empty"
+    if kind == "literal_error":
+        return f"must be one of {error['ctx']['expected'].replace(' or ', ', ')}, got {value!r}"
+    if kind == "multiple_of":
+        return f"must be a multiple of {bound.get('multiple_of')}, got {value}"
+    if kind in RANGE_ERRORS:
+        return f"must be {_range(bound)}, got {_shown(value)}"
+    if kind in SIZE_ERRORS and isinstance(value, str | bytes | list):
+        return _size_problem(kind, value, bound)
+    message: str = error["msg"].removeprefix("Value error, ")
+    return message[0].lower() + message[1:]
+
+
+def _range(bound: Mapping[str, Any]) -> str:
+    low, high = bound.get("ge", bound.get("gt")), bound.get("le", bound.get("lt"))
+    if low is None or high is None:
+        return f"at least {low}" if high is None else f"at most {high}"
+    if "gt" in bound or "lt" in bound:
+        return f"in {'(' if 'gt' in bound else '['}{low}, {high}{')' if 'lt' in bound else ']'}"
+    return f"between {low} and {high}"
+
+
+def _shown(value: Any) -> str:
+    return "NaN" if isinstance(value, float) and math.isnan(value) else repr(value)
+
+
+def _size_problem(kind: str, value: str | bytes | list[Any], bound: Mapping[str, Any]) -> str:
+    unit = (
+        "characters" if isinstance(value, str) else "bytes" if isinstance(value, bytes) else "items"
+    )
+    low, high, size = bound.get("min_length"), bound.get("max_length"), len(value)
+    if isinstance(value, str) and low and high:
+        return f"must be {low} to {high} characters long, got {size}"
+    if kind.endswith("too_short"):
+        return "must not be empty" if low == 1 else f"must hold at least {low} {unit}, got {size}"
+    if isinstance(value, list):
+        return f"at most {high} items, got {size}"
+    return f"{size} {unit} exceed the limit of {high}"
 
 
 def _freeze(limits: BaseModel) -> tuple[type[BaseModel], str]:
@@ -310,13 +378,12 @@ def _bounded_cached(
         annotation = _bounded_annotation(info.annotation, bound)
         if partial and not info.is_required():
             annotation = annotation | None  # type: ignore[operator]
-            default: Any = None
+            bound["default"] = None
+        elif info.default_factory is not None:
+            bound["default_factory"] = info.default_factory
         else:
-            default = info.default if not info.is_required() else ...
-        definitions[name] = (
-            annotation,
-            Field(default, description=description, **bound),
-        )
+            bound["default"] = info.default if not info.is_required() else ...
+        definitions[name] = (annotation, Field(description=description, **bound))
     title = f"{spec.name.capitalize()}{'Request' if partial else 'Params'}"
     if partial:
         return create_model(title, __base__=base, **definitions)
@@ -359,8 +426,8 @@ def _defaults_model(params_type: type[BaseModel]) -> type[BaseModel]:
 
 # -- shared bounds ----------------------------------------------------------------------
 
-INT64_MAX = 2**63 - 1
-SEED_BOUNDS: Mapping[str, Any] = {"ge": -INT64_MAX, "le": INT64_MAX}
+# A seed is any int64 (the server draws one below 2**63 when none is given).
+SEED_BOUNDS: Mapping[str, Any] = {"ge": -(2**63), "le": 2**63 - 1}
 
 
 def prompt_bounds(max_chars: int) -> dict[str, Any]:

@@ -25,7 +25,6 @@ SPECS: tuple[ModalitySpec[Any, Any], ...] = (
 )
 
 
-
 class Modality(StrEnum):
     """The modality names, as the manifest, the key file and ListModels spell them."""
 
@@ -40,9 +39,7 @@ class Modality(StrEnum):
 
 assert [m.value for m in Modality] == [s.name for s in SPECS], "one Modality per spec"
 
-_BY_NAME: dict[str, ModalitySpec[Any, Any]] = {
-    name: spec for spec in SPECS for name in spec.names
-}
+_BY_NAME: dict[str, ModalitySpec[Any, Any]] = {name: spec for spec in SPECS for name in spec.names}
 _BY_SERVICE: dict[str, ModalitySpec[Any, Any]] = {spec.service: spec for spec in SPECS}
 
 

@@ -54,4 +54,5 @@ AUDIO = ModalitySpec(
         "upstream": "genserve.server.upstream.loader:load_audio_upstream",
     },
     default_engine="bark",
+    example=lambda: {"prompt": "Hello, FastAPI!"},
 )

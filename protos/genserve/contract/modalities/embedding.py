@@ -54,4 +54,6 @@ EMBEDDING = ModalitySpec(
         "upstream": "genserve.server.upstream.loader:load_embedding_upstream",
     },
     default_engine="sentence-transformers",
+    servicer="genserve.server.servicers.embedding:EmbeddingServicer",
+    example=lambda: {"texts": ["FastAPI is a web framework", "gRPC streams"]},
 )

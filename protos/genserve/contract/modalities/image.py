@@ -104,4 +104,5 @@ IMAGE = ModalitySpec(
         "upstream": "genserve.server.upstream.loader:load_image_upstream",
     },
     default_engine="diffusers",
+    example=lambda: {"prompt": "a red cube on a table", "width": 64, "height": 64},
 )

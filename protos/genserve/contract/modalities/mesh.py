@@ -73,4 +73,5 @@ MESH = ModalitySpec(
     engines={"diffusers": "genserve.server.media.loaders:load_mesh_engine"},
     default_engine="diffusers",
     attachment=True,
+    example=lambda: {"prompt": "a chair", "num_inference_steps": 2},
 )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -16,7 +16,7 @@ FASTAPI_BOT_PROMPT = (
     "chatbot responsible for teaching FastAPI to your users.\n"
     "Always respond in markdown."
 )
-CHAT_ROLES = ("system", "user", "assistant")
+ChatRole = Literal["system", "user", "assistant"]
 # Characters per token, to price a prompt before it is tokenized (English text, BPE).
 CHARS_PER_TOKEN = 4
 
@@ -24,7 +24,7 @@ CHARS_PER_TOKEN = 4
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    role: str = Field(description="system, user or assistant")
+    role: ChatRole
     content: str
 
 
@@ -98,4 +98,6 @@ TEXT = ModalitySpec(
     },
     default_engine="transformers",
     piece="delta",
+    servicer="genserve.server.servicers.text:TextServicer",
+    example=lambda: {"prompt": "What is FastAPI?", "max_new_tokens": 8, "do_sample": False},
 )

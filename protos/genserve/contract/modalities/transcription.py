@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from genserve.contract import samples
 from genserve.contract.events import Timings, timings_to_pb
 from genserve.contract.limits import TranscriptionLimits
 from genserve.contract.spec import Cost, Interaction, ModalitySpec, Upload, finite
@@ -109,4 +110,5 @@ TRANSCRIPTION = ModalitySpec(
     piece="segment",
     event_to_pb=transcription_event_to_pb,
     server_hook="genserve.server.media.transcription:read_audio_header",
+    example=lambda: {"audio": samples.wav(1.0), "language": "en"},
 )

@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from genserve.contract import samples
 from genserve.contract.limits import VideoBounds
 from genserve.contract.modalities.image import check_pixels
 from genserve.contract.spec import SEED_BOUNDS, Cost, Interaction, ModalitySpec, Upload, finite
@@ -75,4 +76,12 @@ VIDEO = ModalitySpec(
     engines={"diffusers": "genserve.server.media.loaders:load_video_engine"},
     default_engine="diffusers",
     upload=Upload("image", "PNG, JPEG or WebP", lambda limits: limits.max_image_bytes),
+    server_hook="genserve.server.media.video_input:check_image",
+    example=lambda: {
+        "image": samples.png(),
+        "num_frames": 2,
+        "num_inference_steps": 1,
+        "width": 64,
+        "height": 64,
+    },
 )
