@@ -32,7 +32,7 @@ STORE_SCHEME = "store:"  # store:<folder in the model store> (built by `make mod
 class LoadPolicy(StrEnum):
     PRELOAD = "preload"  # loaded before the server reports SERVING
     LAZY = "lazy"  # loaded on first use and kept; evicted (least recently used) for the budget
-    ON_DEMAND = "on_demand"  # loaded per request and dropped after (the seed's strategy)
+    ON_DEMAND = "on_demand"  # loaded per request and dropped after (chapter 3's on-demand strategy)
 
 
 DType = Literal["auto", "float32", "float16", "bfloat16"]

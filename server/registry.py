@@ -1,6 +1,6 @@
 """The model registry: every model of the manifest by name, its engine and its policy.
 
-Policies (the seed's serving strategies, side by side in one registry):
+Policies (chapter 3's serving strategies, side by side in one registry):
 - `preload`: loaded before the server reports SERVING, kept.
 - `lazy`: loaded on first use, kept; when a memory budget is set and a load would
   exceed it, the least recently used idle lazy model is unloaded first.

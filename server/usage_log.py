@@ -1,6 +1,6 @@
 """The persisted usage log: one SQLite row per RPC, failures and cancellations included.
 
-The seed's columns (request id, UTC datetime, method, client address, response time,
+Chapter 3's columns (request id, UTC datetime, method, client address, response time,
 status code, successful) plus time to first message, bytes out and what the servicer
 reported (tokens, queue/inference/encoding times), the caller's key id and, for ray-placed
 models, the replica that served it. Sizes and counts only: never a prompt or an output.

@@ -88,7 +88,7 @@ def load_audio_engine(spec: ModelSpec, settings: Settings) -> MediaEngine:
     device, dtype = spec.resolved_device(), spec.resolved_dtype()
     logger.info("loading %s from %s on %s (%s)", spec.name, source, device, dtype)
     processor = BarkProcessor.from_pretrained(source)
-    # transformers 5 takes no device= in from_pretrained (the seed's listing breaks): .to()
+    # transformers 5 takes no device= in from_pretrained: the model moves with .to()
     model = BarkModel.from_pretrained(source, dtype=dtype).to(device).eval()  # type: ignore[arg-type]
     bundle = BarkBundle(processor=processor, model=model)
     return _media_engine(spec, settings, bundle, generate_audio)

@@ -2,7 +2,7 @@
 
 Fragmented MP4 (`frag_keyframe+empty_moov`) puts the header first and each group of
 frames in its own fragment, so a player can start on the first chunks; the container
-is closed properly, which the seed's listing forgot (its bytes had no moov atom).
+is closed properly, so the file ends with what a player needs to seek.
 """
 
 from __future__ import annotations

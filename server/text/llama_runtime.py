@@ -105,6 +105,11 @@ class LlamaRuntime:
         llama_cpp.llama_backend_init()
         self.shape = shape
         model_params = llama_cpp.llama_model_default_params()
+        # No extra (repacked) weight buffers: on a CPU with AMX, a native build repacks the
+        # weights for ggml's AMX kernel, whose tile config is invalid (ldtilecfg faults:
+        # llama.cpp #20824) and whose arithmetic depends on the batch's row count. Plain
+        # CPU buffers (mmap'd, no copy) run the same kernels on every x86 machine.
+        model_params.use_extra_bufts = False
         self._model = llama_cpp.llama_model_load_from_file(str(gguf).encode(), model_params)
         if not self._model:
             raise RuntimeError(f"llama.cpp could not load {gguf}")

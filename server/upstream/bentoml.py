@@ -30,7 +30,7 @@ def image_adapter(chunk_size: int) -> Adapter[ImageParams, MediaEvent]:
     async def image(http: UpstreamHttp, params: ImageParams) -> AsyncIterator[MediaEvent]:
         assert http.spec.endpoint is not None
         clock = time.perf_counter()
-        # The seed's BentoML example takes these; a negative prompt it does not.
+        # The BentoML service we target (chapter 3's example) takes these; no negative prompt.
         body = {
             "prompt": params.prompt,
             "num_inference_steps": params.num_inference_steps,

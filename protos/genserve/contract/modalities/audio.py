@@ -15,7 +15,7 @@ class AudioParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     prompt: str
-    preset: str = Field("v2/en_speaker_1", description="the voice")  # the seed's default voice
+    preset: str = Field("v2/en_speaker_1", description="the voice")  # chapter 3's voice
     seed: int = Field(0, description="unset: random, reported in the final event")
 
 

@@ -39,7 +39,7 @@ class ImageParams(BaseModel):
 
     prompt: str
     negative_prompt: str = ""
-    num_inference_steps: int = Field(10, description="denoising steps")  # the seed's default
+    num_inference_steps: int = Field(10, description="denoising steps")  # chapter 3's default
     guidance_scale: float = 7.5
     width: int = Field(512, description="a multiple of 8")
     height: int = Field(512, description="a multiple of 8")

@@ -10,7 +10,7 @@ from genserve.contract.limits import TextLimits
 from genserve.contract.spec import SEED_BOUNDS, Cost, Interaction, ModalitySpec, finite
 from genserve.v1 import text_pb2
 
-# The seed's system prompt (chapter 3's TinyLlama example).
+# Chapter 3's system prompt (its TinyLlama example), the default its readers expect.
 FASTAPI_BOT_PROMPT = (
     "Your name is FastAPI bot and you are a helpful\n"
     "chatbot responsible for teaching FastAPI to your users.\n"
@@ -29,7 +29,7 @@ class ChatMessage(BaseModel):
 
 
 class TextParams(BaseModel):
-    """What an unset field means: the seed's values unless the model's manifest says otherwise."""
+    """What an unset field means: chapter 3's values unless the model's manifest says otherwise."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

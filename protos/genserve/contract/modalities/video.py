@@ -17,7 +17,7 @@ class VideoParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     image: bytes = Field(description="the conditioning image: PNG, JPEG or WebP")
-    num_frames: int = 25  # the seed's defaults
+    num_frames: int = 25  # chapter 3's defaults, what its readers expect
     fps: float = 7.0
     decode_chunk_size: int = Field(8, description="frames the VAE decodes at once")
     motion_bucket_id: int = Field(127, description="more: more motion")
