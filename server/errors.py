@@ -16,14 +16,14 @@ RETRY_AFTER_METADATA_KEY = metadata.RETRY_AFTER
 RETRY_AFTER_MS_METADATA_KEY = metadata.RETRY_AFTER_MS
 
 
-class GenServeError(Exception):
+class ServingError(Exception):
     """Base of every error a caller may see. The message is safe to show to clients."""
 
     grpc_code: grpc.StatusCode = grpc.StatusCode.INTERNAL
     retry_after_s: float | None = None  # sent as `retry-after` (s) and `retry-after-ms`
 
 
-class InvalidArgument(GenServeError):
+class InvalidArgument(ServingError):
     """A request field is out of bounds. The message names the field and the limit."""
 
     grpc_code = grpc.StatusCode.INVALID_ARGUMENT
@@ -38,21 +38,21 @@ class InvalidArgument(GenServeError):
         return cls(invalid.field, invalid.problem)
 
 
-class Unauthenticated(GenServeError):
+class Unauthenticated(ServingError):
     grpc_code = grpc.StatusCode.UNAUTHENTICATED
 
 
-class PermissionDenied(GenServeError):
+class PermissionDenied(ServingError):
     """A known caller whose key may not use this model or modality."""
 
     grpc_code = grpc.StatusCode.PERMISSION_DENIED
 
 
-class NotFound(GenServeError):
+class NotFound(ServingError):
     grpc_code = grpc.StatusCode.NOT_FOUND
 
 
-class ResourceExhausted(GenServeError):
+class ResourceExhausted(ServingError):
     """The model's request queue is full; the caller may retry later."""
 
     grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -62,21 +62,21 @@ class ResourceExhausted(GenServeError):
         self.retry_after_s = retry_after_s
 
 
-class FailedPrecondition(GenServeError):
+class FailedPrecondition(ServingError):
     """The model cannot serve until an operator acts (it failed to load, or was
     unloaded): clients must not retry it as they would a transient UNAVAILABLE."""
 
     grpc_code = grpc.StatusCode.FAILED_PRECONDITION
 
 
-class Unavailable(GenServeError):
+class Unavailable(ServingError):
     """Passing: a model still loading, or the server shutting down. Clients may retry."""
 
     grpc_code = grpc.StatusCode.UNAVAILABLE
     retry_after_s = 1.0
 
 
-class DeadlineExceeded(GenServeError):
+class DeadlineExceeded(ServingError):
     """Something we waited on (an upstream server, say) took longer than allowed."""
 
     grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED

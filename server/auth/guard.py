@@ -15,6 +15,7 @@ from typing import Any
 
 from google.protobuf import text_format
 
+from genserve.contract import metadata
 from genserve.server.auth.budget import BudgetBook
 from genserve.server.auth.caller import Caller
 from genserve.server.auth.store import KeyStore
@@ -25,7 +26,7 @@ from genserve.server.request_context import current_call_details, current_reques
 
 logger = logging.getLogger(__name__)
 
-AUTHORIZATION = "authorization"
+AUTHORIZATION = metadata.AUTHORIZATION
 BEARER = "bearer "
 ModelOf = Callable[[Modality, str | None], str | None]  # (modality, requested) -> model name
 ModalityOf = Callable[[str], Modality | None]  # a model name -> its modality

@@ -32,7 +32,7 @@ class Engine(Protocol[R_contra, E_co]):
     memory_bytes: int  # weights and buffers it holds, for the registry's budget
 
     def generate(self, request: R_contra) -> AsyncIterator[E_co]:
-        """Stream the result. Raises GenServeError subclasses for requests the engine
+        """Stream the result. Raises ServingError subclasses for requests the engine
         refuses (InvalidArgument, ResourceExhausted when its queue is full)."""
         ...
 

@@ -1,6 +1,6 @@
 """Maps exceptions to gRPC statuses, over the whole stream.
 
-GenServeError subclasses carry their code and a client-safe message. Anything else is
+ServingError subclasses carry their code and a client-safe message. Anything else is
 a bug: the traceback goes to the log and the caller gets INTERNAL with the request ID.
 
 The status is set, not raised with `context.abort()`: abort sends it at once, before
@@ -22,7 +22,7 @@ from grpc.aio import AbortError, ServicerContext
 from genserve.server.errors import (
     RETRY_AFTER_METADATA_KEY,
     RETRY_AFTER_MS_METADATA_KEY,
-    GenServeError,
+    ServingError,
 )
 from genserve.server.interceptors.base import CallInterceptor, Responses
 from genserve.server.request_context import current_request_id
@@ -52,7 +52,7 @@ class ErrorInterceptor(CallInterceptor):
                 yield response
         except (AbortError, asyncio.CancelledError):
             raise
-        except GenServeError as exc:
+        except ServingError as exc:
             logger.info("%s rejected: %s %s", details.method, exc.grpc_code.name, exc)
             if exc.retry_after_s is not None:  # the bridge turns it into Retry-After
                 seconds = str(max(1, math.ceil(exc.retry_after_s)))

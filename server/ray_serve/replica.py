@@ -22,7 +22,7 @@ from ray import serve
 
 from genserve.contract.events import Final
 from genserve.server.engine.contract import Engine
-from genserve.server.errors import GenServeError
+from genserve.server.errors import ServingError
 from genserve.server.manifest import Modality, ModelSpec
 from genserve.server.ray_serve.board import board_for
 from genserve.server.ray_serve.placement import app_name
@@ -74,7 +74,7 @@ class EngineReplica:
                     if isinstance(event, Final | TextFinal):
                         event = replace(event, replica=self.info.id)
                     yield event
-        except GenServeError as error:  # refused by the engine: the caller's code and message
+        except ServingError as error:  # refused by the engine: the caller's code and message
             raise ReplicaError.of(error) from None
         except TimeoutError:
             logger.warning("replica %s: a request ran past its %.1f s", self.info.id, limit)

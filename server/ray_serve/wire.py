@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from genserve.server.errors import GenServeError
+from genserve.server.errors import ServingError
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class ReplicaStatus:
 
 
 class ReplicaError(Exception):
-    """A GenServeError raised in a replica, carried as plain values: exceptions with their
+    """A ServingError raised in a replica, carried as plain values: exceptions with their
     own __init__ do not survive pickling, and the caller must get its code and message."""
 
     def __init__(self, code: str, message: str, retry_after_s: float | None) -> None:
@@ -44,11 +44,11 @@ class ReplicaError(Exception):
         self.retry_after_s = retry_after_s
 
     @classmethod
-    def of(cls, error: GenServeError) -> ReplicaError:
+    def of(cls, error: ServingError) -> ReplicaError:
         return cls(error.grpc_code.name, str(error), error.retry_after_s)
 
-    def to_local(self) -> GenServeError:
-        error = GenServeError(self.message)
+    def to_local(self) -> ServingError:
+        error = ServingError(self.message)
         error.grpc_code = grpc.StatusCode[self.code]
         error.retry_after_s = self.retry_after_s
         return error

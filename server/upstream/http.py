@@ -26,10 +26,11 @@ from typing import Any, TypeVar
 
 import httpx
 
+from genserve.contract import metadata
 from genserve.server.errors import (
     DeadlineExceeded,
     FailedPrecondition,
-    GenServeError,
+    ServingError,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
@@ -65,7 +66,7 @@ class Reply:
 class Refusal:
     """An upstream reply we will not stream: our error, and whether to try again."""
 
-    error: GenServeError
+    error: ServingError
     retry: bool
     retry_after_s: float | None = None
 
@@ -77,7 +78,7 @@ class UpstreamHttp:
         self.model = model
         self.spec = spec
         self._api_key = api_key
-        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        headers = {metadata.AUTHORIZATION: f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.AsyncClient(
             base_url=spec.base_url.rstrip("/"),
             headers=headers,
@@ -251,7 +252,7 @@ class UpstreamHttp:
         said = f"upstream answered {status}" + (f": {quoted}" if quoted else "")
         retry = status in RETRYABLE_STATUSES
         wait = retry_after_s(response.headers)
-        error: GenServeError
+        error: ServingError
         if status == 429:
             error = ResourceExhausted(
                 f"model {self.model}: {said}", retry_after_s=wait if wait is not None else 1.0
@@ -338,7 +339,8 @@ def retry_after_s(headers: httpx.Headers) -> float | None:
     """Retry-After in seconds (a number or an HTTP date), or retry-after-ms; within
     [0, a day], and None for anything else (nan, inf, garbage)."""
     seconds: float | None = None
-    exact, value = headers.get("retry-after-ms"), headers.get("retry-after")
+    exact = headers.get(metadata.RETRY_AFTER_MS)
+    value = headers.get(metadata.RETRY_AFTER)
     if exact is not None:
         seconds = _number(exact)
         seconds = None if seconds is None else seconds / 1000
