@@ -22,10 +22,12 @@ setup: $(INSTALLED) $(STUBS) $(MODELS)
 
 # System packages some wheels need, installed only when missing: open3d's libusb-1.0, and
 # a C++ compiler for llama-cpp-python, which builds llama.cpp from source (pip brings cmake).
+# espeak-ng speaks the sentences the transcription tests hand to Whisper.
 system-deps:
 	@missing=""; \
 	  ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0' || missing="$$missing libusb-1.0-0"; \
 	  command -v g++ >/dev/null 2>&1 || missing="$$missing build-essential"; \
+	  command -v espeak-ng >/dev/null 2>&1 || missing="$$missing espeak-ng"; \
 	  if [ -n "$$missing" ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing$$missing"; \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) \
@@ -111,7 +113,7 @@ bench: setup $(LLAMA_SERVER)
 
 lint: setup
 	$(BIN)/ruff check .
-	$(BIN)/mypy server rest_bridge clients tests bench
+	$(BIN)/mypy protos/genserve/contract server rest_bridge clients tests bench
 
 clean:
 	rm -rf $(VENV) $(BENTOML_VENV) $(STUBS) protos/genserve/v1/*_pb2*.py* var

@@ -15,6 +15,7 @@ import re
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -23,7 +24,7 @@ from genserve.server.auth.hashing import check_hash, hash_secret, new_secret
 
 KEY_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 # The contract's modality names: the CLI and the bridge read keys without the model stack.
-ModalityName = Modality
+ModalityName: TypeAlias = Modality
 MODALITY_NAMES: tuple[str, ...] = tuple(m.value for m in Modality)
 
 

@@ -7,6 +7,7 @@ The server, the bridge, the SDK, the CLI, the UI, the key file and Ray are built
 table (table.py); adding a modality is a proto, a spec module, a table line and an engine.
 """
 
+from genserve.contract import metadata
 from genserve.contract.spec import (
     Cost,
     Interaction,
@@ -26,5 +27,6 @@ __all__ = [
     "InvalidField",
     "Modality",
     "ModalitySpec",
+    "metadata",
     "spec_for",
 ]

@@ -18,7 +18,7 @@ from enum import StrEnum
 from functools import cache
 from typing import Annotated, Any, Generic, Literal, ParamSpec, TypeVar, get_args
 
-from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
@@ -146,7 +146,8 @@ class ModalitySpec(Generic[P, L]):
 
     def fields_to_request(self, fields: Mapping[str, Any]) -> Message:
         """Plain fields (None: unset) to the proto request."""
-        return self.request_type(**fields_to_proto_kwargs(self.request_descriptor, fields))
+        build: Callable[..., Message] = self.request_type
+        return build(**fields_to_proto_kwargs(self.request_descriptor, fields))
 
     # -- limits and parameters -----------------------------------------------------------
 
@@ -211,7 +212,7 @@ def message_class(descriptor: Descriptor) -> type[Message]:
     return message_factory.GetMessageClass(descriptor)
 
 
-def enum_names(enum: EnumDescriptor) -> dict[int, str]:
+def enum_names(enum: Any) -> dict[int, str]:
     """Short names of an enum's values: IMAGE_FORMAT_JPEG -> "jpeg"; 0 (unspecified) out."""
     prefix = _common_prefix([v.name for v in enum.values])
     return {v.number: v.name.removeprefix(prefix).lower() for v in enum.values if v.number != 0}
@@ -226,7 +227,7 @@ def _common_prefix(names: list[str]) -> str:
     return first[: first.rfind("_", 0, length) + 1]
 
 
-def enum_values(enum: EnumDescriptor) -> dict[str, int]:
+def enum_values(enum: Any) -> dict[str, int]:
     return {name: number for number, name in enum_names(enum).items()}
 
 
@@ -278,7 +279,7 @@ def fields_to_proto_kwargs(descriptor: Descriptor, fields: Mapping[str, Any]) ->
     return kwargs
 
 
-def _is_repeated(descriptor: FieldDescriptor) -> bool:
+def _is_repeated(descriptor: Any) -> bool:
     return bool(descriptor.is_repeated)
 
 
@@ -427,7 +428,7 @@ def _defaults_model(params_type: type[BaseModel]) -> type[BaseModel]:
 # -- shared bounds ----------------------------------------------------------------------
 
 # A seed is any int64 (the server draws one below 2**63 when none is given).
-SEED_BOUNDS: Mapping[str, Any] = {"ge": -(2**63), "le": 2**63 - 1}
+SEED_BOUNDS: dict[str, Any] = {"ge": -(2**63), "le": 2**63 - 1}
 
 
 def prompt_bounds(max_chars: int) -> dict[str, Any]:
