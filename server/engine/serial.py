@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from genserve.server.engine.channel import Cancelled, EventChannel
 from genserve.server.engine.contract import CLOSE_WAIT_S, EngineStats

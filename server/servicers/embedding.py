@@ -24,7 +24,7 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
         self, request: embedding_pb2.EmbedRequest, context: ServicerContext[Any, Any]
     ) -> embedding_pb2.EmbedResponse:
         entry, defaults = self._convert.resolve(request)
-        params = self._convert.params(request, defaults)
+        params = await self._convert.params(request, defaults)
         admit_request(EMBEDDING, entry, params, context)
         call = current_call_details()
         call.model = entry.name

@@ -3,6 +3,7 @@ validate the request over that model's defaults, price it and admit it."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -52,20 +53,18 @@ class RequestConverter:
         entry = self._registry.resolve(self.spec.name, requested_model(request))
         return entry, self._defaults[entry.name]
 
-    def params(self, request: Message, defaults: BaseModel) -> Any:
+    async def params(self, request: Message, defaults: BaseModel) -> Any:
         try:
             fields = self.spec.request_to_fields(request)
             params = self.spec.params_from(fields, defaults, self.limits, fresh_seed)
-            return self._run_hook(params)
+            if self.spec.server_hook is None:
+                return params
+            if self._hook is None:
+                self._hook = import_path(self.spec.server_hook)
+            # Off the event loop: decoding an upload can take a while.
+            return await asyncio.to_thread(self._hook, params, self.limits)
         except InvalidField as invalid:
             raise InvalidArgument.of(invalid) from None
-
-    def _run_hook(self, params: Any) -> Any:
-        if self.spec.server_hook is None:
-            return params
-        if self._hook is None:
-            self._hook = import_path(self.spec.server_hook)
-        return self._hook(params, self.limits)
 
 
 def admit_request(

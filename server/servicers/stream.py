@@ -33,7 +33,7 @@ class StreamServicer:
         self, request: Message, context: ServicerContext[Any, Any]
     ) -> AsyncIterator[Message]:
         entry, defaults = self._convert.resolve(request)
-        params = self._convert.params(request, defaults)
+        params = await self._convert.params(request, defaults)
         cost = admit_request(self._spec, entry, params, context)
         call = current_call_details()
         call.model = entry.name

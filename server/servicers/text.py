@@ -44,7 +44,7 @@ class TextServicer(text_pb2_grpc.TextServiceServicer):
         context: ServicerContext[Any, Any],
     ) -> AsyncIterator[text_pb2.TextGenerateResponse]:
         entry, defaults = self._convert.resolve(request)
-        params = self._convert.params(request, defaults)
+        params = await self._convert.params(request, defaults)
         text_request = text_request_from(params, self._limits)
         admit_request(TEXT, entry, text_request, context)
         call = current_call_details()

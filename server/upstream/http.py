@@ -30,10 +30,10 @@ from genserve.contract import metadata
 from genserve.server.errors import (
     DeadlineExceeded,
     FailedPrecondition,
-    ServingError,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
+    ServingError,
     Unavailable,
 )
 from genserve.server.request_context import (
