@@ -156,7 +156,7 @@ def test_the_sdk_sends_its_key_and_raises_the_refusals(server: ServerThread, key
     with GenServe(target, api_key=keys.writer) as gs:
         assert gs.text.generate("hi", max_new_tokens=2, do_sample=False).completion_tokens == 2
         with pytest.raises(PermissionDeniedError) as denied:
-            gs.image.generate("a red square", steps=1)
+            gs.image.generate("a red square", num_inference_steps=1)
         assert denied.value.request_id and denied.value.request_id in denied.value.message
     with GenServe(target, api_key="nope", max_retries=0) as gs, pytest.raises(UnauthenticatedError):
         gs.models()
@@ -274,7 +274,8 @@ def test_the_sdk_waits_out_the_budget_delay(server: ServerThread, keys: Keys) ->
     with GenServe(f"localhost:{server.port}", api_key=keys.patient) as gs:
 
         def ask(request_id: str) -> int | None:
-            reply = gs.text.generate(BUDGET_PROMPT, max_new_tokens=1, request_id=request_id)
+            text = gs.text.with_options(request_id=request_id)
+            reply = text.generate(BUDGET_PROMPT, max_new_tokens=1)
             return reply.completion_tokens
 
         assert together(lambda: ask("patient-1"), lambda: ask("patient-2")) == [1, 1]

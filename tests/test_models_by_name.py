@@ -15,7 +15,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 
-from tests.server_thread import ServerThread, make_settings, wait_until
+from genserve.contract import SPECS
 from genserve.server.manifest import LoadPolicy, Manifest, Modality, load_manifest, manifest_path
 from genserve.v1 import (
     audio_pb2,
@@ -29,6 +29,7 @@ from genserve.v1 import (
     video_pb2_grpc,
 )
 from tests.media_calls import collect, png_bytes
+from tests.server_thread import ServerThread, make_settings, wait_until
 from tests.text_calls import generate, greedy, request
 
 DEFAULT_TEXT = "smollm2-135m-instruct"
@@ -75,14 +76,7 @@ def test_two_text_models_under_two_engines_are_selected_by_name(
     assert listed[SERIAL_TEXT].load_policy == "lazy"
     assert listed[SERIAL_TEXT].state == "loaded"  # the lazy model loaded on first use
     assert listed[SERIAL_TEXT].memory_bytes > 100 * MiB  # 135M parameters, fp32
-    assert {m.modality for m in listed.values()} == {
-        "text",
-        "audio",
-        "image",
-        "video",
-        "mesh",
-        "embedding",
-    }
+    assert {m.modality for m in listed.values()} == {spec.name for spec in SPECS}
 
 
 @pytest.mark.parametrize(

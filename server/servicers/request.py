@@ -12,7 +12,7 @@ from google.protobuf.message import Message
 from grpc.aio import ServicerContext
 from pydantic import BaseModel
 
-from genserve.contract import ModalitySpec
+from genserve.contract import Modality, ModalitySpec
 from genserve.contract.spec import InvalidField, import_path
 from genserve.server.admission import Cost, admit
 from genserve.server.auth.caller import charge_caller
@@ -74,7 +74,7 @@ def admit_request(
     finish in the time it has (see admission.py); charges the caller's key budget."""
     cost = spec.cost(params)
     admit(entry.name, cost, entry.spec.limits, entry.speed, context.time_remaining())
-    charge_caller(spec.name, cost)  # the caller's key budget, in the same units
+    charge_caller(Modality(spec.name), cost)  # the caller's key budget, in its units
     return cost
 
 
