@@ -264,7 +264,9 @@ def test_serial_engine_caller_that_stops_reading_cancels_the_running_job() -> No
         # On the loop thread, without yielding to it: closing the stream is enough, the
         # engine does not wait for the loop to collect the abandoned iterator.
         assert engine.wait_idle(WAIT_S)
-        assert engine.stats() == EngineStats(queued=0, in_flight=0, cancelled=1)
+        stats = engine.stats()
+        assert (stats.queued, stats.in_flight, stats.cancelled) == (0, 0, 1)
+        assert stats.tokens_generated < 10  # stopped within a few steps of 200
 
     try:
         asyncio.run(scenario())
@@ -481,7 +483,9 @@ def test_closing_a_text_stream_stops_its_request_at_once(
         assert isinstance(await anext(events), TextDelta)
         await events.aclose()
         assert engine.wait_idle(2.0)  # on the loop thread, as in the serial engine's test
-        assert engine.stats() == EngineStats(queued=0, in_flight=0, cancelled=1)
+        stats = engine.stats()
+        assert (stats.queued, stats.in_flight, stats.cancelled) == (0, 0, 1)
+        assert stats.tokens_generated < 10  # stopped within a few steps of 200
 
     try:
         asyncio.run(scenario())

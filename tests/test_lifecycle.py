@@ -14,11 +14,11 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-from tests.server_thread import ServerThread, make_settings
 from genserve.server.engine.contract import EngineStats
 from genserve.server.manifest import LoadPolicy, Manifest, Modality, load_manifest, manifest_path
 from genserve.server.text.types import TextEvent, TextRequest
 from genserve.v1 import models_pb2, models_pb2_grpc, text_pb2
+from tests.server_thread import ServerThread, make_settings
 from tests.text_calls import generate, greedy
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -92,7 +92,6 @@ class ExplodingEngine:
     memory_bytes = 0
     context_length = 8192
     ready = True
-    last_final = None
 
     def stats(self) -> EngineStats:
         return EngineStats(queued=0, in_flight=0, cancelled=0)

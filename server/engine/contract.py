@@ -24,6 +24,7 @@ class EngineStats:
     queued: int  # accepted, waiting for the model
     in_flight: int  # running on the model now
     cancelled: int  # requests abandoned part-way because their caller left
+    tokens_generated: int = 0  # text engines: tokens decoded so far, cancelled requests too
 
 
 @runtime_checkable

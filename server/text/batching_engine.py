@@ -187,7 +187,7 @@ class BatchingTextEngine:
         self._members: list[_Sequence] = []  # every sequence of the running batch, joiners too
         self._idle = threading.Condition()
         self._closed = False
-        self.last_final: TextFinal | None = None
+        self._tokens_generated = 0  # written by the scheduler thread only
         self._scheduler = threading.Thread(target=self._schedule, name=f"text-{name}", daemon=True)
         self._scheduler.start()
 
@@ -200,7 +200,10 @@ class BatchingTextEngine:
         # (or a whole batch that failed) is still in it until the next one.
         running = min(self._running, self._pending)
         return EngineStats(
-            queued=self._pending - running, in_flight=running, cancelled=self._cancelled
+            queued=self._pending - running,
+            in_flight=running,
+            cancelled=self._cancelled,
+            tokens_generated=self._tokens_generated,
         )
 
     @property
@@ -452,7 +455,7 @@ class BatchingTextEngine:
                 queued_ms=(sequence.started - sequence.submitted) * 1000,
                 inference_ms=(now - sequence.started) * 1000,
             )
-            self.last_final = final
+            self._tokens_generated += final.completion_tokens
             sequence.emit(final)
         sequence.channel.close(error)
         with self._idle:

@@ -11,14 +11,11 @@ from __future__ import annotations
 from typing import Protocol
 
 from genserve.server.engine.contract import Engine
-from genserve.server.text.types import TextEvent, TextFinal, TextRequest
+from genserve.server.text.types import TextEvent, TextRequest
 
 
 class TextEngine(Engine[TextRequest, TextEvent], Protocol):
-    """The engine contract, plus what text adds: the context it can take and the last
-    request's outcome (for tests and benchmarks)."""
-
-    last_final: TextFinal | None
+    """The engine contract, plus what text adds: the context it can take."""
 
     @property
     def context_length(self) -> int: ...

@@ -113,7 +113,7 @@ class LlamaCppTextEngine:
     def __init__(self, runtime: LlamaRuntime, config: LlamaEngineConfig, *, name: str) -> None:
         self.name = name
         self.memory_bytes = runtime.memory_bytes
-        self.last_final: TextFinal | None = None
+        self._tokens_generated = 0  # written by the scheduler thread only
         self._runtime = runtime
         self._config = config
         shape = runtime.shape
@@ -151,6 +151,7 @@ class LlamaCppTextEngine:
                 queued=self._queued,
                 in_flight=self._pending - self._queued,
                 cancelled=self._cancelled,
+                tokens_generated=self._tokens_generated,
             )
 
     def prefill_counters(self) -> PrefillCounters:
@@ -434,7 +435,7 @@ class LlamaCppTextEngine:
                 queued_ms=(sequence.started - sequence.submitted) * 1000,
                 inference_ms=(time.perf_counter() - sequence.started) * 1000,
             )
-            self.last_final = final
+            self._tokens_generated += final.completion_tokens
             sequence.emit(final)
         sequence.channel.close(error)
         with self._idle:

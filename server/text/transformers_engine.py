@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -88,7 +89,7 @@ class SerialTextEngine:
         )
         self._device = next(model.parameters()).device
         self._eos_token_ids = eos_token_ids(model, tokenizer)
-        self.last_final: TextFinal | None = None  # the most recent run's outcome
+        self._tokens_generated = 0  # written by the model thread only
 
     @property
     def context_length(self) -> int:
@@ -99,7 +100,7 @@ class SerialTextEngine:
         return self._engine.ready
 
     def stats(self) -> EngineStats:
-        return self._engine.stats()
+        return replace(self._engine.stats(), tokens_generated=self._tokens_generated)
 
     def wait_idle(self, timeout: float) -> bool:
         """Block until no request is queued or running; False on timeout."""
@@ -121,7 +122,7 @@ class SerialTextEngine:
     def _run(self, work: tuple[list[int], SamplingParams], job: Job[TextEvent]) -> None:
         prompt_ids, params = work
         final = self._generate(as_tensor(prompt_ids), params, job)
-        self.last_final = final
+        self._tokens_generated += final.completion_tokens
         job.emit(final)
 
     def _generate(
