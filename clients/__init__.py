@@ -1,15 +1,24 @@
 """genserve's Python clients: the SDK (sync and async), the `genserve` CLI, the UI.
 
 from genserve.client import GenServe
+from genserve.contract.modalities.image import IMAGE
+
 with GenServe("localhost:50051") as gs:
-    for delta in gs.text.stream("What is FastAPI?"):
+    for delta in gs.text.stream("What is FastAPI?"):      # any modality, by name
         print(delta, end="")
-    gs.image.generate("a cozy living room", steps=10).save("room.png")
+    image = gs.media_calls(IMAGE)                         # typed: the proto's fields
+    image.with_options(on_progress=print).generate(
+        "a cozy living room", num_inference_steps=10
+    ).save("room.png")
 """
 
-from genserve.client.async_client import AsyncGenServe
-from genserve.client.errors import (
-    CancelledError,
+# The contract's plain events, as the SDK hands them out.
+from genserve.contract.events import Chunk, Final, Header, Progress, Timings
+from genserve.contract.modalities.transcription import Segment
+
+from .async_client import AsyncGenServe, AsyncStreamCalls, AsyncUnaryCalls
+from .calls import CallOptions, Kind
+from .errors import (
     DeadlineExceededError,
     FailedPreconditionError,
     GenServeError,
@@ -18,39 +27,44 @@ from genserve.client.errors import (
     InvalidArgumentError,
     NotFoundError,
     PermissionDeniedError,
+    RequestCancelledError,
     ResourceExhaustedError,
     UnauthenticatedError,
     UnavailableError,
 )
-from genserve.client.results import (
-    MediaHeader,
-    MediaResult,
-    ModelInfo,
-    Progress,
-    TextResult,
-    Timings,
-)
-from genserve.client.sync_client import GenServe
+from .results import Catalog, MediaResult, ModelInfo, TextResult, Transcript
+from .sync_client import GenServe, StreamCalls, UnaryCalls
 
 __all__ = [
     "AsyncGenServe",
-    "CancelledError",
+    "AsyncStreamCalls",
+    "AsyncUnaryCalls",
+    "CallOptions",
+    "Catalog",
+    "Chunk",
     "DeadlineExceededError",
     "FailedPreconditionError",
+    "Final",
     "GenServe",
     "GenServeError",
+    "Header",
     "IntegrityError",
     "InternalError",
     "InvalidArgumentError",
-    "MediaHeader",
+    "Kind",
     "MediaResult",
     "ModelInfo",
     "NotFoundError",
     "PermissionDeniedError",
     "Progress",
+    "RequestCancelledError",
     "ResourceExhaustedError",
+    "Segment",
+    "StreamCalls",
     "TextResult",
     "Timings",
+    "Transcript",
+    "UnaryCalls",
     "UnauthenticatedError",
     "UnavailableError",
 ]

@@ -1,4 +1,8 @@
-"""`genserve`: the SDK from a shell. Media commands write a file and show a progress bar.
+"""`genserve`: the SDK from a shell.
+
+One subcommand per modality (its name or any alias), with every field of its proto
+request as a flag. Media commands write a file and show a
+progress bar; text streams to stdout; transcripts print each segment as it comes.
 
 Exit codes: 0 done; 2 bad flags; 3 the server refused the input (INVALID_ARGUMENT);
 4 the server or model is unavailable (or the queue is full); 5 deadline exceeded;
@@ -17,20 +21,24 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
+from rich.pretty import pretty_repr
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 
-from genserve.client import defaults, keys
-from genserve.client.errors import (
+from genserve.contract import SPECS, ModalitySpec
+
+from . import defaults, keys
+from .calls import Kind, kind_of
+from .cli_flags import add_request_flags, given_fields
+from .errors import (
     DeadlineExceededError,
     GenServeError,
     InvalidArgumentError,
     ResourceExhaustedError,
     UnavailableError,
 )
-from genserve.client.results import MediaResult
-from genserve.client.results import Progress as StepProgress
-from genserve.client.sync_client import GenServe
+from .sync_client import GenServe
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INVALID, EXIT_UNAVAILABLE, EXIT_DEADLINE = 0, 1, 2, 3, 4, 5
 EXIT_BY_ERROR: dict[type[GenServeError], int] = {
@@ -39,6 +47,7 @@ EXIT_BY_ERROR: dict[type[GenServeError], int] = {
     ResourceExhaustedError: EXIT_UNAVAILABLE,
     DeadlineExceededError: EXIT_DEADLINE,
 }
+UNARY_ITEMS_SHOWN = 4  # a unary reply's long lists (vectors) are cut to this on a terminal
 
 err = Console(stderr=True)
 
@@ -59,74 +68,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--timeout", type=float, help="seconds (default per modality)")
     parser.add_argument("--request-id", help="your own request ID, for joining logs")
-    parser.add_argument("--json", action="store_true", help="print machine-readable metadata")
+    parser.add_argument("--json", action="store_true", help="print machine-readable results")
     parser.add_argument("--model", help="a model by name (see `models`); default: the modality's")
     commands = parser.add_subparsers(dest="command", required=True)
-
-    text = commands.add_parser("text", help="chat; the answer streams to stdout")
-    text.add_argument("prompt")
-    text.add_argument("--max-new-tokens", type=int)
-    text.add_argument("--temperature", type=float)
-    text.add_argument("--top-k", type=int)
-    text.add_argument("--top-p", type=float)
-    text.add_argument("--greedy", action="store_true", help="no sampling")
-    text.add_argument("--seed", type=int)
-    text.add_argument("--stop", action="append", help="a stop sequence (repeatable)")
-    text.add_argument("--system-prompt")
-
-    image = commands.add_parser("image", help="text-to-image")
-    image.add_argument("prompt")
-    image.add_argument("-o", "--output", type=Path, default=Path("."))
-    image.add_argument("--steps", type=int)
-    image.add_argument("--guidance-scale", type=float)
-    image.add_argument("--width", type=int)
-    image.add_argument("--height", type=int)
-    image.add_argument("--negative-prompt", default="")
-    image.add_argument("--format", choices=["png", "jpeg", "webp"], default="png")
-    image.add_argument("--seed", type=int)
-
-    audio = commands.add_parser("audio", help="text-to-speech (WAV)")
-    audio.add_argument("prompt")
-    audio.add_argument("-o", "--output", type=Path, default=Path("."))
-    audio.add_argument("--preset", help="voice preset, e.g. v2/en_speaker_1")
-    audio.add_argument("--seed", type=int)
-
-    video = commands.add_parser("video", help="image-to-video (MP4)")
-    video.add_argument("image", type=Path, help="a PNG, JPEG or WebP file")
-    video.add_argument("-o", "--output", type=Path, default=Path("."))
-    video.add_argument("--frames", type=int, dest="num_frames")
-    video.add_argument("--fps", type=float)
-    video.add_argument("--steps", type=int)
-    video.add_argument("--seed", type=int)
-
-    mesh = commands.add_parser("3d", help="text-to-3D (OBJ or PLY)")
-    mesh.add_argument("prompt")
-    mesh.add_argument("-o", "--output", type=Path, default=Path("."))
-    mesh.add_argument("--steps", type=int)
-    mesh.add_argument("--guidance-scale", type=float)
-    mesh.add_argument("--format", choices=["obj", "ply"], default="obj")
-    mesh.add_argument("--seed", type=int)
-
-    embed = commands.add_parser("embed", help="sentence embeddings")
-    embed.add_argument("texts", nargs="+")
-
+    for spec in SPECS:
+        command = commands.add_parser(spec.name, aliases=spec.aliases, help=spec.description)
+        add_request_flags(command, spec)
+        if kind_of(spec) is Kind.MEDIA:
+            command.add_argument(
+                "-o", "--output", type=Path, default=Path("."), help="a file, or a folder"
+            )
+        command.set_defaults(spec=spec)
     keys.add_keys_parser(commands)
     commands.add_parser("health", help="the server's and each modality's health")
     commands.add_parser("models", help="what the server has loaded")
     return parser
 
 
-def _given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
-    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, default=lambda o: o.hex() if isinstance(o, bytes) else str(o)))
 
 
-def _timeout(args: argparse.Namespace) -> dict[str, float]:
-    return {"timeout": args.timeout} if args.timeout else {}
-
-
-def _run_media(
-    args: argparse.Namespace, call: Callable[..., MediaResult], *call_args: Any, **params: Any
-) -> int:
+def _run_media(args: argparse.Namespace, calls: Any, fields: dict[str, Any]) -> int:
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -136,114 +99,92 @@ def _run_media(
         transient=True,
         disable=args.json,
     ) as bar:
-        task = bar.add_task(args.command, total=None)
+        task = bar.add_task(args.spec.name, total=None)
 
-        def on_progress(step: StepProgress) -> None:
+        def on_progress(step: Any) -> None:
             bar.update(task, completed=step.step, total=step.total_steps, description=step.stage)
 
-        result = call(
-            *call_args,
-            on_progress=on_progress,
-            request_id=args.request_id,
-            **params,
-            **_timeout(args),
-        )
+        result = calls.with_options(on_progress=on_progress).generate(**fields)
     path = result.save(args.output)
-    metadata = {
-        "path": str(path),
-        "bytes": len(result.data),
-        "sha256": result.sha256,
-        "seed": result.seed,
-        "request_id": result.request_id,
-        "header": asdict(result.header),
-        "timings": asdict(result.timings),
-    }
     if args.json:
-        print(json.dumps(metadata))
+        metadata = {"path": str(path), "bytes": len(result.data)} | asdict(result)
+        del metadata["data"]
+        _print_json(metadata)
     else:
         err.print(f"saved {path} ({len(result.data)} bytes, seed {result.seed})")
     return EXIT_OK
 
 
-def _run(args: argparse.Namespace, gs: GenServe) -> int:
-    if args.command == "text":
-        params = _given(
-            args,
-            *("max_new_tokens", "temperature", "top_k", "top_p", "seed", "stop", "system_prompt"),
-            "model",
-        )
-        if args.greedy:
-            params["do_sample"] = False
-        if args.json:
-            result = gs.text.generate(
-                args.prompt, request_id=args.request_id, **params, **_timeout(args)
-            )
-            print(json.dumps(asdict(result)))
-            return EXIT_OK
-        for delta in gs.text.stream(
-            args.prompt, request_id=args.request_id, **params, **_timeout(args)
-        ):
-            sys.stdout.write(delta)
-            sys.stdout.flush()
-        sys.stdout.write("\n")
+def _run_text(args: argparse.Namespace, calls: Any, fields: dict[str, Any]) -> int:
+    if args.json:
+        _print_json(asdict(calls.generate(**fields)))
         return EXIT_OK
-    if args.command == "image":
-        params = _given(
-            args,
-            *("steps", "guidance_scale", "width", "height", "seed", "format", "negative_prompt"),
-            "model",
-        )
-        return _run_media(args, gs.image.generate, args.prompt, **params)
-    if args.command == "audio":
-        params = _given(args, "preset", "seed", "model")
-        return _run_media(args, gs.audio.generate, args.prompt, **params)
-    if args.command == "video":
-        if not args.image.is_file():
-            err.print(f"error: {args.image} is not a file")
-            return EXIT_USAGE
-        params = _given(args, "num_frames", "fps", "steps", "seed", "model")
-        return _run_media(args, gs.video.generate, args.image, **params)
-    if args.command == "3d":
-        params = _given(args, "steps", "guidance_scale", "format", "seed", "model")
-        return _run_media(args, gs.mesh.generate, args.prompt, **params)
-    if args.command == "embed":
-        vectors = gs.embeddings.create(
-            args.texts, model=args.model, request_id=args.request_id, **_timeout(args)
-        )
-        if args.json:
-            print(json.dumps({"embeddings": vectors}))
-        else:
-            for text, vector in zip(args.texts, vectors, strict=True):
-                print(f"{len(vector)} dims  {vector[:3]}...  {text[:60]}")
+    for delta in calls.stream(**fields):
+        sys.stdout.write(delta)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return EXIT_OK
+
+
+def _run_transcript(args: argparse.Namespace, calls: Any, fields: dict[str, Any]) -> int:
+    if args.json:
+        _print_json(asdict(calls.generate(**fields)))
         return EXIT_OK
-    if args.command == "health":
-        services = {"server": ""} | {m: f"genserve.v1.{s}Service" for m, s in SERVICE_NAMES.items()}
-        statuses = {name: gs.health(service) for name, service in services.items()}
-        if args.json:
-            print(json.dumps(statuses))
-        else:
-            for name, status in statuses.items():
-                print(f"{name:10} {status}")
-        return EXIT_OK if statuses["server"] == "SERVING" else EXIT_UNAVAILABLE
+    for segment in calls.stream(**fields):
+        print(
+            f"[{segment.start_s:7.2f} -> {segment.end_s:7.2f}] {segment.text.strip()}", flush=True
+        )
+    return EXIT_OK
+
+
+def _run_unary(args: argparse.Namespace, calls: Any, fields: dict[str, Any]) -> int:
+    reply = calls.create(**fields)
+    if args.json:
+        _print_json(reply)
+    else:
+        print(pretty_repr(reply, max_length=UNARY_ITEMS_SHOWN))
+    return EXIT_OK
+
+
+RUNNERS: dict[Kind, Callable[[argparse.Namespace, Any, dict[str, Any]], int]] = {
+    Kind.MEDIA: _run_media,
+    Kind.TEXT: _run_text,
+    Kind.TRANSCRIPT: _run_transcript,
+    Kind.UNARY: _run_unary,
+}
+
+
+def _run_modality(args: argparse.Namespace, gs: GenServe) -> int:
+    spec: ModalitySpec[Any, Any] = args.spec
+    fields = given_fields(args, spec) | ({"model": args.model} if args.model else {})
+    calls = gs.calls(spec).with_options(timeout=args.timeout, request_id=args.request_id)
+    return RUNNERS[kind_of(spec)](args, calls, fields)
+
+
+def _run_health(args: argparse.Namespace, gs: GenServe) -> int:
+    services = {"server": ""} | {spec.name: spec.service for spec in SPECS}
+    statuses = {name: gs.health(service) for name, service in services.items()}
+    if args.json:
+        _print_json(statuses)
+    else:
+        for name, status in statuses.items():
+            print(f"{name:14} {status}")
+    return EXIT_OK if statuses["server"] == "SERVING" else EXIT_UNAVAILABLE
+
+
+def _run_models(args: argparse.Namespace, gs: GenServe) -> int:
     models = gs.models()
     if args.json:
-        print(json.dumps([asdict(m) for m in models]))
+        _print_json([asdict(m) for m in models])
         return EXIT_OK
-    table = Table("modality", "name", "state", "device", "dtype", "policy")
+    table = Table("modality", "state", "device", "dtype", "policy")
+    # Names are what the other commands take (--model): never cut, the rest may wrap.
+    widest = max((len(m.name) for m in models), default=4)
+    table.columns.insert(1, Column("name", no_wrap=True, min_width=widest))
     for m in models:
         table.add_row(m.modality, m.name, m.state, m.device, m.dtype, m.load_policy)
     Console().print(table)
     return EXIT_OK
-
-
-SERVICE_NAMES = {
-    "text": "Text",
-    "audio": "Audio",
-    "image": "Image",
-    "video": "Video",
-    "mesh": "Mesh",
-    "embedding": "Embedding",
-}
 
 
 def _read(path: Path | None) -> bytes | None:
@@ -254,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "keys":  # the keys file, here: no server involved
         return keys.run(args)
+    run = {"health": _run_health, "models": _run_models}.get(args.command, _run_modality)
     try:
         with GenServe(
             args.target,
@@ -263,11 +205,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             certificate_chain=_read(args.client_cert),
             private_key=_read(args.client_key),
         ) as gs:
-            return _run(args, gs)
+            return run(args, gs)
     except GenServeError as error:
-        err.print(
-            f"[red]error:[/red] {error.code.name}: {error.message} (request_id={error.request_id})"
-        )
+        # The message is the server's: escaped, so that "[0]" in it is not rich markup.
+        detail = escape(f"{error.code.name}: {error.message} (request_id={error.request_id})")
+        err.print(f"[red]error:[/red] {detail}", highlight=False)
         return EXIT_BY_ERROR.get(type(error), EXIT_ERROR)
     except KeyboardInterrupt:
         return 130

@@ -1,14 +1,17 @@
-"""The SDK's error hierarchy: one class per gRPC status a caller handles differently.
+"""The SDK's errors: `GenServeError`, one subclass per gRPC status a caller handles
+differently.
 
-Every error carries the gRPC code, the server's message and the request ID, so a
+Every error carries the gRPC status code, the server's message and the request ID, so a
 report from a user can be joined with the server's logs and usage rows.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
-from genserve.client.channel import server_retry_after_s
+from .retry import retry_after_s, trailing_metadata
 
 
 class GenServeError(Exception):
@@ -20,7 +23,9 @@ class GenServeError(Exception):
 
 
 class InvalidArgumentError(GenServeError):
-    """The request broke a limit; the message names the field and the limit."""
+    """The request broke a limit; the message names the field and the limit. Also raised
+    before sending, without a request ID, for a value the SDK can tell is wrong (an enum
+    name the proto does not have)."""
 
 
 class UnauthenticatedError(GenServeError):
@@ -54,8 +59,9 @@ class DeadlineExceededError(GenServeError):
     pass
 
 
-class CancelledError(GenServeError):
-    pass
+class RequestCancelledError(GenServeError):
+    """The server cancelled the call (it is shutting down). Named so that it does not
+    shadow asyncio.CancelledError, which cancels the caller's own task."""
 
 
 class InternalError(GenServeError):
@@ -63,7 +69,7 @@ class InternalError(GenServeError):
 
 
 class IntegrityError(GenServeError):
-    """The received file does not match the sha256 the server announced."""
+    """The received file does not match the size and sha256 the server announced."""
 
 
 ERROR_BY_CODE: dict[grpc.StatusCode, type[GenServeError]] = {
@@ -75,14 +81,15 @@ ERROR_BY_CODE: dict[grpc.StatusCode, type[GenServeError]] = {
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
-    grpc.StatusCode.CANCELLED: CancelledError,
+    grpc.StatusCode.CANCELLED: RequestCancelledError,
 }
 
 
-def from_rpc_error(error: grpc.RpcError, request_id: str | None) -> GenServeError:
-    code = error.code()  # type: ignore[attr-defined]
-    message = error.details() or code.name  # type: ignore[attr-defined]
+def from_rpc_error(error: Any, request_id: str | None) -> GenServeError:
+    """A grpc.RpcError (sync or aio: both are grpc.Call) as the SDK's error."""
+    code: grpc.StatusCode = error.code()
+    message = error.details() or code.name
     result = ERROR_BY_CODE.get(code, InternalError)(code, message, request_id)
     if isinstance(result, ResourceExhaustedError):
-        result.retry_after_s = server_retry_after_s(error)
+        result.retry_after_s = retry_after_s(trailing_metadata(error))
     return result

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from genserve.contract import SPECS
+
 DEFAULT_KEYS_FILE = Path("var/keys.json")
 
 
@@ -25,8 +27,6 @@ def _budget(value: str) -> tuple[str, float]:
 
 
 def add_keys_parser(commands: Any) -> None:
-    from genserve.server.auth.keys import MODALITY_NAMES
-
     keys = commands.add_parser("keys", help="API keys: create, revoke, list (the keys file)")
     keys.add_argument("--keys-file", type=Path, default=DEFAULT_KEYS_FILE)
     actions = keys.add_subparsers(dest="keys_command", required=True)
@@ -39,7 +39,7 @@ def add_keys_parser(commands: Any) -> None:
         "--modality",
         action="append",
         default=[],
-        choices=MODALITY_NAMES,
+        choices=[spec.name for spec in SPECS],
         help="a modality it may call (repeatable); with neither option: everything",
     )
     create.add_argument(

@@ -1,13 +1,16 @@
-"""The seed's chat UI (its client.py), grown up: `streamlit run clients/ui.py`.
+"""The chat UI: `streamlit run clients/ui.py`.
 
 Talks to the gRPC server through the SDK, not the bridge: one hop fewer, typed errors
-with request IDs, and progress events for the media modalities. The history keeps both
-sides of the conversation, each message in the modality it was made in.
+with request IDs, and progress events for the media modalities. The modalities are the
+contract's specs; the models, their states and the limits come from ListModels; the
+sidebar's form is the chosen spec's request fields, bounded by those limits. The history
+keeps both sides of the conversation, and a text turn sends the conversation so far.
+
+Run as a script by Streamlit, so its imports are absolute.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +18,11 @@ import streamlit as st
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from genserve.client.errors import GenServeError
+from genserve.client.results import Catalog
 from genserve.client.sync_client import GenServe
-
-MODALITIES = ("text", "image", "audio", "video", "3d")
+from genserve.client.ui_chat import Message, MissingUpload, answer, render, request_fields
+from genserve.client.ui_form import render_form, upload_widget
+from genserve.contract import SPECS, ModalitySpec, spec_for
 
 
 class UISettings(BaseSettings):
@@ -28,102 +33,80 @@ class UISettings(BaseSettings):
     root_certificates: Path | None = None  # GENSERVE_UI_ROOT_CERTIFICATES: TLS to the server
 
 
-@dataclass
-class Message:
-    role: str  # "user" or "assistant"
-    kind: str  # "text", "image", "audio", "video", "3d" or "error"
-    content: Any  # the text, or the file's bytes
-    file_name: str = ""
-    mime_type: str = ""
-
-
 @st.cache_resource
 def client(target: str, api_key: str | None, root_certificates: Path | None) -> GenServe:
     roots = root_certificates.read_bytes() if root_certificates is not None else None
     return GenServe(target, api_key=api_key, root_certificates=roots)
 
 
-def render(message: Message) -> None:
-    with st.chat_message(message.role):
-        if message.kind in ("text", "error"):
-            (st.error if message.kind == "error" else st.markdown)(message.content)
-        elif message.kind == "image":
-            st.image(message.content, caption=message.file_name)
-        elif message.kind == "audio":
-            st.audio(message.content, format=message.mime_type)
-        elif message.kind == "video":
-            st.video(message.content, format=message.mime_type)
-        else:  # 3D: offered as a download
-            st.download_button(
-                f"Download {message.file_name}",
-                data=message.content,
-                file_name=message.file_name,
-                mime=message.mime_type,
-            )
+def fetch_catalog(gs: GenServe) -> Catalog | None:
+    try:
+        return gs.catalog()
+    except GenServeError as error:
+        st.sidebar.error(f"ListModels: {error.code.name}: {error.message}")
+        return None
 
 
-def answer(
-    gs: GenServe, modality: str, prompt: str, source_image: bytes | None, max_new_tokens: int
-) -> Message:
-    if modality == "text":
-        with st.chat_message("assistant"):
-            text = st.write_stream(gs.text.stream(prompt, max_new_tokens=max_new_tokens))
-        return Message("assistant", "text", text if isinstance(text, str) else "".join(text))
-    progress = st.progress(0.0, text=f"{modality}: waiting")
+def limits_of(spec: ModalitySpec[Any, Any], catalog: Catalog | None) -> Any:
+    """The limits the server enforces (its published ones), else the defaults."""
+    published = catalog.limits.get(spec.name, {}) if catalog else {}
+    return spec.limits_type.model_validate(published)
 
-    def on_progress(step: Any) -> None:
-        progress.progress(
-            step.step / max(step.total_steps, 1),
-            text=f"{step.stage} {step.step}/{step.total_steps}",
-        )
 
-    if modality == "image":
-        result = gs.image.generate(prompt, on_progress=on_progress)
-    elif modality == "audio":
-        result = gs.audio.generate(prompt, on_progress=on_progress)
-    elif modality == "video":
-        if source_image is None:
-            raise ValueError("upload an image to animate first (sidebar)")
-        result = gs.video.generate(source_image, on_progress=on_progress)
-    else:
-        result = gs.mesh.generate(prompt, on_progress=on_progress)
-    progress.empty()
-    return Message(
-        "assistant", modality, result.data, result.header.file_name, result.header.mime_type
+def choose_model(spec: ModalitySpec[Any, Any], catalog: Catalog | None) -> str | None:
+    """A model of the spec's by name, each shown with its state; None: the default."""
+    models = {m.name: m for m in catalog.models if m.modality == spec.name} if catalog else {}
+    default = next((m for m in models.values() if m.is_default), None)
+
+    def label(name: str | None) -> str:
+        if name is None:
+            return f"default ({default.name}, {default.state})" if default else "default"
+        return f"{name} ({models[name].state})"
+
+    options: list[str | None] = [None, *models]
+    chosen: str | None = st.sidebar.selectbox(
+        "Model", options, format_func=label, key=f"{spec.name}.model"
     )
+    return chosen
+
+
+def sidebar(catalog: Catalog | None) -> tuple[ModalitySpec[Any, Any], dict[str, Any], bytes | None]:
+    """The chosen spec, its form's fields (and model), and its upload if it takes one."""
+    names = [spec.name for spec in SPECS]
+    spec = spec_for(st.sidebar.selectbox("Modality", names, key="modality"))
+    st.sidebar.caption(spec.description)
+    model = choose_model(spec, catalog)
+    limits = limits_of(spec, catalog)
+    with st.sidebar:
+        upload = upload_widget(spec, limits)
+        with st.expander("Parameters", expanded=True):
+            fields = render_form(spec, limits)
+    return spec, fields | ({"model": model} if model else {}), upload
 
 
 def main() -> None:
     settings = UISettings()
     st.title("genserve")
-    modality = st.sidebar.selectbox("Modality", MODALITIES)
-    max_new_tokens = int(st.sidebar.number_input("Max new tokens", 1, 2048, 256))
-    upload = st.sidebar.file_uploader(
-        "Image to animate (video)", type=["png", "jpg", "jpeg", "webp"]
-    )
+    gs = client(settings.target, settings.api_key, settings.root_certificates)
+    spec, form, upload = sidebar(fetch_catalog(gs))
     history: list[Message] = st.session_state.setdefault("history", [])
     for message in history:
         render(message)
     prompt = st.chat_input("Ask, or describe what to make")
     if not prompt:
         return
-    user = Message("user", "text", prompt)
-    history.append(user)
+    user = Message("user", "text", prompt, modality=spec.name)
     render(user)
     try:
-        source = upload.getvalue() if upload else None
-        gs = client(settings.target, settings.api_key, settings.root_certificates)
-        reply = answer(gs, modality, prompt, source, max_new_tokens)
+        reply = answer(gs, spec, request_fields(spec, prompt, history, upload, form))
+        streamed = reply.kind == "text"  # already on screen
     except GenServeError as error:
-        reply = Message(
-            "assistant",
-            "error",
-            f"{error.code.name}: {error.message} (request ID {error.request_id})",
-        )
-    except ValueError as error:
-        reply = Message("assistant", "error", str(error))
-    history.append(reply)
-    if reply.kind != "text":  # streamed text is already on screen
+        detail = f"{error.code.name}: {error.message} (request ID {error.request_id})"
+        reply, streamed = Message("assistant", "error", detail, modality=spec.name), False
+    except MissingUpload as error:
+        reply, streamed = Message("assistant", "error", str(error), modality=spec.name), False
+    history += [user, reply]
+    if not streamed:
         render(reply)
 
 

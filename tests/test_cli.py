@@ -1,19 +1,135 @@
-"""The `genserve` CLI, run as a subprocess against a real server."""
+"""The `genserve` CLI: its flags for every spec (against the stand-in server), then as a
+subprocess against a real server."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from google.protobuf.descriptor import FieldDescriptor
 from PIL import Image
 
-from tests.server_thread import ServerThread
+from genserve.client import cli
+from genserve.client.calls import Kind, kind_of
+from genserve.client.cli_flags import GROUP_TITLE
+from genserve.contract import SPECS, ModalitySpec
+from genserve.contract.spec import message_to_fields
+from tests.fake_server import FakeServer, every_field
 from tests.media_calls import png_bytes
+from tests.server_thread import ServerThread
 
 CLI_TIMEOUT_S = 180
+every_spec = pytest.mark.parametrize("spec", SPECS, ids=[s.name for s in SPECS])
+
+
+def subcommands() -> dict[str, argparse.ArgumentParser]:
+    parser = cli._parser()
+    (action,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeServer]:
+    server = FakeServer().start()
+    yield server
+    server.stop()
+
+
+# -- the flags, for every spec ----------------------------------------------------------
+
+
+@every_spec
+def test_the_flag_set_is_the_protos_fields(spec: ModalitySpec[Any, Any]) -> None:
+    commands = subcommands()
+    command = commands[spec.name]
+    assert all(commands[alias] is command for alias in spec.aliases)
+    (group,) = (g for g in command._action_groups if g.title == GROUP_TITLE)
+    assert {a.dest for a in group._group_actions} == set(spec.request_fields)
+    # ... and besides them only -h and, for media, -o (`model` is the global --model).
+    extra = {a.dest for a in command._actions} - set(spec.request_fields)
+    assert extra == ({"help", "output"} if kind_of(spec) is Kind.MEDIA else {"help"})
+
+
+def argv_for(spec: ModalitySpec[Any, Any], values: dict[str, Any], tmp_path: Path) -> list[str]:
+    """A command line that sets every field to its value."""
+
+    def text(field: FieldDescriptor, value: Any) -> str:
+        if field.type == FieldDescriptor.TYPE_BYTES:
+            path = tmp_path / field.name
+            path.write_bytes(value)
+            return str(path)
+        return json.dumps(value) if isinstance(value, dict) else str(value)
+
+    argv = ["--model", values["model"], spec.name]
+    first, *rest = (f for f in spec.request_descriptor.fields if f.name != "model")
+    argv += [
+        text(first, v) for v in (values[first.name] if first.is_repeated else [values[first.name]])
+    ]
+    for field in rest:
+        flag = "--" + field.name.replace("_", "-")
+        value = values[field.name]
+        if field.cpp_type == FieldDescriptor.CPPTYPE_BOOL:
+            argv.append(flag if value else f"--no-{flag[2:]}")
+            continue
+        for item in value if field.is_repeated else [value]:
+            argv += [flag, text(field, item)]
+    if kind_of(spec) is Kind.MEDIA:
+        argv += ["-o", str(tmp_path)]
+    return argv
+
+
+@every_spec
+def test_every_flag_reaches_the_server(
+    fake: FakeServer, spec: ModalitySpec[Any, Any], tmp_path: Path
+) -> None:
+    values = every_field(spec)
+    assert cli.main(["--target", fake.target, *argv_for(spec, values, tmp_path)]) == 0
+    (received,) = fake.received
+    assert message_to_fields(received.request) == values
+
+
+@every_spec
+def test_json_output_for_every_spec(
+    fake: FakeServer,
+    spec: ModalitySpec[Any, Any],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = argv_for(spec, every_field(spec), tmp_path)
+    assert cli.main(["--target", fake.target, "--json", "--request-id", "cli-json", *argv]) == 0
+    output = json.loads(capsys.readouterr().out)
+    kind = kind_of(spec)
+    if kind is Kind.MEDIA:
+        assert Path(output["path"]).read_bytes() == b"first chunk, second chunk"
+    if kind in (Kind.TEXT, Kind.TRANSCRIPT):
+        assert output["text"] and output["request_id"] == "cli-json"
+
+
+def test_segments_print_as_they_come(
+    fake: FakeServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    audio = tmp_path / "speech.wav"
+    audio.write_bytes(b"RIFF")
+    assert cli.main(["--target", fake.target, "stt", str(audio)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("] ")[1] for line in lines] == ["Hello", "world"]
+
+
+def test_a_missing_upload_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["video", str(tmp_path / "none.png")])
+    assert exit_.value.code == 2 and "is not a file" in capsys.readouterr().err
+
+
+# -- a real server, as a subprocess -----------------------------------------------------
 
 
 def genserve(
@@ -31,21 +147,25 @@ def genserve(
 
 
 def test_text_streams_to_stdout(tiny_server: ServerThread) -> None:
-    result = genserve(tiny_server, "text", "What is FastAPI?", "--max-new-tokens", "8", "--greedy")
+    result = genserve(
+        tiny_server, "text", "What is FastAPI?", "--max-new-tokens", "8", "--no-do-sample"
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()
 
 
 def test_image_writes_a_file(tiny_server: ServerThread, tmp_path: Path) -> None:
     out = tmp_path / "room.png"
-    result = genserve(tiny_server, "image", "a cozy living room", "-o", str(out), "--steps", "2")
+    args = ("a cozy living room", "-o", str(out), "--num-inference-steps", "2")
+    result = genserve(tiny_server, "image", *args)
     assert result.returncode == 0, result.stderr
     assert Image.open(out).size == (64, 64)
     assert "saved" in result.stderr
 
 
 def test_json_metadata(tiny_server: ServerThread, tmp_path: Path) -> None:
-    result = genserve(tiny_server, "--json", "3d", "a chair", "-o", str(tmp_path), "--steps", "2")
+    args = ("a chair", "-o", str(tmp_path), "--num-inference-steps", "2")
+    result = genserve(tiny_server, "--json", "3d", *args)
     assert result.returncode == 0, result.stderr
     metadata = json.loads(result.stdout)
     path = Path(metadata["path"])
@@ -60,26 +180,39 @@ def test_audio_and_video(tiny_server: ServerThread, tmp_path: Path) -> None:
     assert (tmp_path / "hello.wav").read_bytes()[:4] == b"RIFF"
     source = tmp_path / "room.png"
     source.write_bytes(png_bytes())
-    video = genserve(
-        tiny_server,
-        "video",
-        str(source),
-        "-o",
-        str(tmp_path / "room.mp4"),
-        "--frames",
-        "2",
-        "--steps",
-        "1",
-    )
+    out = str(tmp_path / "room.mp4")
+    args = ("-o", out, "--num-frames", "2", "--num-inference-steps", "1")
+    video = genserve(tiny_server, "video", str(source), *args)
     assert video.returncode == 0, video.stderr
     assert (tmp_path / "room.mp4").read_bytes()[4:8] == b"ftyp"
+
+
+def test_transcription(tiny_server: ServerThread, tmp_path: Path) -> None:
+    from tests.speech import ESPEAK, ESPEAK_MISSING, SENTENCE, speak, word_error_rate
+
+    if ESPEAK is None:
+        pytest.skip(ESPEAK_MISSING)
+    models = json.loads(genserve(tiny_server, "--json", "models").stdout)
+    if not any(m["modality"] == "transcription" for m in models):
+        pytest.skip("the tiny profile serves no transcription model")
+    speak(SENTENCE, tmp_path / "sentence.wav")
+    printed = genserve(tiny_server, "transcription", str(tmp_path / "sentence.wav"))
+    assert printed.returncode == 0, printed.stderr
+    assert printed.stdout.startswith("[") and "->" in printed.stdout
+    result = genserve(tiny_server, "--json", "stt", str(tmp_path / "sentence.wav"))
+    transcript = json.loads(result.stdout)
+    assert word_error_rate(SENTENCE, transcript["text"]) < 0.3
+    assert transcript["segments"][0]["end_s"] > 0
 
 
 def test_embed_health_models(tiny_server: ServerThread) -> None:
     embed = genserve(tiny_server, "--json", "embed", "hello", "world")
     assert embed.returncode == 0 and len(json.loads(embed.stdout)["embeddings"]) == 2
     health = genserve(tiny_server, "--json", "health")
-    assert health.returncode == 0 and json.loads(health.stdout)["text"] == "SERVING"
+    assert health.returncode == 0, health.stderr
+    statuses = json.loads(health.stdout)
+    assert set(statuses) == {"server", *(s.name for s in SPECS)}
+    assert statuses["text"] == "SERVING"
     models = genserve(tiny_server, "models")
     assert models.returncode == 0 and "smollm2-135m-instruct" in models.stdout
 
@@ -106,14 +239,14 @@ def test_unreachable_server_exits_4() -> None:
 
 
 def test_bad_flags_exit_2(tiny_server: ServerThread) -> None:
-    result = genserve(tiny_server, "image", "x", "--steps", "many")
+    result = genserve(tiny_server, "image", "x", "--num-inference-steps", "many")
     assert result.returncode == 2
     assert "invalid int value" in result.stderr
 
 
 def test_model_by_name(tiny_server: ServerThread) -> None:
     args = ("--request-id", "cli-serial", "--model", "smollm2-135m-instruct-serial", "--json")
-    result = genserve(tiny_server, *args, "text", "Hi", "--max-new-tokens", "3", "--greedy")
+    result = genserve(tiny_server, *args, "text", "Hi", "--max-new-tokens", "3", "--no-do-sample")
     assert result.returncode == 0, result.stderr
     assert tiny_server.wait_for_usage_row("cli-serial")["model"] == "smollm2-135m-instruct-serial"
     unknown = genserve(tiny_server, "--model", "nope", "embed", "hello")

@@ -112,7 +112,9 @@ def test_sdk_round_trip_over_tls_with_an_api_key(
     with GenServe(
         target(tls_server), tls=True, root_certificates=certs.ca.read_bytes(), api_key=api_key[1]
     ) as gs:
-        result = gs.text.generate("Hi", max_new_tokens=2, do_sample=False, request_id="tls-sdk")
+        result = gs.text.with_options(request_id="tls-sdk").generate(
+            "Hi", max_new_tokens=2, do_sample=False
+        )
         assert result.completion_tokens == 2
         assert gs.health() == "SERVING"
     assert tls_server.wait_for_usage_row("tls-sdk")["key_id"] == "tls-user"
@@ -125,7 +127,8 @@ def test_cli_round_trip_over_tls(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     argv = ["--target", target(tls_server), "--root-certificates", str(certs.ca)]
-    argv += ["--api-key", api_key[1], "--json", "text", "Hi", "--max-new-tokens", "2", "--greedy"]
+    argv += ["--api-key", api_key[1], "--json"]
+    argv += ["text", "Hi", "--max-new-tokens", "2", "--no-do-sample"]
     assert cli_main(argv) == 0
     assert json.loads(capsys.readouterr().out)["completion_tokens"] == 2
 
@@ -174,7 +177,7 @@ def mtls_client(server: ServerThread, certs: Certs, client: Pem | None) -> GenSe
 
 def test_mtls_the_client_certificate_is_the_caller(mtls_server: ServerThread, certs: Certs) -> None:
     with mtls_client(mtls_server, certs, certs.client_a) as gs:
-        gs.text.generate("Hi", max_new_tokens=2, do_sample=False, request_id="mtls-a")
+        gs.text.with_options(request_id="mtls-a").generate("Hi", max_new_tokens=2, do_sample=False)
     key_id = mtls_server.wait_for_usage_row("mtls-a")["key_id"]
     assert key_id.startswith("cert:") and "CN=svc-a" in key_id
 
@@ -183,9 +186,9 @@ def test_mtls_a_listed_subject_gets_its_entrys_rules(
     mtls_server: ServerThread, certs: Certs
 ) -> None:
     with mtls_client(mtls_server, certs, certs.client_b) as gs:
-        gs.text.generate("Hi", max_new_tokens=2, do_sample=False, request_id="mtls-b")
+        gs.text.with_options(request_id="mtls-b").generate("Hi", max_new_tokens=2, do_sample=False)
         with pytest.raises(PermissionDeniedError):
-            gs.image.generate("a red square", steps=1)
+            gs.image.generate("a red square", num_inference_steps=1)
     assert mtls_server.wait_for_usage_row("mtls-b")["key_id"] == "svc-b"
 
 
@@ -203,7 +206,7 @@ def test_cli_round_trip_over_mtls(
     cert, key = certs.client_a.write(tmp_path, "client")
     argv = ["--target", target(mtls_server), "--root-certificates", str(certs.ca)]
     argv += ["--client-cert", str(cert), "--client-key", str(key), "--json"]
-    assert cli_main([*argv, "text", "Hi", "--max-new-tokens", "2", "--greedy"]) == 0
+    assert cli_main([*argv, "text", "Hi", "--max-new-tokens", "2", "--no-do-sample"]) == 0
     assert json.loads(capsys.readouterr().out)["completion_tokens"] == 2
 
 

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
+import annotated_types
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from genserve.client.ui import Message
+from genserve.client import GenServe
+from genserve.client.ui_chat import Message, conversation
+from genserve.client.ui_form import form_fields, widget_key
+from genserve.contract import SPECS, ModalitySpec
+from genserve.contract.modalities.text import TEXT
 from tests.server_thread import REPO_ROOT, ServerThread
 
 UI_SCRIPT = str(REPO_ROOT / "clients" / "ui.py")
 APP_TIMEOUT_S = 120
+every_spec = pytest.mark.parametrize("spec", SPECS, ids=[s.name for s in SPECS])
 
 
 @pytest.fixture
@@ -23,48 +30,118 @@ def app(tiny_server: ServerThread, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     yield at
 
 
-def ask(at: AppTest, modality: str, prompt: str) -> None:
-    at.sidebar.selectbox[0].set_value(modality)
+def choose(at: AppTest, spec_name: str) -> None:
+    at.selectbox(key="modality").set_value(spec_name).run()
+    assert not at.exception, at.exception
+
+
+def ask(at: AppTest, spec_name: str, prompt: str) -> None:
+    choose(at, spec_name)
     at.chat_input[0].set_value(prompt).run()
     assert not at.exception, at.exception
 
 
-def test_text_is_streamed_into_the_reply_and_history_keeps_both_sides(app: AppTest) -> None:
-    app.sidebar.number_input[0].set_value(6)
+def request_id(at: AppTest, index: int) -> str:
+    return str(at.chat_message[index].caption[0].value.rsplit(" ", 1)[1])
+
+
+def test_text_is_streamed_into_the_reply_and_history_keeps_both_sides(
+    app: AppTest, tiny_server: ServerThread
+) -> None:
+    choose(app, "text")
+    app.number_input(key="text.max_new_tokens").set_value(6)
+    app.selectbox(key="text.do_sample").set_value(False)
     ask(app, "text", "What is FastAPI?")
     ask(app, "text", "And Flask?")
     roles = [m.name for m in app.chat_message]
     assert roles == ["user", "assistant", "user", "assistant"]
-    # the user's prompts are shown as text (the seed replayed them through st.image)
     assert app.chat_message[0].markdown[0].value == "What is FastAPI?"
     assert app.chat_message[1].markdown[0].value.strip()  # the assistant's reply is kept
+    # The second turn carried the first (question and answer) as messages.
+    first = tiny_server.wait_for_usage_row(request_id(app, 1))
+    second = tiny_server.wait_for_usage_row(request_id(app, 3))
+    assert first["completion_tokens"] == 6
+    assert second["prompt_tokens"] > first["prompt_tokens"] + first["completion_tokens"] // 2
 
 
-def test_image_audio_and_3d_render(app: AppTest) -> None:
+def test_the_conversation_leaves_out_other_modalities_and_failed_questions() -> None:
+    def text(role: str, content: str, modality: str = "text") -> Message:
+        return Message(role, "text", content, modality=modality)
+
+    history = [
+        text("user", "Hi"),
+        text("assistant", "Hello"),
+        text("user", "a red square", modality="image"),
+        Message("assistant", "media", b"png", modality="image"),
+        text("user", "x" * 10),
+        Message("assistant", "error", "INVALID_ARGUMENT", modality="text"),
+        text("user", "Bye"),
+    ]
+    assert conversation(history, TEXT) == [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "Bye"},
+    ]
+
+
+@every_spec
+def test_the_form_has_every_field_with_the_servers_bounds(
+    app: AppTest, tiny_server: ServerThread, spec: ModalitySpec[Any, Any]
+) -> None:
+    with GenServe(f"localhost:{tiny_server.port}") as gs:
+        limits = spec.limits_type.model_validate(gs.catalog().limits[spec.name])
+    choose(app, spec.name)
+    widgets = {w.key: w for w in app.sidebar if getattr(w, "key", None)}
+    numbers = {w.key: w for w in app.sidebar.number_input}
+    for name, info in form_fields(spec, limits).items():
+        key = widget_key(spec, name)
+        assert key in widgets, name
+        for bound in info.metadata if key in numbers else ():
+            limit: Any = getattr(bound, "le", getattr(bound, "ge", None))
+            if isinstance(bound, annotated_types.Le):
+                assert numbers[key].max == min(limit, 2**53 - 1), name
+            if isinstance(bound, annotated_types.Ge):
+                assert numbers[key].min == max(limit, -(2**53 - 1)), name
+    if spec.upload is not None:
+        assert widget_key(spec, "upload") in {u.key for u in app.get("file_uploader")}
+
+
+def test_models_are_listed_with_their_state(app: AppTest) -> None:
+    choose(app, "text")
+    labels = app.selectbox(key="text.model").options
+    assert labels[0].startswith("default (smollm2-135m-instruct, ")
+    assert any(label.startswith("smollm2-135m-instruct-serial (") for label in labels)
+
+
+def test_image_audio_and_mesh_render(app: AppTest) -> None:
     ask(app, "image", "a cozy living room")
     assert app.chat_message[-1].get("image")
     ask(app, "audio", "Hello")
     assert app.chat_message[-1].get("audio")
-    ask(app, "3d", "a chair")
+    ask(app, "mesh", "a chair")
     buttons = app.chat_message[-1].get("download_button")
     assert buttons and "mesh-" in buttons[0].proto.label
     assert len(app.chat_message) == 6  # history kept across modalities
 
 
-def test_video_without_an_upload_says_so(app: AppTest) -> None:
-    ask(app, "video", "make it move")
-    assert "upload an image" in app.chat_message[-1].error[0].value
+@pytest.mark.parametrize("spec", [s for s in SPECS if s.upload], ids=lambda s: s.name)
+def test_a_spec_that_takes_an_upload_asks_for_it(
+    app: AppTest, spec: ModalitySpec[Any, Any]
+) -> None:
+    assert spec.upload is not None
+    ask(app, spec.name, "go")
+    assert f"upload the {spec.upload.field}" in app.chat_message[-1].error[0].value
 
 
 def test_a_video_reply_renders_a_player(app: AppTest, tiny_server: ServerThread) -> None:
     # AppTest cannot drive a file upload: the reply comes from the SDK and is replayed
-    from genserve.client import GenServe
     from tests.media_calls import png_bytes
 
     with GenServe(f"localhost:{tiny_server.port}") as gs:
-        result = gs.video.generate(png_bytes(), num_frames=2, steps=1)
+        result = gs.video.generate(png_bytes(), num_frames=2, num_inference_steps=1)
+    header = result.header
     app.session_state["history"] = [
-        Message("assistant", "video", result.data, result.header.file_name, result.header.mime_type)
+        Message("assistant", "media", result.data, header.file_name, header.mime_type, "video")
     ]
     app.run()
     assert app.chat_message[0].get("video")

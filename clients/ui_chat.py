@@ -1,0 +1,136 @@
+"""The UI's chat: the history's messages, how each is shown, and how one turn is asked
+and answered, by the spec's kind of call (no per-modality code).
+
+Media replies show by their MIME type (image, audio, video players; anything else, or a
+spec marked `attachment`, as a download). Text and transcripts stream into the reply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import streamlit as st
+
+from genserve.contract import ModalitySpec
+
+from .calls import Kind, kind_of
+from .channel import new_request_id
+from .sync_client import GenServe
+from .ui_form import chat_field, conversation_field
+
+PLAYERS: dict[str, Callable[..., Any]] = {"image": st.image, "audio": st.audio, "video": st.video}
+
+
+@dataclass
+class Message:
+    role: str  # "user" or "assistant"
+    kind: str  # "text", "media", "data" (a unary reply, as JSON) or "error"
+    content: Any  # the text, the file's bytes, or the reply's fields
+    file_name: str = ""
+    mime_type: str = ""
+    modality: str = ""  # the spec it was asked of or made by
+    request_id: str = ""
+    attachment: bool = False  # offered as a download, not shown inline
+
+
+class MissingUpload(ValueError):
+    pass
+
+
+def render(message: Message) -> None:
+    with st.chat_message(message.role):
+        show(message)
+        if message.request_id:
+            st.caption(f"{message.modality} · request ID {message.request_id}")
+
+
+def show(message: Message) -> None:
+    if message.kind == "error":
+        st.error(message.content)
+    elif message.kind == "text":
+        st.markdown(message.content)
+    elif message.kind == "data":
+        st.json(message.content, expanded=False)
+    else:
+        player = PLAYERS.get(message.mime_type.split("/")[0])
+        if player is None or message.attachment:
+            st.download_button(
+                f"Download {message.file_name}",
+                data=message.content,
+                file_name=message.file_name,
+                mime=message.mime_type,
+            )
+        elif player is st.image:
+            st.image(message.content, caption=message.file_name)
+        else:
+            player(message.content, format=message.mime_type)
+
+
+def conversation(history: list[Message], spec: ModalitySpec[Any, Any]) -> list[dict[str, str]]:
+    """The spec's earlier text turns, oldest first; a question that failed is left out."""
+    turns: list[dict[str, str]] = []
+    for message in history:
+        if message.modality != spec.name:
+            continue
+        if message.kind == "error":
+            if turns and turns[-1]["role"] == "user":
+                turns.pop()
+        elif message.kind == "text":
+            turns.append({"role": message.role, "content": message.content})
+    return turns
+
+
+def request_fields(
+    spec: ModalitySpec[Any, Any],
+    prompt: str,
+    history: list[Message],
+    upload: bytes | None,
+    form: dict[str, Any],
+) -> dict[str, Any]:
+    """One turn's request: the form's fields, the prompt, the conversation, the upload."""
+    fields = dict(form)
+    chat = chat_field(spec)
+    if chat is not None:
+        is_list = spec.request_descriptor.fields_by_name[chat].is_repeated
+        fields[chat] = [prompt] if is_list else prompt
+    turns = conversation_field(spec)
+    if turns is not None:
+        fields[turns] = conversation(history, spec)
+    if spec.upload is not None:
+        if upload is None:
+            raise MissingUpload(f"upload the {spec.upload.field} first ({spec.upload.description})")
+        fields[spec.upload.field] = upload
+    return fields
+
+
+def answer(gs: GenServe, spec: ModalitySpec[Any, Any], fields: dict[str, Any]) -> Message:
+    """Asks the server; streams text into the reply as it comes. May raise GenServeError."""
+    request_id = new_request_id()
+    calls = gs.calls(spec).with_options(request_id=request_id)
+    reply = Message("assistant", "text", "", modality=spec.name, request_id=request_id)
+    kind = kind_of(spec)
+    if kind is Kind.UNARY:
+        reply.kind, reply.content = "data", calls.create(**fields)
+        return reply
+    if kind in (Kind.TEXT, Kind.TRANSCRIPT):
+        pieces = calls.stream(**fields)
+        texts = pieces if kind is Kind.TEXT else (segment.text for segment in pieces)
+        with st.chat_message("assistant"):
+            written = st.write_stream(texts)
+            st.caption(f"{spec.name} · request ID {request_id}")
+        reply.content = written if isinstance(written, str) else "".join(map(str, written))
+        return reply
+    progress = st.progress(0.0, text=f"{spec.name}: waiting")
+
+    def on_progress(step: Any) -> None:
+        done = step.step / max(step.total_steps, 1)
+        progress.progress(done, text=f"{step.stage} {step.step}/{step.total_steps}")
+
+    result = calls.with_options(on_progress=on_progress).generate(**fields)
+    progress.empty()
+    reply.kind, reply.content = "media", result.data
+    reply.file_name, reply.mime_type = result.header.file_name, result.header.mime_type
+    reply.attachment = spec.attachment
+    return reply
