@@ -7,6 +7,7 @@ import signal
 import sys
 
 import uvicorn
+from pydantic_settings import CliApp
 
 from genserve.bridge.app import create_app
 from genserve.bridge.settings import BridgeSettings
@@ -17,7 +18,7 @@ logger = logging.getLogger("rest_bridge")
 
 
 def main(argv: list[str] | None = None) -> None:
-    settings = BridgeSettings(_cli_parse_args=sys.argv[1:] if argv is None else argv)  # type: ignore[call-arg]
+    settings = CliApp.run(BridgeSettings, cli_args=sys.argv[1:] if argv is None else argv)
     configure_logging(settings.log_level, "json" if settings.log_format == "json" else "text")
     try:
         host = bind_host(

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 
 from genserve.bridge.auth import AuthMiddleware, BridgeAuth
-from genserve.bridge.backend import Backend, BackendHolder
+from genserve.bridge.backend import Backend, BackendHolder, largest_request
 from genserve.bridge.body_limit import BodyLimitMiddleware, body_caps
 from genserve.bridge.disconnect import ClientDisconnectMiddleware
 from genserve.bridge.errors import (
@@ -26,11 +26,10 @@ from genserve.bridge.limits import fetch_limits
 from genserve.bridge.observability import BridgeMetrics, ObservabilityMiddleware
 from genserve.bridge.routes_health import build_health_router
 from genserve.bridge.routes_models import build_models_router
-from genserve.bridge.routes_openai import build_openai_router
+from genserve.bridge.routes_openai import UPLOAD_ROUTES, build_openai_router
 from genserve.bridge.routes_seed import build_seed_router
-from genserve.bridge.schemas import build_schemas
+from genserve.bridge.server_link import channel_credentials, own_authorization
 from genserve.bridge.settings import BridgeSettings
-from genserve.bridge.upstream import channel_credentials, own_authorization
 from genserve.server.auth.store import KeyStore
 
 
@@ -53,7 +52,12 @@ def create_app(settings: BridgeSettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        holder.current = Backend.connect(settings.grpc_target, credentials, settings.api_key)
+        holder.current = Backend.connect(
+            settings.grpc_target,
+            credentials,
+            settings.api_key,
+            max_send_bytes=largest_request(limits.largest_upload()),
+        )
         try:
             yield
         finally:
@@ -68,9 +72,8 @@ def create_app(settings: BridgeSettings) -> FastAPI:
         "Each request may name its model; the bounds stated here are the server's.",
         lifespan=lifespan,
     )
-    schemas = build_schemas(limits)
-    app.include_router(build_seed_router(holder, schemas, limits, settings, metrics))
-    app.include_router(build_openai_router(holder, limits, settings, metrics))
+    app.include_router(build_seed_router(holder, limits, settings.timeouts, metrics))
+    app.include_router(build_openai_router(holder, limits, settings.timeouts, metrics))
     app.include_router(build_models_router(holder, settings))
     app.include_router(build_health_router(holder, settings, metrics))
     app.add_exception_handler(grpc.aio.AioRpcError, grpc_error_handler)
@@ -79,7 +82,7 @@ def create_app(settings: BridgeSettings) -> FastAPI:
     app.add_exception_handler(Exception, unhandled_error_handler)
     # Outermost last: observability sees every answer, a 413 included, with its request ID.
     app.add_middleware(ClientDisconnectMiddleware)
-    app.add_middleware(BodyLimitMiddleware, caps=body_caps(limits))
+    app.add_middleware(BodyLimitMiddleware, caps=body_caps(limits, UPLOAD_ROUTES))
     app.add_middleware(AuthMiddleware, auth=auth)  # before reading any body
     app.add_middleware(ObservabilityMiddleware, metrics=metrics, router_app=app.router)
     app.state.metrics = metrics

@@ -2,7 +2,7 @@
 
 Missing or wrong key: 401 with `WWW-Authenticate: Bearer`; too many wrong keys from one
 client address: 429 with Retry-After, for a while. Health probes and the API docs stay
-open. The caller's Authorization header is passed on to the server (upstream.py), which
+open. The caller's Authorization header is passed on to the server (server_link.py), which
 checks the key again and decides what it may call (403) and whether it is over its
 budget (429). The keys file is re-read on SIGHUP, or when it has changed, at most every
 `auth.watch_s` seconds, on the next request.
@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from genserve.bridge.errors import error_body
 from genserve.bridge.request_id import current_request_id
-from genserve.bridge.upstream import caller_authorization_var
+from genserve.bridge.server_link import caller_authorization_var
 from genserve.server.auth.guard import bearer_token
 from genserve.server.auth.store import KeyStore
 from genserve.server.auth.throttle import FailureThrottle

@@ -1,14 +1,16 @@
 """Request bodies refused early: a 413 from Content-Length before a byte is read, or once a
 chunked body grows past the route's cap, so an oversized upload never sits in memory.
 
-The caps come from the server's limits: the largest legitimate request is the video
-route's image upload; JSON bodies carry text, whose longest escaped form bounds them.
+The caps come from the specs and the server's limits: a route that takes a file may carry
+the largest upload its spec allows; a JSON body carries text, whose longest bounded field
+(escaped) bounds it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -16,9 +18,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from genserve.bridge.disconnect import DISCONNECT
 from genserve.bridge.errors import error_body
 from genserve.bridge.limits import ServerLimits
+from genserve.contract import SPECS, ModalitySpec
 
 MiB = 1024 * 1024
-VIDEO_PATH = "/generate/video"
 # What surrounds the bounded content: form fields, part headers and boundaries in a
 # multipart upload; keys, numbers and message envelopes in JSON.
 MULTIPART_SLACK = MiB
@@ -38,16 +40,33 @@ class BodyCaps:
         return self.by_path.get(path, self.default)
 
 
-def body_caps(limits: ServerLimits) -> BodyCaps:
-    text_chars = max(
-        limits.text.max_prompt_chars,
-        limits.embedding.max_texts * limits.embedding.max_text_chars,
-        limits.image.max_prompt_chars,
-        limits.audio.max_prompt_chars,
-        limits.mesh.max_prompt_chars,
-    )
-    upload = limits.video.max_image_bytes + MULTIPART_SLACK
-    return BodyCaps(JSON_BYTES_PER_CHAR * text_chars + JSON_SLACK, {VIDEO_PATH: upload})
+def body_caps(
+    limits: ServerLimits, upload_routes: Mapping[str, ModalitySpec[Any, Any]] | None = None
+) -> BodyCaps:
+    """`upload_routes`: paths, besides the specs' own, that take a spec's upload."""
+    uploads = {spec.http_path: spec for spec in SPECS if spec.upload is not None}
+    uploads |= upload_routes or {}
+    by_path = {path: limits.upload_bytes(spec) + MULTIPART_SLACK for path, spec in uploads.items()}
+    text_chars = max(longest_text(spec, limits) for spec in SPECS)
+    return BodyCaps(JSON_BYTES_PER_CHAR * text_chars + JSON_SLACK, by_path)
+
+
+def longest_text(spec: ModalitySpec[Any, Any], limits: ServerLimits) -> int:
+    """Characters in the spec's longest bounded text field (a list of texts: all of them).
+    A prompt's bound covers the whole conversation (see the text spec), so unbounded
+    message contents add nothing."""
+    schema = spec.request_model(limits.of(spec)).model_json_schema()
+    return max((_chars(p) for p in schema["properties"].values()), default=0)
+
+
+def _chars(schema: dict[str, Any]) -> int:
+    longest = 0
+    for option in schema.get("anyOf", [schema]):
+        if option.get("type") == "string" and option.get("format") != "binary":
+            longest = max(longest, option.get("maxLength", 0))
+        elif option.get("type") == "array" and isinstance(option.get("items"), dict):
+            longest = max(longest, option.get("maxItems", 0) * _chars(option["items"]))
+    return longest
 
 
 def declared_length(scope: Scope) -> int | None:

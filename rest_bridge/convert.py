@@ -1,64 +1,54 @@
-"""HTTP request models to protobuf requests, and protobuf events to JSON-able dicts."""
+"""HTTP request models to protobuf requests, and protobuf events to JSON-able dicts.
+
+Both go through the contract: a request's fields by their proto names, enums by their
+short names ("png", "length"), so the bridge keeps no table of its own.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
+from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
 from pydantic import BaseModel
 
-from genserve.v1 import (
-    audio_pb2,
-    image_pb2,
-    mesh_pb2,
-    text_pb2,
-    video_pb2,
-)
+from genserve.contract import ModalitySpec
+from genserve.contract.spec import enum_names
 
-IMAGE_FORMATS = {
-    "png": image_pb2.IMAGE_FORMAT_PNG,
-    "jpeg": image_pb2.IMAGE_FORMAT_JPEG,
-    "webp": image_pb2.IMAGE_FORMAT_WEBP,
-}
-MESH_FORMATS = {"obj": mesh_pb2.MESH_FORMAT_OBJ, "ply": mesh_pb2.MESH_FORMAT_PLY}
-FINISH_REASONS = {
-    text_pb2.FINISH_REASON_STOP: "stop",
-    text_pb2.FINISH_REASON_LENGTH: "length",
-    text_pb2.FINISH_REASON_CANCELLED: "cancelled",
-}
+# Fields of the HTTP models that are not request fields: how to answer, not what to do.
+HTTP_ONLY_FIELDS = frozenset({"stream"})
 
 
-def _set_fields(params: BaseModel, skip: set[str]) -> dict[str, Any]:
-    """The fields the caller gave: unset optional fields stay unset in the proto, so the
-    server applies its own (manifest) defaults."""
-    return {k: v for k, v in params.model_dump().items() if k not in skip and v is not None}
+def request_pb(
+    spec: ModalitySpec[Any, Any], params: BaseModel, upload: bytes | None = None
+) -> Message:
+    """The fields the caller gave; unset ones stay unset in the proto, so the server
+    applies its own (the model's manifest) defaults."""
+    fields = params.model_dump(exclude=set(HTTP_ONLY_FIELDS), exclude_none=True)
+    if spec.upload is not None and upload is not None:
+        fields[spec.upload.field] = upload
+    return spec.fields_to_request(fields)
 
 
-def text_request(params: BaseModel) -> text_pb2.TextGenerateRequest:
-    return text_pb2.TextGenerateRequest(**_set_fields(params, {"stream"}))
+def event_dict(message: Message) -> dict[str, Any]:
+    """Every field, zeros too (an empty delta still has its "text"); enums by short name."""
+    data = MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    for field in message.DESCRIPTOR.fields:
+        if field.enum_type is not None and field.name in data:
+            data[field.name] = _short_name(message, field)
+    return data
 
 
-def image_request(params: BaseModel) -> image_pb2.ImageGenerateRequest:
-    fields = _set_fields(params, {"format"})
-    return image_pb2.ImageGenerateRequest(**fields, format=IMAGE_FORMATS[params.format])  # type: ignore[attr-defined]
+def short_name(message: Message, field: str) -> str:
+    """An enum field's short name: a TextFinal's finish_reason is "stop" or "length"."""
+    return _short_name(message, message.DESCRIPTOR.fields_by_name[field])
 
 
-def audio_request(params: BaseModel) -> audio_pb2.AudioGenerateRequest:
-    return audio_pb2.AudioGenerateRequest(**_set_fields(params, set()))
-
-
-def mesh_request(params: BaseModel) -> mesh_pb2.MeshGenerateRequest:
-    fields = _set_fields(params, {"format"})
-    return mesh_pb2.MeshGenerateRequest(**fields, format=MESH_FORMATS[params.format])  # type: ignore[attr-defined]
-
-
-def video_request(params: BaseModel, image: bytes) -> video_pb2.VideoGenerateRequest:
-    return video_pb2.VideoGenerateRequest(image=image, **_set_fields(params, set()))
-
-
-def finish_reason(final: text_pb2.TextFinal) -> str:
-    return FINISH_REASONS.get(final.finish_reason, "stop")
-
-
-def event_dict(message: Any) -> dict[str, Any]:
-    return MessageToDict(message, preserving_proto_field_name=True)
+def _short_name(message: Message, field: Any) -> str:
+    # `field` is a FieldDescriptor, which the stubs type as the Python or the upb class
+    # (one class at run time), as they do its enum_type.
+    names = enum_names(cast(EnumDescriptor, field.enum_type))
+    return names.get(getattr(message, field.name), "unspecified")

@@ -15,7 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from genserve.bridge.request_id import current_request_id
-from genserve.server.errors import RETRY_AFTER_METADATA_KEY, http_status_for
+from genserve.contract.metadata import RETRY_AFTER
+from genserve.server.errors import http_status_for
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ def retry_after(error: grpc.aio.AioRpcError, status: int) -> dict[str, str]:
     """The server's `retry-after` trailing metadata as HTTP's Retry-After header: a 429
     always carries one, the client libraries' backoff reads it."""
     for key, value in error.trailing_metadata() or ():
-        if key == RETRY_AFTER_METADATA_KEY and isinstance(value, str) and value.isdigit():
+        if key == RETRY_AFTER and isinstance(value, str) and value.isdigit():
             return {"Retry-After": value}
     return {"Retry-After": str(DEFAULT_RETRY_AFTER_S)} if status == 429 else {}
 

@@ -1,63 +1,80 @@
 """The server's limits, read once from ListModels when the app is built, so that the
 request schemas, and the OpenAPI document, state the bounds the server enforces.
 
-The server publishes its settings sections as JSON (ModelService.ListModels `limits`);
-they are read back with the same models, whose defaults are the server's. A server that
-cannot be reached in time leaves those defaults, with a warning: the server checks every
-request again, so a tighter server still wins.
+The server publishes each modality's limits under its spec's name (ModelService.ListModels
+`limits`); they are read back with the spec's own limits type, whose defaults are the
+server's. A modality the server does not publish, or a server that cannot be reached in
+time, leaves those defaults, with a warning: the server checks every request again, so a
+tighter server still wins.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from google.protobuf import struct_pb2
 from google.protobuf.json_format import MessageToDict
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
-from genserve.server.settings import (
-    AudioLimits,
-    EmbeddingLimits,
-    ImageLimits,
-    MediaLimits,
-    MeshLimits,
-    TextLimits,
-    VideoLimits,
-)
+from genserve.contract import SPECS, ModalitySpec
 from genserve.v1 import models_pb2, models_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
-
-# A media modality's limits carry what every media modality shares (chunk size, prompt
-# length); its own fields come first, so audio's shorter prompt limit wins.
-class ImageBounds(ImageLimits, MediaLimits):
-    pass
+L = TypeVar("L", bound=BaseModel)
+L_co = TypeVar("L_co", bound=BaseModel, covariant=True)
 
 
-class AudioBounds(AudioLimits, MediaLimits):
-    pass
+class HasLimits(Protocol[L_co]):
+    """What `of` reads of a spec: a ModalitySpec[..., TextLimits] gives TextLimits. (A
+    protocol of its own keeps `of` typed where mypy does not follow the contract.)"""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def limits_type(self) -> type[L_co]: ...
 
 
-class VideoBounds(VideoLimits, MediaLimits):
-    pass
+class ServerLimits:
+    """Per spec, an instance of its limits type: `limits.of(spec)`."""
 
+    def __init__(self, by_name: Mapping[str, BaseModel]) -> None:
+        self._by_name = {
+            spec.name: by_name[spec.name] if spec.name in by_name else spec.limits_type()
+            for spec in SPECS
+        }
 
-class MeshBounds(MeshLimits, MediaLimits):
-    pass
+    @classmethod
+    def defaults(cls) -> ServerLimits:
+        return cls({})
 
+    @classmethod
+    def from_dict(cls, published: Mapping[str, Any]) -> ServerLimits:
+        """ValidationError when a modality's limits do not read as its limits type; names
+        the bridge has no spec for (a newer server's) are left out."""
+        return cls(
+            {
+                spec.name: spec.limits_type.model_validate(published[spec.name])
+                for spec in SPECS
+                if spec.name in published
+            }
+        )
 
-class ServerLimits(BaseModel):
-    """Per modality, keyed as ListModels keys them."""
+    def of(self, spec: HasLimits[L]) -> L:
+        limits = self._by_name[spec.name]
+        assert isinstance(limits, spec.limits_type)
+        return limits
 
-    text: TextLimits = Field(default_factory=TextLimits)
-    image: ImageBounds = Field(default_factory=ImageBounds)
-    audio: AudioBounds = Field(default_factory=AudioBounds)
-    video: VideoBounds = Field(default_factory=VideoBounds)
-    mesh: MeshBounds = Field(default_factory=MeshBounds)
-    embedding: EmbeddingLimits = Field(default_factory=EmbeddingLimits)
+    def upload_bytes(self, spec: ModalitySpec[Any, Any]) -> int:
+        """The largest upload the spec's request may carry; 0 for specs without one."""
+        return spec.upload.max_bytes(self.of(spec)) if spec.upload is not None else 0
+
+    def largest_upload(self) -> int:
+        return max(self.upload_bytes(spec) for spec in SPECS)
 
 
 def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
@@ -77,7 +94,7 @@ def _whole_numbers(value: Any) -> Any:
 
 
 def limits_from_pb(limits: struct_pb2.Struct) -> ServerLimits:
-    return ServerLimits.model_validate(struct_to_dict(limits))
+    return ServerLimits.from_dict(struct_to_dict(limits))
 
 
 def fetch_limits(
@@ -103,10 +120,15 @@ def fetch_limits(
                 metadata=metadata,
             )
             limits = limits_from_pb(reply.limits)
+            missing = [spec.name for spec in SPECS if spec.name not in reply.limits.fields]
+            if missing:
+                logger.warning("the server publishes no limits for %s: defaults", missing)
             logger.info("request bounds: the server's limits, read from %s", target)
             return limits
         except grpc.RpcError as error:
-            reason = f"{error.code().name}: {error.details()}"  # type: ignore[attr-defined]
+            # grpc's blocking calls raise an RpcError that is also a grpc.Call
+            call: Any = error
+            reason = f"{call.code().name}: {call.details()}"
         except ValidationError as error:
             reason = f"unreadable limits: {error}"
     logger.warning(
@@ -115,4 +137,4 @@ def fetch_limits(
         target,
         reason,
     )
-    return ServerLimits()
+    return ServerLimits.defaults()

@@ -12,19 +12,19 @@ from grpc_health.v1 import health_pb2
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
-from genserve.bridge.backend import Backend
-from genserve.bridge.limits import ServerLimits
+from genserve.bridge.backend import Backend, BackendHolder
 from genserve.bridge.observability import BridgeMetrics
 from genserve.bridge.settings import BridgeSettings
+from genserve.contract import SPECS, ModalitySpec
 from genserve.v1 import models_pb2
 
-NO_MODEL = "NOT_SERVING (no model)"  # a modality of the server's with no model to serve
+NO_MODEL = "NOT_SERVING (no model)"  # a modality the server has no model for
 
 
 async def modality_statuses(backend: Backend, timeout: float) -> dict[str, str]:
-    """Each modality the server has, and its service's health. The modalities and their
-    services are the server's own table, read through ListModels; a modality without a
-    model names no service there, and serves nothing."""
+    """Each spec's service's health. A modality with no model on the server (ListModels
+    lists none of it) serves nothing, whatever its service says."""
+    names = [spec.name for spec in SPECS]
     try:
         reply = await backend.models.ListModels(
             models_pb2.ListModelsRequest(),
@@ -32,16 +32,16 @@ async def modality_statuses(backend: Backend, timeout: float) -> dict[str, str]:
             timeout=timeout,
         )
     except grpc.aio.AioRpcError as error:
-        return dict.fromkeys(ServerLimits.model_fields, f"UNREACHABLE ({error.code().name})")
-    services = {model.modality: model.service for model in reply.models}
-    modalities = list(reply.limits.fields)  # every modality, with or without a model
+        return dict.fromkeys(names, f"UNREACHABLE ({error.code().name})")
+    modelled = {model.modality for model in reply.models}
 
-    async def status_of(modality: str) -> str:
-        service = services.get(modality)
-        return await serving_status(backend, service, timeout) if service else NO_MODEL
+    async def status_of(spec: ModalitySpec[Any, Any]) -> str:
+        if spec.name not in modelled:
+            return NO_MODEL
+        return await serving_status(backend, spec.service, timeout)
 
-    statuses = await asyncio.gather(*(status_of(m) for m in modalities))
-    return dict(zip(modalities, statuses, strict=True))
+    statuses = await asyncio.gather(*(status_of(spec) for spec in SPECS))
+    return dict(zip(names, statuses, strict=True))
 
 
 async def serving_status(backend: Backend, service: str, timeout: float) -> str:
@@ -61,13 +61,11 @@ class Liveness(BaseModel):
 class Readiness(BaseModel):
     ready: bool
     server: str
-    modalities: dict[str, str] = Field(
-        description="per modality of the server's: its service's gRPC health status"
-    )
+    modalities: dict[str, str] = Field(description="per modality: its service's gRPC health status")
 
 
 def build_health_router(
-    backend: Any, settings: BridgeSettings, metrics: BridgeMetrics
+    backend: BackendHolder, settings: BridgeSettings, metrics: BridgeMetrics
 ) -> APIRouter:
     router = APIRouter(tags=["health"])
 
@@ -79,7 +77,7 @@ def build_health_router(
     @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
     async def readyz() -> Response:
         """Ready when the gRPC server reports SERVING; each modality's status in the body."""
-        current: Backend = backend.current
+        current = backend.stubs()
         timeout = settings.timeouts.health
         server, modalities = await asyncio.gather(
             serving_status(current, "", timeout), modality_statuses(current, timeout)

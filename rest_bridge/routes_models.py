@@ -12,16 +12,17 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from genserve.bridge.backend import current_metadata
+from genserve.bridge.backend import BackendHolder, current_metadata
 from genserve.bridge.errors import ERROR_SCHEMA, documented_errors
 from genserve.bridge.limits import struct_to_dict
 from genserve.bridge.settings import BridgeSettings
+from genserve.contract import SPECS
 from genserve.v1 import models_pb2
 
 
 class ModelInfo(BaseModel):
     name: str
-    modality: str = Field(description="text, audio, image, video, mesh or embedding")
+    modality: str = Field(description=" | ".join(spec.name for spec in SPECS))
     service: str = Field(description="the gRPC service that serves it")
     source: str
     device: str
@@ -52,7 +53,7 @@ class ServerModels(BaseModel):
     memory_budget_bytes: int = Field(description="for the models together; 0: no budget")
 
 
-def build_models_router(backend: Any, settings: BridgeSettings) -> APIRouter:
+def build_models_router(backend: BackendHolder, settings: BridgeSettings) -> APIRouter:
     router = APIRouter(prefix="/models", tags=["models"], responses=documented_errors(ERROR_SCHEMA))
     timeouts = settings.timeouts
 

@@ -1,38 +1,38 @@
 """An OpenAI-compatible API on the same app, so the official `openai` SDK works unchanged:
-chat completions (plain and streamed), embeddings, image generation and speech.
+chat completions (plain and streamed), embeddings, image generation, speech and
+transcription. Hand-written: OpenAI's shapes are a foreign contract, not the specs'.
 
 Each route passes its `model` to the server, which serves that model by name; a name the
-server does not know for the route's modality is OpenAI's 404 `model_not_found`.
+server does not know for the route's modality is OpenAI's 404 `model_not_found`. OpenAI's
+own name for the one model of a kind ("whisper-1") means the server's default.
 """
 
-# No `from __future__ import annotations`: FastAPI reads these closures' annotations.
+# No `from __future__ import annotations`: FastAPI reads the handlers' annotations.
 
 import base64
-import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import grpc
 import numpy as np
-from fastapi import APIRouter
-from fastapi.responses import Response
-from sse_starlette import EventSourceResponse
+from fastapi import APIRouter, File, Form, UploadFile
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from genserve.bridge import convert
-from genserve.bridge.backend import current_metadata
+from genserve.bridge.backend import BackendHolder, current_metadata
 from genserve.bridge.errors import OPENAI_ERROR_SCHEMA, BridgeError, documented_errors
 from genserve.bridge.limits import ServerLimits
 from genserve.bridge.observability import BridgeMetrics
+from genserve.bridge.openai_chat import ChatChunks, chat_completion, chat_request_pb
+from genserve.bridge.reannotated import Reannotated
 from genserve.bridge.request_id import current_request_id
 from genserve.bridge.schemas_openai import (
+    DEFAULT_MODEL_NAMES,
     VOICES,
-    AssistantMessage,
     ChatCompletion,
     ChatCompletionRequest,
-    Choice,
+    DurationUsage,
     EmbeddingItem,
     EmbeddingList,
     EmbeddingRequest,
@@ -42,44 +42,57 @@ from genserve.bridge.schemas_openai import (
     ModelCard,
     ModelList,
     SpeechRequest,
+    Transcription,
+    TranscriptionSegment,
+    TranscriptionVerbose,
     Usage,
     chat_request_model,
     embedding_request_model,
     image_request_model,
     speech_request_model,
 )
-from genserve.bridge.settings import BridgeSettings
+from genserve.bridge.settings import Timeouts
 from genserve.bridge.streams import (
     SSE_EVENT_SCHEMA,
+    TextAnswer,
+    TextRelay,
     ends_with,
-    first_event,
     media_file_response,
-    openai_sse_error,
-    until_end,
+    next_event,
 )
-from genserve.v1 import audio_pb2, embedding_pb2, image_pb2, models_pb2, text_pb2
+from genserve.bridge.uploads import read_upload
+from genserve.contract import ModalitySpec
+from genserve.contract.modalities.audio import AUDIO
+from genserve.contract.modalities.embedding import EMBEDDING
+from genserve.contract.modalities.image import IMAGE
+from genserve.contract.modalities.text import TEXT
+from genserve.contract.modalities.transcription import TRANSCRIPTION
+from genserve.v1 import audio_pb2, embedding_pb2, image_pb2, models_pb2
 
+PREFIX = "/v1"
+TRANSCRIPTIONS_PATH = f"{PREFIX}/audio/transcriptions"
+# Routes of this API that take a spec's upload, for the body limits (body_limit.py).
+UPLOAD_ROUTES: dict[str, ModalitySpec[Any, Any]] = {TRANSCRIPTIONS_PATH: TRANSCRIPTION}
+TranscriptionFormat = Literal["json", "text", "verbose_json"]
 
-def chat_request_pb(body: ChatCompletionRequest) -> text_pb2.TextGenerateRequest:
-    stop = [body.stop] if isinstance(body.stop, str) else (body.stop or [])
-    fields: dict[str, Any] = {
-        "messages": [
-            text_pb2.ChatMessage(role=_role(m.role), content=m.text()) for m in body.messages
-        ],
-        "system_prompt": "",  # an OpenAI caller sends its own system turn, or none
-        "stop": stop,
-        "model": body.model,
+SSE_ANSWER = {200: {"content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}}}}
+WAV_ANSWER = {200: {"content": {"audio/wav": {"schema": {"type": "string", "format": "binary"}}}}}
+TRANSCRIPTION_ANSWER: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {
+            "application/json": {
+                "schema": {
+                    "anyOf": [
+                        Transcription.model_json_schema(),
+                        TranscriptionVerbose.model_json_schema(),
+                    ]
+                }
+            },
+            "text/plain": {"schema": {"type": "string"}},
+        },
+        "description": "json: the text; verbose_json: with segments; text: plain text",
     }
-    max_tokens = body.max_completion_tokens or body.max_tokens
-    for name, value in (
-        ("max_new_tokens", max_tokens),
-        ("temperature", body.temperature),
-        ("top_p", body.top_p),
-        ("seed", body.seed),
-    ):
-        if value is not None:
-            fields[name] = value
-    return text_pb2.TextGenerateRequest(**fields)
+}
 
 
 def speech_request_pb(body: SpeechRequest) -> audio_pb2.AudioGenerateRequest:
@@ -89,8 +102,9 @@ def speech_request_pb(body: SpeechRequest) -> audio_pb2.AudioGenerateRequest:
     return request
 
 
-def _role(role: str) -> str:
-    return "system" if role == "developer" else role
+def server_model(name: str) -> str | None:
+    """The model to ask the server for; None: its default."""
+    return None if name in DEFAULT_MODEL_NAMES else name
 
 
 @contextmanager
@@ -106,82 +120,36 @@ def unknown_model_is_model_not_found() -> Iterator[None]:
         raise BridgeError(404, "model_not_found", message, param="model") from error
 
 
-@dataclass(frozen=True)
-class Completion:
-    """What every chunk of one chat completion repeats."""
-
-    id: str
-    created: int
-    model: str
-
-    def chunk(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, str]:
-        body = {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-            **extra,
-        }
-        return {"data": json.dumps(body)}
-
-    def delta(self, delta: dict[str, Any], finish: str | None) -> dict[str, str]:
-        return self.chunk([{"index": 0, "delta": delta, "finish_reason": finish}])
-
-
-async def chat_chunks(
-    call: Any, first: Any, completion: Completion, include_usage: bool, metrics: BridgeMetrics
-) -> AsyncIterator[dict[str, str]]:
-    try:
-        yield completion.delta({"role": "assistant", "content": ""}, None)
-        event = first
-        while event.HasField("delta"):
-            yield completion.delta({"content": event.delta.text}, None)
-            event = await call.read()
-        final = event.final
-        metrics.tokens.inc(final.usage.completion_tokens)
-        await until_end(call)
-        yield completion.delta({}, _openai_finish(final))
-        if include_usage:
-            yield completion.chunk([], usage=_usage(final.usage).model_dump())
-        yield {"data": "[DONE]"}
-    except grpc.aio.AioRpcError as error:
-        # The 200 is sent already: the error goes as an event, which the SDK raises.
-        yield openai_sse_error(error)
-    finally:
-        call.cancel()
-
-
-async def chat_completion(
-    call: Any, first: Any, completion: Completion, metrics: BridgeMetrics
-) -> ChatCompletion:
-    pieces: list[str] = []
-    event = first
-    while event.HasField("delta"):
-        pieces.append(event.delta.text)
-        event = await first_event(call)
-    final = event.final
-    metrics.tokens.inc(final.usage.completion_tokens)
-    await until_end(call)
-    choice = Choice(
-        index=0,
-        message=AssistantMessage(content="".join(pieces)),
-        finish_reason=_openai_finish(final),
+def transcription_answer(
+    answer: TextAnswer, response_format: TranscriptionFormat, temperature: float | None
+) -> Response:
+    text = answer.text.strip()  # Whisper's segments start with a space
+    usage = DurationUsage(seconds=answer.final.duration_s)
+    if response_format == "text":
+        return PlainTextResponse(text)
+    if response_format == "json":
+        return JSONResponse(Transcription(text=text, usage=usage).model_dump())
+    segments = [
+        TranscriptionSegment(
+            id=index, start=s.start_s, end=s.end_s, text=s.text, temperature=temperature or 0.0
+        )
+        for index, s in enumerate(answer.pieces)
+    ]
+    verbose = TranscriptionVerbose(
+        language=answer.final.language,
+        duration=answer.final.duration_s,
+        text=text,
+        segments=segments,
+        usage=usage,
     )
-    return ChatCompletion(
-        id=completion.id,
-        created=completion.created,
-        model=completion.model,
-        choices=[choice],
-        usage=_usage(final.usage),
-    )
+    return JSONResponse(verbose.model_dump())
 
 
 def build_openai_router(
-    backend: Any, limits: ServerLimits, settings: BridgeSettings, metrics: BridgeMetrics
+    backend: BackendHolder, limits: ServerLimits, timeouts: Timeouts, metrics: BridgeMetrics
 ) -> APIRouter:
     router = APIRouter(
-        prefix="/v1",
+        prefix=PREFIX,
         tags=["openai"],
         responses={
             **documented_errors(OPENAI_ERROR_SCHEMA),
@@ -191,58 +159,83 @@ def build_openai_router(
             },
         },
     )
-    timeouts = settings.timeouts
-    ChatRequest = chat_request_model(limits.text)
-    EmbeddingBody = embedding_request_model(limits.embedding)
-    ImageGenerationRequest = image_request_model(limits.image)
-    SpeechBody = speech_request_model(limits.audio)
+    OpenAIRoutes(backend, limits, timeouts, metrics).add_to(router)
+    return router
 
-    stubs = backend.stubs
 
-    metadata = current_metadata
+class OpenAIRoutes:
+    def __init__(
+        self,
+        backend: BackendHolder,
+        limits: ServerLimits,
+        timeouts: Timeouts,
+        metrics: BridgeMetrics,
+    ) -> None:
+        self._backend = backend
+        self._limits = limits
+        self._timeouts = timeouts
+        self._chat = TextRelay(TEXT.piece, metrics)
+        self._transcript = TextRelay(TRANSCRIPTION.piece, metrics)
 
-    @router.get("/models", response_model=ModelList)
-    async def list_models() -> ModelList:
+    def add_to(self, router: APIRouter) -> None:
+        limits = self._limits
+
+        def post(path: str, handler: Any, **route: Any) -> None:
+            router.add_api_route(path, handler, methods=["POST"], **route)
+
+        router.add_api_route("/models", self.list_models, methods=["GET"], response_model=ModelList)
+        chat = Reannotated(self.chat_completions, body=chat_request_model(limits.of(TEXT)))
+        post("/chat/completions", chat, response_model=ChatCompletion, responses=SSE_ANSWER)
+        embed = Reannotated(self.embeddings, body=embedding_request_model(limits.of(EMBEDDING)))
+        post("/embeddings", embed, response_model=EmbeddingList)
+        images = Reannotated(self.images, body=image_request_model(limits.of(IMAGE)))
+        post("/images/generations", images, response_model=ImageList)
+        speech = Reannotated(self.speech, body=speech_request_model(limits.of(AUDIO)))
+        post("/audio/speech", speech, response_class=Response, responses=WAV_ANSWER)
+        max_prompt = limits.of(TRANSCRIPTION).max_prompt_chars
+        prompt = Annotated[str | None, Form(max_length=max_prompt, description="words to expect")]
+        transcribe = Reannotated(self.transcriptions, prompt=prompt)
+        path = TRANSCRIPTIONS_PATH.removeprefix(PREFIX)
+        post(path, transcribe, response_class=Response, responses=TRANSCRIPTION_ANSWER)
+
+    def _call(self, spec: ModalitySpec[Any, Any]) -> Any:
+        return self._backend.stubs().call(spec)
+
+    async def list_models(self) -> ModelList:
         """Every model the server knows, of every modality."""
-        reply = await stubs().models.ListModels(
-            models_pb2.ListModelsRequest(), metadata=metadata(), timeout=timeouts.health
+        reply = await self._backend.stubs().models.ListModels(
+            models_pb2.ListModelsRequest(),
+            metadata=current_metadata(),
+            timeout=self._timeouts.health,
         )
         return ModelList(data=[ModelCard(id=m.name) for m in reply.models])
 
-    @router.post(
-        "/chat/completions",
-        response_model=ChatCompletion,
-        responses={200: {"content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}}}},
-    )
-    async def chat_completions(body: ChatRequest) -> Any:  # type: ignore[valid-type]
-        chat: ChatCompletionRequest = body
-        call = stubs().text.Generate(
-            chat_request_pb(chat), metadata=metadata(), timeout=timeouts.text
+    async def chat_completions(self, body: ChatCompletionRequest) -> Any:
+        call = self._call(TEXT)(
+            chat_request_pb(body), metadata=current_metadata(), timeout=self._timeouts.text
         )
         with unknown_model_is_model_not_found():
-            first = await first_event(call)
-        completion = Completion(f"chatcmpl-{current_request_id()}", int(time.time()), chat.model)
-        if not chat.stream:
-            with ends_with(call):
-                return await chat_completion(call, first, completion, metrics)
-        include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
-        chunks = chat_chunks(call, first, completion, include_usage, metrics)
-        return EventSourceResponse(chunks, ping=15)
+            first = await next_event(call)
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        chunks = ChatChunks(
+            f"chatcmpl-{current_request_id()}", int(time.time()), body.model, include_usage
+        )
+        if body.stream:
+            return self._chat.sse(call, first, chunks)
+        return chat_completion(await self._chat.fold(call, first), chunks)
 
-    @router.post("/embeddings", response_model=EmbeddingList)
-    async def embeddings(body: EmbeddingBody) -> EmbeddingList:  # type: ignore[valid-type]
-        request: EmbeddingRequest = body
-        texts = [request.input] if isinstance(request.input, str) else request.input
+    async def embeddings(self, body: EmbeddingRequest) -> EmbeddingList:
+        texts = [body.input] if isinstance(body.input, str) else body.input
         with unknown_model_is_model_not_found():
-            reply = await stubs().embedding.Embed(
-                embedding_pb2.EmbedRequest(texts=texts, model=request.model),
-                metadata=metadata(),
-                timeout=timeouts.embedding,
+            reply = await self._call(EMBEDDING)(
+                embedding_pb2.EmbedRequest(texts=texts, model=body.model),
+                metadata=current_metadata(),
+                timeout=self._timeouts.embedding,
             )
         data = []
         for index, vector in enumerate(reply.embeddings):
             values: list[float] | str = list(vector.values)
-            if request.encoding_format == "base64":  # what the openai SDK asks for by default
+            if body.encoding_format == "base64":  # what the openai SDK asks for by default
                 values = base64.b64encode(np.asarray(vector.values, dtype="<f4").tobytes()).decode()
             data.append(EmbeddingItem(index=index, embedding=values))
         tokens = reply.prompt_tokens
@@ -252,17 +245,17 @@ def build_openai_router(
             usage=Usage(prompt_tokens=tokens, completion_tokens=0, total_tokens=tokens),
         )
 
-    @router.post("/images/generations", response_model=ImageList)
-    async def images(body: ImageGenerationRequest) -> ImageList:  # type: ignore[valid-type]
-        request: ImageRequest = body
-        fields: dict[str, Any] = {"prompt": request.prompt}
-        if request.model is not None:  # unset: the server's default image model
-            fields["model"] = request.model
-        if request.size:
-            width, height = (int(v) for v in request.size.split("x"))
+    async def images(self, body: ImageRequest) -> ImageList:
+        fields: dict[str, Any] = {"prompt": body.prompt}
+        if body.model is not None:  # unset: the server's default image model
+            fields["model"] = body.model
+        if body.size:
+            width, height = (int(v) for v in body.size.split("x"))
             fields.update(width=width, height=height)
-        call = stubs().image.Generate(
-            image_pb2.ImageGenerateRequest(**fields), metadata=metadata(), timeout=timeouts.media
+        call = self._call(IMAGE)(
+            image_pb2.ImageGenerateRequest(**fields),
+            metadata=current_metadata(),
+            timeout=self._timeouts.media,
         )
         png = bytearray()
         with ends_with(call), unknown_model_is_model_not_found():
@@ -273,30 +266,37 @@ def build_openai_router(
             created=int(time.time()), data=[ImageItem(b64_json=base64.b64encode(png).decode())]
         )
 
-    @router.post(
-        "/audio/speech",
-        response_class=Response,
-        responses={
-            200: {"content": {"audio/wav": {"schema": {"type": "string", "format": "binary"}}}}
-        },
-    )
-    async def speech(body: SpeechBody) -> Response:  # type: ignore[valid-type]
-        call = stubs().audio.Generate(
-            speech_request_pb(body), metadata=metadata(), timeout=timeouts.media
+    async def speech(self, body: SpeechRequest) -> Response:
+        call = self._call(AUDIO)(
+            speech_request_pb(body), metadata=current_metadata(), timeout=self._timeouts.media
         )
         with unknown_model_is_model_not_found():
             return await media_file_response(call, attachment=False)
 
-    return router
-
-
-def _usage(usage: text_pb2.TokenUsage) -> Usage:
-    return Usage(
-        prompt_tokens=usage.prompt_tokens,
-        completion_tokens=usage.completion_tokens,
-        total_tokens=usage.total_tokens,
-    )
-
-
-def _openai_finish(final: text_pb2.TextFinal) -> str:
-    return "length" if convert.finish_reason(final) == "length" else "stop"
+    async def transcriptions(
+        self,
+        file: Annotated[UploadFile, File(description="WAV, FLAC, MP3 or OGG")],
+        model: Annotated[str, Form(min_length=1, description='"whisper-1": the default')],
+        language: Annotated[str | None, Form(description='ISO 639-1, e.g. "en"')] = None,
+        prompt: str | None = None,  # a Form bounded by the server's limit (add_to)
+        temperature: Annotated[float | None, Form(ge=0, le=1, allow_inf_nan=False)] = None,
+        response_format: Annotated[TranscriptionFormat, Form()] = "json",
+    ) -> Response:
+        """Speech to text (the server's Whisper), as OpenAI's SDK asks for it."""
+        audio = await read_upload(file, "file", self._limits.upload_bytes(TRANSCRIPTION))
+        request = TRANSCRIPTION.fields_to_request(
+            {
+                "audio": audio,
+                "language": language,
+                "initial_prompt": prompt,
+                "temperature": temperature,
+                "model": server_model(model),
+            }
+        )
+        call = self._call(TRANSCRIPTION)(
+            request, metadata=current_metadata(), timeout=self._timeouts.text
+        )
+        with unknown_model_is_model_not_found():
+            first = await next_event(call)
+        answer = await self._transcript.fold(call, first)
+        return transcription_answer(answer, response_format, temperature)

@@ -1,217 +1,196 @@
-"""The seed's HTTP routes (chapter 3), with their parameter names and defaults, plus the
-full parameter set of each RPC; POST JSON versions take the same fields in a body."""
+"""The seed's HTTP routes, generated from the specs: one set per modality at its
+`http_path`, the request's fields (the proto's names) as parameters, plus `model`.
 
-# No `from __future__ import annotations`: FastAPI reads these closures' annotations.
+- A spec whose request carries a file (video's image, transcription's audio) is one POST
+  taking multipart: the file as its part, the other fields as form fields.
+- Any other is a GET with query parameters and a POST with a JSON body: the same fields,
+  except a list of messages (text's `messages`), which only a body can carry.
 
-import json
-from collections.abc import AsyncIterator
+How a route answers follows its interaction; see `describe`.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the handlers' annotations.
+
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-import grpc
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
-from fastapi.responses import PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from google.protobuf.message import Message
 from pydantic import BaseModel
-from sse_starlette import EventSourceResponse
 
-from genserve.bridge import convert
-from genserve.bridge.backend import request_metadata
-from genserve.bridge.body_limit import VIDEO_PATH
-from genserve.bridge.errors import ERROR_SCHEMA, BridgeError, documented_errors
+from genserve.bridge.backend import BackendHolder, current_metadata
+from genserve.bridge.convert import event_dict, request_pb
+from genserve.bridge.errors import ERROR_SCHEMA, documented_errors
 from genserve.bridge.limits import ServerLimits
 from genserve.bridge.observability import BridgeMetrics
-from genserve.bridge.request_id import current_request_id
-from genserve.bridge.schemas import Schemas
-from genserve.bridge.settings import BridgeSettings
+from genserve.bridge.reannotated import Reannotated
+from genserve.bridge.schemas import seed_schemas
+from genserve.bridge.settings import Timeouts
 from genserve.bridge.streams import (
     SSE_EVENT_SCHEMA,
-    ends_with,
-    first_event,
+    SeedEvents,
+    TextAnswer,
+    TextRelay,
     media_file_response,
     media_sse_response,
-    sse_error,
-    until_end,
+    next_event,
 )
+from genserve.bridge.uploads import read_upload
+from genserve.contract import SPECS, Interaction, ModalitySpec
 
 SSE = "text/event-stream"
+JSON = "application/json"
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+OBJECT = {"schema": {"type": "object"}}
+
+Answer = Callable[[Request, BaseModel, Message], Awaitable[Response]]
 
 
-def media_responses(*media_types: str) -> dict[int | str, dict[str, Any]]:
-    binary = {"schema": {"type": "string", "format": "binary"}}
-    return {
-        200: {
-            "content": {
-                **dict.fromkeys(media_types, binary),
-                SSE: {
-                    "schema": {"type": "string"},
-                    "description": "with Accept: text/event-stream",
-                },
-            },
-            "description": "the file, streamed as it is generated",
-        },
-    }
-
-
-TEXT_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {
-        "content": {
-            "text/plain": {"schema": {"type": "string"}},
-            SSE: {"schema": SSE_EVENT_SCHEMA, "description": "with stream=true"},
-        },
-        "description": "the answer; or delta/final Server-Sent Events",
-    },
-}
-
-
-def wants_events(request: Request) -> bool:
-    return SSE in request.headers.get("accept", "")
+def accepts(request: Request, media_type: str) -> bool:
+    return media_type in request.headers.get("accept", "")
 
 
 def build_seed_router(
-    backend: Any,
-    schemas: Schemas,
-    limits: ServerLimits,
-    settings: BridgeSettings,
-    metrics: BridgeMetrics,
+    backend: BackendHolder, limits: ServerLimits, timeouts: Timeouts, metrics: BridgeMetrics
 ) -> APIRouter:
     router = APIRouter(tags=["generate"], responses=documented_errors(ERROR_SCHEMA))
-    timeouts = settings.timeouts
-    max_image_bytes = limits.video.max_image_bytes
-
-    stubs = backend.stubs
-
-    async def text(params: BaseModel) -> Response:
-        call = stubs().text.Generate(
-            convert.text_request(params),
-            metadata=request_metadata(current_request_id()),
-            timeout=timeouts.text,
-        )
-        first = await first_event(call)
-        if params.stream:  # type: ignore[attr-defined]
-            return EventSourceResponse(text_events(call, first), ping=15)
-        with ends_with(call):
-            return PlainTextResponse(await whole_text(call, first))
-
-    async def whole_text(call: Any, first: Any) -> str:
-        pieces = []
-        event = first
-        while event.HasField("delta"):
-            pieces.append(event.delta.text)
-            event = await first_event(call)
-        metrics.tokens.inc(event.final.usage.completion_tokens)
-        await until_end(call)
-        return "".join(pieces)
-
-    async def text_events(call: Any, first: Any) -> AsyncIterator[dict[str, str]]:
-        try:
-            event = first
-            while True:
-                if event.HasField("delta"):
-                    yield {"event": "delta", "data": json.dumps({"text": event.delta.text})}
-                else:
-                    final = event.final
-                    metrics.tokens.inc(final.usage.completion_tokens)
-                    data = convert.event_dict(final)
-                    data["finish_reason"] = convert.finish_reason(final)
-                    yield {"event": "final", "data": json.dumps(data)}
-                    await until_end(call)
-                    return
-                event = await call.read()
-        except grpc.aio.AioRpcError as error:
-            yield sse_error(error)  # the 200 is sent already: the error is an event
-        finally:
-            call.cancel()
-
-    async def media(call: Any, request: Request, attachment: bool = False) -> Response:
-        if wants_events(request):
-            return media_sse_response(call, await first_event(call))
-        return await media_file_response(call, attachment)
-
-    def media_call(stub_method: Any, pb_request: Any) -> Any:
-        return stub_method(
-            pb_request, metadata=request_metadata(current_request_id()), timeout=timeouts.media
-        )
-
-    TextQuery, TextBody = schemas.TextQuery, schemas.TextBody
-    ImageQuery, ImageBody = schemas.ImageQuery, schemas.ImageBody
-    AudioQuery, AudioBody = schemas.AudioQuery, schemas.AudioBody
-    MeshQuery, MeshBody = schemas.MeshQuery, schemas.MeshBody
-    VideoForm = schemas.VideoForm
-
-    @router.get("/generate/text", response_class=PlainTextResponse, responses=TEXT_RESPONSES)
-    async def generate_text(params: Annotated[TextQuery, Query()]) -> Response:  # type: ignore[valid-type]
-        """Chat with the default text model, or the one `model` names (the seed's
-        `GET /generate/text?prompt=...`)."""
-        return await text(params)
-
-    @router.post("/generate/text", response_class=PlainTextResponse, responses=TEXT_RESPONSES)
-    async def generate_text_json(params: TextBody) -> Response:  # type: ignore[valid-type]
-        """The same, with a JSON body for long prompts."""
-        return await text(params)
-
-    @router.get(
-        "/generate/image",
-        response_class=Response,
-        responses=media_responses("image/png", "image/jpeg", "image/webp"),
-    )
-    async def generate_image(request: Request, params: Annotated[ImageQuery, Query()]) -> Response:  # type: ignore[valid-type]
-        """Text-to-image (the seed's `GET /generate/image?prompt=...`): PNG by default."""
-        return await media(
-            media_call(stubs().image.Generate, convert.image_request(params)), request
-        )
-
-    @router.post(
-        "/generate/image",
-        response_class=Response,
-        responses=media_responses("image/png", "image/jpeg", "image/webp"),
-    )
-    async def generate_image_json(request: Request, params: ImageBody) -> Response:  # type: ignore[valid-type]
-        return await media(
-            media_call(stubs().image.Generate, convert.image_request(params)), request
-        )
-
-    @router.get("/generate/audio", response_class=Response, responses=media_responses("audio/wav"))
-    async def generate_audio(request: Request, params: Annotated[AudioQuery, Query()]) -> Response:  # type: ignore[valid-type]
-        """Text-to-audio (the seed's `GET /generate/audio?prompt=...&preset=...`): WAV."""
-        return await media(
-            media_call(stubs().audio.Generate, convert.audio_request(params)), request
-        )
-
-    @router.post("/generate/audio", response_class=Response, responses=media_responses("audio/wav"))
-    async def generate_audio_json(request: Request, params: AudioBody) -> Response:  # type: ignore[valid-type]
-        return await media(
-            media_call(stubs().audio.Generate, convert.audio_request(params)), request
-        )
-
-    @router.get(
-        "/generate/3d", response_class=Response, responses=media_responses("model/obj", "model/ply")
-    )
-    async def generate_3d(request: Request, params: Annotated[MeshQuery, Query()]) -> Response:  # type: ignore[valid-type]
-        """Text-to-3D (the seed's `GET /generate/3d?prompt=...&num_inference_steps=25`):
-        an OBJ with vertex colours, as an attachment."""
-        call = media_call(stubs().mesh.Generate, convert.mesh_request(params))
-        return await media(call, request, attachment=True)
-
-    @router.post(
-        "/generate/3d", response_class=Response, responses=media_responses("model/obj", "model/ply")
-    )
-    async def generate_3d_json(request: Request, params: MeshBody) -> Response:  # type: ignore[valid-type]
-        call = media_call(stubs().mesh.Generate, convert.mesh_request(params))
-        return await media(call, request, attachment=True)
-
-    @router.post(VIDEO_PATH, response_class=Response, responses=media_responses("video/mp4"))
-    async def generate_video(
-        request: Request,
-        image: Annotated[UploadFile, File(description="PNG, JPEG or WebP")],
-        params: Annotated[VideoForm, Form()],  # type: ignore[valid-type]
-    ) -> Response:
-        """Image-to-video (the seed's `POST /generate/video`, multipart `image` and
-        `num_frames`): a fragmented H.264 MP4 that plays while it streams."""
-        data = await image.read(max_image_bytes + 1)  # no more than the server would take
-        if len(data) > max_image_bytes:
-            raise BridgeError(
-                422, "INVALID_ARGUMENT", f"image: larger than the limit of {max_image_bytes} bytes"
-            )
-        call = media_call(stubs().video.Generate, convert.video_request(params, data))
-        return await media(call, request)
-
+    for spec in SPECS:
+        SeedRoutes(spec, limits, backend, timeouts, metrics).add_to(router)
     return router
+
+
+def describe(spec: ModalitySpec[Any, Any]) -> str:
+    """What a spec's routes take and answer, for its OpenAPI description."""
+    if spec.upload is not None:
+        takes = (
+            f"Multipart: the file as `{spec.upload.field}` ({spec.upload.description}), "
+            "the other fields as form fields."
+        )
+    else:
+        takes = "GET takes the fields as query parameters, POST as a JSON body."
+    if spec.interaction is Interaction.TEXT_STREAM:
+        answers = (
+            "Answers the text as plain text; with `Accept: application/json`, JSON: "
+            f'`{{"text", "{spec.piece}s": [...]}}` and the final event\'s fields; with '
+            f"`stream=true`, Server-Sent Events: a `{spec.piece}` event each, then `final` "
+            "(or `error`)."
+        )
+    elif spec.interaction is Interaction.MEDIA_STREAM:
+        answers = (
+            "Answers the file, streamed as it is made; with `Accept: text/event-stream`, "
+            "Server-Sent Events: `header`, `progress`, `chunk` (base64), `final`."
+        )
+    else:
+        answers = "Answers the reply as JSON."
+    return f"{spec.description[0].upper()}{spec.description[1:]}. {takes} {answers}"
+
+
+def documented_answers(spec: ModalitySpec[Any, Any]) -> dict[int | str, dict[str, Any]]:
+    if spec.interaction is Interaction.TEXT_STREAM:
+        content: dict[str, Any] = {
+            "text/plain": {"schema": {"type": "string"}},
+            JSON: {**OBJECT, "description": "with Accept: application/json"},
+            SSE: {"schema": SSE_EVENT_SCHEMA, "description": "with stream=true"},
+        }
+    elif spec.interaction is Interaction.MEDIA_STREAM:
+        content = dict.fromkeys(spec.mime_types, BINARY)
+        content[SSE] = {"schema": {"type": "string"}, "description": "with Accept: " + SSE}
+    else:
+        content = {JSON: OBJECT}
+    return {200: {"content": content, "description": "the answer"}}
+
+
+class SeedRoutes:
+    """One spec's routes: one handler per way in (parameters, or a form and a file),
+    one answer per interaction."""
+
+    def __init__(
+        self,
+        spec: ModalitySpec[Any, Any],
+        limits: ServerLimits,
+        backend: BackendHolder,
+        timeouts: Timeouts,
+        metrics: BridgeMetrics,
+    ) -> None:
+        self._spec = spec
+        self._limits = limits.of(spec)
+        self._upload_bytes = limits.upload_bytes(spec)
+        self._backend = backend
+        self._timeout = timeouts.for_interaction(spec.interaction)
+        self._relay = TextRelay(spec.piece, metrics)
+        answers: dict[Interaction, Answer] = {
+            Interaction.TEXT_STREAM: self._text,
+            Interaction.MEDIA_STREAM: self._media,
+            Interaction.UNARY: self._unary,
+        }
+        self._answer = answers[spec.interaction]
+
+    def add_to(self, router: APIRouter) -> None:
+        spec = self._spec
+        schemas = seed_schemas(spec, self._limits)
+        route: dict[str, Any] = {
+            "response_class": Response,
+            "responses": documented_answers(spec),
+            "summary": spec.description,
+            "description": describe(spec),
+        }
+        if spec.upload is not None:
+            field = spec.upload.field
+            file = File(alias=field, title=field.capitalize(), description=spec.upload.description)
+            upload = Reannotated(
+                self._from_form,
+                params=Annotated[schemas.form, Form()],
+                file=Annotated[UploadFile, file],
+            )
+            router.add_api_route(spec.http_path, upload, methods=["POST"], name=spec.name, **route)
+            return
+        query = Reannotated(self._from_params, params=Annotated[schemas.query, Query()])
+        body = Reannotated(self._from_params, params=schemas.body)
+        router.add_api_route(spec.http_path, query, methods=["GET"], name=spec.name, **route)
+        name = f"{spec.name}_json"
+        router.add_api_route(spec.http_path, body, methods=["POST"], name=name, **route)
+
+    # -- ways in ------------------------------------------------------------------------
+
+    async def _from_params(self, request: Request, params: BaseModel) -> Response:
+        return await self._answer(request, params, request_pb(self._spec, params))
+
+    async def _from_form(self, request: Request, params: BaseModel, file: UploadFile) -> Response:
+        assert self._spec.upload is not None
+        data = await read_upload(file, self._spec.upload.field, self._upload_bytes)
+        return await self._answer(request, params, request_pb(self._spec, params, data))
+
+    # -- answers ------------------------------------------------------------------------
+
+    def _call(self, request: Message) -> Any:
+        rpc = self._backend.stubs().call(self._spec)
+        return rpc(request, metadata=current_metadata(), timeout=self._timeout)
+
+    async def _text(self, request: Request, params: BaseModel, pb: Message) -> Response:
+        call = self._call(pb)
+        first = await next_event(call)
+        if getattr(params, "stream", False):
+            return self._relay.sse(call, first, SeedEvents(self._spec.piece))
+        answer = await self._relay.fold(call, first)
+        if accepts(request, JSON):
+            return JSONResponse(self._json(answer))
+        return PlainTextResponse(answer.text)
+
+    def _json(self, answer: TextAnswer) -> dict[str, Any]:
+        # The list of pieces takes the place of the final event's count of them, if it
+        # has one (transcription's `segments`).
+        return {
+            **event_dict(answer.final),
+            "text": answer.text,
+            f"{self._spec.piece}s": [event_dict(piece) for piece in answer.pieces],
+        }
+
+    async def _media(self, request: Request, params: BaseModel, pb: Message) -> Response:
+        call = self._call(pb)
+        if accepts(request, SSE):
+            return media_sse_response(call, await next_event(call))
+        return await media_file_response(call, self._spec.attachment)
+
+    async def _unary(self, request: Request, params: BaseModel, pb: Message) -> Response:
+        return JSONResponse(event_dict(await self._call(pb)))

@@ -1,5 +1,6 @@
-"""Request models, built from the server's limits (read from it at start) so that the
-OpenAPI document states the bounds the server enforces.
+"""The seed routes' request models, one set per spec, from the spec's bounded request model
+(its fields with the server's limits), so that the OpenAPI document states the bounds the
+server enforces, and a new modality gets its schemas with no code here.
 
 JSON bodies take exactly their JSON types (`"5"` is not an integer, `1` is not a
 boolean); query strings and forms are text by nature and are parsed, then bounded.
@@ -7,15 +8,22 @@ boolean); query strings and forms are text by nature and are parsed, then bounde
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+import annotated_types
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic.fields import FieldInfo
 
-from genserve.bridge.limits import ImageBounds, ServerLimits, VideoBounds
+from genserve.bridge.contract_gaps import tightened_body, tightened_query
+from genserve.contract import Interaction, ModalitySpec
 
-# Seeds stay within what a JSON number holds exactly (JavaScript's safe integers).
+# Integers stay within what a JSON number holds exactly (JavaScript's safe integers): a
+# seed's proto bound (int64) would be published rounded, past what the server takes.
 MAX_SAFE_INTEGER = 2**53 - 1
 NOT_BLANK = r"\S"  # the server refuses empty and all-whitespace prompts
 
@@ -44,6 +52,14 @@ class JsonBody(BaseModel):
         return data
 
 
+class QueryParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FormFields(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # the form also carries the uploaded file
+
+
 def _json_types(annotation: Any) -> set[Any]:
     args = get_args(annotation)
     if get_origin(annotation) is Annotated:
@@ -52,32 +68,14 @@ def _json_types(annotation: Any) -> set[Any]:
         return {type(a) for a in args}
     if args and get_origin(annotation) in (Union, UnionType):
         return set().union(*(_json_types(a) for a in args))
+    if isinstance(annotation, type) and issubclass(annotation, Enum):
+        return {type(member.value) for member in annotation}  # "png" for ImageFormat.PNG
     return {get_origin(annotation) or annotation}
 
 
 def _describe(types: set[Any]) -> str:
     names = {bool: "boolean", int: "number", float: "number", list: "array"}
     return " or ".join(sorted({names.get(t, "value") for t in types if t is not type(None)}))
-
-
-Seed = Annotated[
-    int | None,
-    Field(None, ge=-MAX_SAFE_INTEGER, le=MAX_SAFE_INTEGER, description="unset: random"),
-]
-LAX = ConfigDict(extra="forbid")
-
-
-@dataclass(frozen=True)
-class Schemas:
-    TextQuery: type[BaseModel]
-    TextBody: type[BaseModel]
-    ImageQuery: type[BaseModel]
-    ImageBody: type[BaseModel]
-    AudioQuery: type[BaseModel]
-    AudioBody: type[BaseModel]
-    MeshQuery: type[BaseModel]
-    MeshBody: type[BaseModel]
-    VideoForm: type[BaseModel]
 
 
 def one_of(values: tuple[str, ...]) -> Any:
@@ -89,114 +87,82 @@ def model_field() -> Any:
     return Field(None, description="a model name (GET /models); unset: the modality's default")
 
 
-def build_schemas(limits: ServerLimits) -> Schemas:
-    text, image, audio = limits.text, limits.image, limits.audio
-    video, mesh = limits.video, limits.mesh
-    prompt = Annotated[
-        str,
-        Field(
-            max_length=text.max_prompt_chars,
-            pattern=NOT_BLANK,
-            description=f"with the system prompt, at most {text.max_prompt_chars} characters",
-        ),
-    ]
-    stop_sequence = Annotated[str, Field(min_length=1, max_length=text.max_stop_sequence_chars)]
-    voice_preset = one_of(audio.voice_presets)
+@dataclass(frozen=True)
+class SeedSchemas:
+    """A spec's HTTP request models: GET and POST JSON twins, or, for a spec whose request
+    carries a file, the multipart form's other fields."""
 
-    def prompt_field(max_chars: int) -> Any:
-        return Field(max_length=max_chars, pattern=NOT_BLANK)
+    query: type[BaseModel] | None
+    body: type[BaseModel] | None
+    form: type[BaseModel] | None
 
-    def side(bounds: ImageBounds | VideoBounds) -> Any:
-        return Field(
-            None,
-            ge=bounds.min_side,
-            le=bounds.max_side,
-            multiple_of=8,
-            description=f"width x height at most {bounds.max_pixels} pixels",
-        )
 
-    def guidance(high: float) -> Any:
-        return Field(None, ge=0, le=high, allow_inf_nan=False)
+def seed_schemas(spec: ModalitySpec[Any, Any], limits: BaseModel) -> SeedSchemas:
+    title = spec.name.capitalize()
+    bounded = spec.request_model(limits)
+    route_fields = _route_fields(spec)
+    if spec.upload is not None:
+        upload = spec.upload.field
+        form = _model(f"{title}Form", FormFields, bounded, route_fields, lambda n, _: n != upload)
+        return SeedSchemas(query=None, body=None, form=form)
+    # A list of messages has no query-string form: the POST body alone takes it.
+    query = _model(f"{title}Query", QueryParams, bounded, route_fields, _not_a_model_list)
+    body = _model(f"{title}Body", JsonBody, bounded, route_fields, lambda _, __: True)
+    query = tightened_query(spec.name, query)
+    body = tightened_body(spec.name, body)
+    return SeedSchemas(query=query, body=body, form=None)
 
-    image_prompt = Annotated[str, prompt_field(image.max_prompt_chars)]
-    audio_prompt = Annotated[str, prompt_field(audio.max_prompt_chars)]
-    mesh_prompt = Annotated[str, prompt_field(mesh.max_prompt_chars)]
-    image_side = Annotated[int | None, side(image)]
-    video_side = Annotated[int | None, side(video)]
 
-    class TextParams(BaseModel):
-        prompt: prompt
-        system_prompt: str | None = Field(
-            None, max_length=text.max_prompt_chars, description="unset: the FastAPI bot prompt"
-        )
-        max_new_tokens: int | None = Field(None, ge=1, le=text.max_new_tokens)
-        temperature: float | None = Field(None, ge=0, le=text.max_temperature, allow_inf_nan=False)
-        top_k: int | None = Field(None, ge=0, le=text.max_top_k)
-        top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
-        do_sample: bool | None = None
-        seed: Seed = None
-        stop: list[stop_sequence] = Field(default_factory=list, max_length=text.max_stop_sequences)
-        stream: bool = Field(False, description="true: Server-Sent Events, one per delta")
-        model: str | None = model_field()
+def _route_fields(spec: ModalitySpec[Any, Any]) -> dict[str, Any]:
+    """What every seed route takes besides the request's fields."""
+    fields: dict[str, Any] = {"model": (str | None, model_field())}
+    if spec.interaction is Interaction.TEXT_STREAM:
+        description = f"true: Server-Sent Events, one per {spec.piece}, then the final event"
+        fields["stream"] = (bool, Field(False, description=description))
+    return fields
 
-    class ImageParams(BaseModel):
-        prompt: image_prompt
-        negative_prompt: str = Field("", max_length=image.max_prompt_chars)
-        num_inference_steps: int | None = Field(None, ge=1, le=image.max_steps)
-        guidance_scale: float | None = guidance(image.max_guidance_scale)
-        width: image_side = None
-        height: image_side = None
-        seed: Seed = None
-        format: Literal["png", "jpeg", "webp"] = "png"
-        model: str | None = model_field()
 
-    class AudioParams(BaseModel):
-        prompt: audio_prompt
-        # unset stays unset: the model's manifest default applies on the server
-        preset: voice_preset | None = Field(  # type: ignore[valid-type]
-            None, description="unset: the model's default voice"
-        )
-        seed: Seed = None
-        model: str | None = model_field()
+def _model(
+    title: str,
+    base: type[BaseModel],
+    bounded: type[BaseModel],
+    extra: dict[str, Any],
+    keep: Callable[[str, FieldInfo], bool],
+) -> type[BaseModel]:
+    """The bounded request model's fields that `keep(name, field)` keeps, on `base`."""
+    fields: dict[str, Any] = {
+        name: (info.annotation, _json_safe(info))
+        for name, info in bounded.model_fields.items()
+        if keep(name, info)
+    }
+    return create_model(title, __base__=base, **fields, **extra)
 
-    class MeshParams(BaseModel):
-        prompt: mesh_prompt
-        guidance_scale: float | None = guidance(mesh.max_guidance_scale)
-        num_inference_steps: int | None = Field(None, ge=1, le=mesh.max_steps)
-        seed: Seed = None
-        format: Literal["obj", "ply"] = "obj"
-        model: str | None = model_field()
 
-    class VideoForm(BaseModel):
-        model_config = ConfigDict(extra="ignore")  # the form also carries the image file
-        num_frames: int | None = Field(None, ge=1, le=video.max_frames)
-        fps: float | None = Field(None, ge=1, le=video.max_fps, allow_inf_nan=False)
-        decode_chunk_size: int | None = Field(None, ge=1, le=video.max_frames)
-        motion_bucket_id: int | None = Field(None, ge=0, le=1023)
-        noise_aug_strength: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
-        num_inference_steps: int | None = Field(None, ge=1, le=video.max_steps)
-        width: video_side = None
-        height: video_side = None
-        seed: Seed = None
-        model: str | None = model_field()
+def _json_safe(info: FieldInfo) -> FieldInfo:
+    """The field with its integer bounds inside +-MAX_SAFE_INTEGER."""
+    safe = copy.copy(info)
+    safe.metadata = [_safe_bound(bound) for bound in info.metadata]
+    return safe
 
-    def pair(params: type[BaseModel], name: str) -> tuple[type[BaseModel], type[BaseModel]]:
-        query: Any = type(f"{name}Query", (params,), {"model_config": LAX})
-        body: Any = type(f"{name}Body", (JsonBody, params), {})
-        return query, body
 
-    text_query, text_body = pair(TextParams, "Text")
-    image_query, image_body = pair(ImageParams, "Image")
-    audio_query, audio_body = pair(AudioParams, "Audio")
-    mesh_query, mesh_body = pair(MeshParams, "Mesh")
-    return Schemas(
-        TextQuery=text_query,
-        TextBody=text_body,
-        ImageQuery=image_query,
-        ImageBody=image_body,
-        AudioQuery=audio_query,
-        AudioBody=audio_body,
-        MeshQuery=mesh_query,
-        MeshBody=mesh_body,
-        VideoForm=VideoForm,
+def _safe_bound(bound: Any) -> Any:
+    if isinstance(bound, annotated_types.Le) and isinstance(bound.le, int):
+        return annotated_types.Le(min(bound.le, MAX_SAFE_INTEGER))
+    if isinstance(bound, annotated_types.Ge) and isinstance(bound.ge, int):
+        return annotated_types.Ge(max(bound.ge, -MAX_SAFE_INTEGER))
+    return bound
+
+
+def _not_a_model_list(name: str, info: FieldInfo) -> bool:
+    return not any(
+        isinstance(item, type) and issubclass(item, BaseModel)
+        for option in _options(info.annotation)
+        if get_origin(option) is list
+        for item in get_args(option)
     )
+
+
+def _options(annotation: Any) -> tuple[Any, ...]:
+    if get_origin(annotation) in (Union, UnionType):
+        return get_args(annotation)
+    return (annotation,)

@@ -1,4 +1,5 @@
-"""The OpenAI-compatible API's request and response models.
+"""The OpenAI-compatible API's request and response models (OpenAI's shapes, hand-written:
+a foreign contract).
 
 Requests are bounded per app by the server's limits (read from it at start), so the
 OpenAPI document states what the server enforces: each `*_request_model` function
@@ -11,9 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from genserve.bridge.limits import AudioBounds, ImageBounds
 from genserve.bridge.schemas import MAX_SAFE_INTEGER, NOT_BLANK, one_of
-from genserve.server.settings import EmbeddingLimits, TextLimits
+from genserve.contract.limits import AudioBounds, EmbeddingLimits, ImageBounds, TextLimits
 
 OPENAI_MODEL = ConfigDict(extra="ignore")  # the SDK may send fields we do not use
 OPENAI_MAX_TEMPERATURE = 2.0  # OpenAI's range; the server may allow more
@@ -32,6 +32,11 @@ VOICES = {
 
 def _bounded_text(max_chars: int) -> Any:
     return Annotated[str, Field(max_length=max_chars, pattern=NOT_BLANK)]
+
+
+def _list_of(item: Any) -> Any:
+    """list[item] of a type built at run time (mypy checks no such annotation)."""
+    return list[item]
 
 
 # -- requests: the shapes (unbounded), then their bounded versions per app ------------------
@@ -90,6 +95,11 @@ class ImageRequest(BaseModel):
     response_format: Literal["b64_json"] | None = Field(None, description="no URLs: b64_json")
 
 
+# OpenAI's model names that mean "the server's default model" for their route (OpenAI
+# has one Whisper); any other name is the server's to know (404 model_not_found if not).
+DEFAULT_MODEL_NAMES = frozenset({"whisper-1"})
+
+
 class SpeechRequest(BaseModel):
     model_config = OPENAI_MODEL
     model: str
@@ -101,8 +111,10 @@ class SpeechRequest(BaseModel):
 def chat_request_model(limits: TextLimits) -> type[ChatCompletionRequest]:
     text = _bounded_text(limits.max_prompt_chars)
     part: Any = create_model("TextPart", __base__=TextPart, text=(text, ...))
-    parts = Annotated[list[part], Field(min_length=1, max_length=MAX_CONTENT_PARTS)]  # type: ignore[valid-type]
-    message: Any = create_model("ChatMessage", __base__=ChatMessage, content=(text | parts, ...))
+    parts: Any = Annotated[_list_of(part), Field(min_length=1, max_length=MAX_CONTENT_PARTS)]
+    message: Any = create_model(
+        "ChatCompletionMessage", __base__=ChatMessage, content=(text | parts, ...)
+    )
     stop = Annotated[str, Field(min_length=1, max_length=limits.max_stop_sequence_chars)]
     # the bound goes on the list alone: on the union it would bound a single string's length
     stops = Annotated[list[stop], Field(max_length=limits.max_stop_sequences)]
@@ -122,7 +134,7 @@ def chat_request_model(limits: TextLimits) -> type[ChatCompletionRequest]:
 
 def embedding_request_model(limits: EmbeddingLimits) -> type[EmbeddingRequest]:
     text = _bounded_text(limits.max_text_chars)
-    texts = Annotated[list[text], Field(min_length=1, max_length=limits.max_texts)]  # type: ignore[valid-type]
+    texts: Any = Annotated[_list_of(text), Field(min_length=1, max_length=limits.max_texts)]
     model: type[EmbeddingRequest] = create_model(
         "EmbeddingRequest", __base__=EmbeddingRequest, input=(text | texts, ...)
     )
@@ -220,6 +232,33 @@ class ImageItem(BaseModel):
 class ImageList(BaseModel):
     created: int
     data: list[ImageItem]
+
+
+class DurationUsage(BaseModel):
+    type: Literal["duration"] = "duration"
+    seconds: float
+
+
+class Transcription(BaseModel):
+    text: str
+    usage: DurationUsage
+
+
+class TranscriptionSegment(BaseModel):
+    id: int
+    start: float
+    end: float
+    text: str
+    temperature: float
+
+
+class TranscriptionVerbose(BaseModel):
+    task: Literal["transcribe"] = "transcribe"
+    language: str
+    duration: float
+    text: str
+    segments: list[TranscriptionSegment]
+    usage: DurationUsage
 
 
 class ModelCard(BaseModel):

@@ -10,21 +10,30 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from genserve.contract import Interaction
 from genserve.server.settings import AuthSettings
 
 
 class Timeouts(BaseModel):
-    """Per-call gRPC deadlines, seconds."""
+    """Per-call gRPC deadlines, seconds: one per kind of call (see `for_interaction`), so a
+    new modality needs none of its own."""
 
-    text: float = 300.0
-    media: float = 900.0
-    embedding: float = 60.0
+    text: float = Field(300.0, description="text streams: chat, transcription")
+    media: float = Field(900.0, description="media streams: image, audio, video, 3D")
+    embedding: float = Field(60.0, description="unary calls: embeddings")
     health: float = 2.0  # also ListModels
     models: float = 900.0  # LoadModel (a cold load) and UnloadModel (drains in-flight requests)
     limits: float = Field(30.0, description="at start, waiting for the server's limits")
 
+    def for_interaction(self, interaction: Interaction) -> float:
+        if interaction is Interaction.TEXT_STREAM:
+            return self.text
+        if interaction is Interaction.MEDIA_STREAM:
+            return self.media
+        return self.embedding
 
-class UpstreamTls(BaseModel):
+
+class GrpcTls(BaseModel):
     """How the bridge reaches a gRPC server that serves TLS (and maybe asks for mTLS)."""
 
     enabled: bool = Field(False, description="TLS to the gRPC server (implied by the files)")
@@ -35,6 +44,9 @@ class UpstreamTls(BaseModel):
     @property
     def on(self) -> bool:
         return self.enabled or self.root_certificates is not None
+
+
+UpstreamTls = GrpcTls  # the old name, until tests/test_tls.py says GrpcTls
 
 
 class BridgeSettings(BaseSettings):
@@ -61,5 +73,5 @@ class BridgeSettings(BaseSettings):
     )
     ssl_certfile: Path | None = Field(None, description="PEM certificate: serve HTTPS")
     ssl_keyfile: Path | None = None
-    grpc_tls: UpstreamTls = Field(default_factory=UpstreamTls)
+    grpc_tls: GrpcTls = Field(default_factory=GrpcTls)
     auth: AuthSettings = Field(default_factory=AuthSettings)

@@ -1,4 +1,5 @@
-"""Relaying gRPC streams over HTTP: media files chunk by chunk, events as SSE.
+"""Relaying gRPC streams over HTTP: one relay for text streams (chat deltas, transcript
+segments), one for media streams (files chunk by chunk), each as a whole answer or as SSE.
 
 A response starts only once the stream's first event arrived, so an error the server
 raises before any output (bad input, a full queue) still becomes a proper HTTP status.
@@ -11,11 +12,11 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
 import re
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import grpc
 from fastapi.responses import StreamingResponse
@@ -23,18 +24,18 @@ from sse_starlette import EventSourceResponse
 
 from genserve.bridge.convert import event_dict
 from genserve.bridge.errors import BridgeError, openai_error_body
+from genserve.bridge.observability import BridgeMetrics
 from genserve.bridge.request_id import current_request_id
 from genserve.server.errors import http_status_for
-from genserve.v1 import common_pb2
 
-logger = logging.getLogger(__name__)
-
+SSE_PING_S = 15  # keeps proxies from closing a quiet stream (a long prefill, a slow step)
 # One Server-Sent Event, as OpenAPI tools (schemathesis among them) read an event stream.
 SSE_EVENT_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {"event": {"type": "string"}, "data": {"type": "string"}},
     "required": ["data"],
 }
+Sse = dict[str, str]  # one event: {"event": name, "data": JSON}, as sse_starlette sends it
 
 _UNSAFE_FILE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -45,7 +46,10 @@ def safe_file_name(name: str, fallback: str) -> str:
     return cleaned or fallback
 
 
-async def first_event(call: Any) -> Any:
+# -- a call's life ----------------------------------------------------------------------
+
+
+async def next_event(call: Any) -> Any:
     """Reads one event; the call is cancelled if the caller gives up meanwhile."""
     try:
         event = await call.read()
@@ -53,7 +57,7 @@ async def first_event(call: Any) -> Any:
         call.cancel()
         raise
     if event is grpc.aio.EOF:
-        raise BridgeError(502, "INTERNAL", "the server ended the stream without output")
+        raise BridgeError(502, "INTERNAL", "the server ended the stream before its final event")
     return event
 
 
@@ -74,18 +78,150 @@ async def until_end(call: Any) -> None:
         pass
 
 
+# -- errors once a stream began: the 200 is sent, so the error is an event ---------------
+
+
+@dataclass(frozen=True)
+class StreamError:
+    status: int
+    code: str
+    message: str
+
+    @classmethod
+    def of(cls, error: grpc.aio.AioRpcError | BridgeError) -> StreamError:
+        if isinstance(error, BridgeError):
+            return cls(error.status, error.code, error.message)
+        code = error.code()
+        return cls(http_status_for(code), code.name, error.details() or code.name)
+
+
+def sse_error(error: StreamError) -> Sse:
+    body = {
+        "code": error.code,
+        "status": error.status,
+        "message": error.message,
+        "request_id": current_request_id(),
+    }
+    return {"event": "error", "data": json.dumps(body)}
+
+
+def openai_sse_error(error: StreamError) -> Sse:
+    """OpenAI's shape, `data: {"error": {...}}`, which its SDK raises as an APIError; the
+    stream ends after it."""
+    return {"data": json.dumps(openai_error_body(error.status, error.code, error.message))}
+
+
+# -- text streams -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TextAnswer:
+    """A text stream, whole: its pieces (TextDelta, TranscriptSegment...) and final event."""
+
+    pieces: tuple[Any, ...]
+    final: Any
+
+    @property
+    def text(self) -> str:
+        return "".join(piece.text for piece in self.pieces)
+
+
+class SseShape(Protocol):
+    """How a route words a text stream's events (the seed's, OpenAI's chunks)."""
+
+    def opening(self) -> list[Sse]: ...
+
+    def piece(self, piece: Any) -> Sse: ...
+
+    def closing(self, final: Any) -> list[Sse]: ...
+
+    def error(self, error: StreamError) -> Sse: ...
+
+
+class TextRelay:
+    """A text stream: events whose oneof case is `piece` (each with a `.text`), then one
+    `final` event."""
+
+    def __init__(self, piece: str, metrics: BridgeMetrics) -> None:
+        self._piece = piece
+        self._metrics = metrics
+
+    async def fold(self, call: Any, first: Any) -> TextAnswer:
+        """The whole stream, read to its status."""
+        pieces = []
+        event = first
+        with ends_with(call):
+            while (kind := event.WhichOneof("event")) == self._piece:
+                pieces.append(getattr(event, kind))
+                event = await next_event(call)
+            final = self._final(event, kind)
+            await until_end(call)
+        return TextAnswer(tuple(pieces), final)
+
+    def sse(self, call: Any, first: Any, shape: SseShape) -> EventSourceResponse:
+        return EventSourceResponse(self._events(call, first, shape), ping=SSE_PING_S)
+
+    async def _events(self, call: Any, first: Any, shape: SseShape) -> AsyncIterator[Sse]:
+        try:
+            for opening in shape.opening():
+                yield opening
+            event = first
+            while (kind := event.WhichOneof("event")) == self._piece:
+                yield shape.piece(getattr(event, kind))
+                event = await next_event(call)
+            final = self._final(event, kind)
+            await until_end(call)
+            for closing in shape.closing(final):
+                yield closing
+        except (grpc.aio.AioRpcError, BridgeError) as error:
+            yield shape.error(StreamError.of(error))
+        finally:
+            call.cancel()
+
+    def _final(self, event: Any, kind: str | None) -> Any:
+        if kind != "final":
+            raise BridgeError(502, "INTERNAL", f"the server sent a {kind} event in a text stream")
+        final = event.final
+        if "usage" in final.DESCRIPTOR.fields_by_name:  # text generation counts its tokens
+            self._metrics.tokens.inc(final.usage.completion_tokens)
+        return final
+
+
+class SeedEvents:
+    """The seed routes' events: each event's oneof case names it ("delta", "segment",
+    "final"), its data is the message as JSON."""
+
+    def __init__(self, piece: str) -> None:
+        self._piece = piece
+
+    def opening(self) -> list[Sse]:
+        return []
+
+    def piece(self, piece: Any) -> Sse:
+        return {"event": self._piece, "data": json.dumps(event_dict(piece))}
+
+    def closing(self, final: Any) -> list[Sse]:
+        return [{"event": "final", "data": json.dumps(event_dict(final))}]
+
+    def error(self, error: StreamError) -> Sse:
+        return sse_error(error)
+
+
+# -- media streams ----------------------------------------------------------------------
+
+
 async def media_file_response(call: Any, attachment: bool) -> StreamingResponse:
     """The file, streamed as the chunks arrive, typed by the stream's header event."""
-    event = await first_event(call)
+    event = await next_event(call)
     while not event.HasField("header"):  # progress may precede the header
-        event = await first_event(call)
-    header: common_pb2.MediaHeader = event.header
+        event = await next_event(call)
+    header = event.header
 
     async def body() -> AsyncIterator[bytes]:
         try:
-            while (next_event := await call.read()) is not grpc.aio.EOF:
-                if next_event.HasField("chunk"):
-                    yield next_event.chunk.data
+            while (next_one := await call.read()) is not grpc.aio.EOF:
+                if next_one.HasField("chunk"):
+                    yield next_one.chunk.data
         finally:
             call.cancel()  # a no-op after the end; stops the server when the client left
 
@@ -101,7 +237,7 @@ async def media_file_response(call: Any, attachment: bool) -> StreamingResponse:
 def media_sse_response(call: Any, first: Any) -> EventSourceResponse:
     """header / progress / chunk (base64) / final events, then the stream ends."""
 
-    async def events() -> AsyncIterator[dict[str, str]]:
+    async def events() -> AsyncIterator[Sse]:
         try:
             event = first
             while event is not grpc.aio.EOF:
@@ -116,27 +252,8 @@ def media_sse_response(call: Any, first: Any) -> EventSourceResponse:
                 yield {"event": kind, "data": json.dumps(data)}
                 event = await call.read()
         except grpc.aio.AioRpcError as error:
-            yield sse_error(error)
+            yield sse_error(StreamError.of(error))
         finally:
             call.cancel()
 
-    return EventSourceResponse(events(), ping=15)
-
-
-def sse_error(error: grpc.aio.AioRpcError) -> dict[str, str]:
-    """An error after the stream began: the status is already sent, so it is an event."""
-    body = {
-        "code": error.code().name,
-        "status": http_status_for(error.code()),
-        "message": error.details() or error.code().name,
-        "request_id": current_request_id(),
-    }
-    return {"event": "error", "data": json.dumps(body)}
-
-
-def openai_sse_error(error: grpc.aio.AioRpcError) -> dict[str, str]:
-    """The same in OpenAI's shape, `data: {"error": {...}}`, which its SDK raises as an
-    APIError; the stream ends after it."""
-    code = error.code()
-    body = openai_error_body(http_status_for(code), code.name, error.details() or code.name)
-    return {"data": json.dumps(body)}
+    return EventSourceResponse(events(), ping=SSE_PING_S)

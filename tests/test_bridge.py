@@ -19,14 +19,15 @@ import pytest
 import soundfile
 from PIL import Image
 
-from tests.bridge_thread import BridgeThread
 from genserve.bridge.settings import BridgeSettings, Timeouts
-from tests.server_thread import ServerThread, wait_until
+from genserve.contract import SPECS
+from genserve.contract.limits import TextLimits
 from genserve.server.errors import HTTP_STATUS_BY_GRPC_CODE
-from genserve.server.settings import TextLimits
-from genserve.server.text.types import FinishReason
 from genserve.v1 import models_pb2, models_pb2_grpc, text_pb2, text_pb2_grpc
+from tests import speech
+from tests.bridge_thread import BridgeThread
 from tests.media_calls import png_bytes
+from tests.server_thread import ServerThread, wait_until
 from tests.text_calls import served_text_engine
 
 HTTP_TIMEOUT_S = 120
@@ -148,6 +149,31 @@ def test_media_progress_as_server_sent_events(http: httpx.Client) -> None:
     assert Image.open(io.BytesIO(data)).format == "PNG"
 
 
+def test_text_route_answers_json_when_asked(http: httpx.Client) -> None:
+    response = http.get(
+        "/generate/text",
+        params={"prompt": "Hi", "max_new_tokens": 3, "do_sample": "false"},
+        headers={"Accept": "application/json"},
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["text"] == "".join(delta["text"] for delta in body["deltas"])
+    assert body["finish_reason"] == "length" and body["usage"]["completion_tokens"] == 3
+
+
+def test_embed_route_get_and_post(http: httpx.Client) -> None:
+    texts = ["How do I build an API?", "How to create an API?"]
+    for response in (
+        http.get("/embed", params={"texts": texts}),
+        http.post("/embed", json={"texts": texts, "model": "all-MiniLM-L6-v2"}),
+    ):
+        assert response.status_code == 200, response.text
+        body = response.json()
+        vectors = np.array([e["values"] for e in body["embeddings"]])
+        assert vectors.shape == (2, 384) and body["model"] == "all-MiniLM-L6-v2"
+        assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-3)
+
+
 # -- request IDs, errors ----------------------------------------------------------------
 
 
@@ -247,6 +273,7 @@ def test_client_disconnect_cancels_the_generation(
     bridge: BridgeThread, tiny_server: ServerThread
 ) -> None:
     engine = served_text_engine(tiny_server)
+    before = engine.stats()
     params: dict[str, str | int] = {
         "prompt": "Tell me a story",
         "max_new_tokens": 400,
@@ -267,9 +294,9 @@ def test_client_disconnect_cancels_the_generation(
                 break
     # the HTTP client is gone: the bridge cancels the gRPC call, the model stops
     assert engine.wait_idle(60)
-    final = engine.last_final
-    assert final is not None and final.finish_reason is FinishReason.CANCELLED
-    assert final.completion_tokens < 400
+    after = engine.stats()
+    assert after.cancelled == before.cancelled + 1
+    assert after.tokens_generated - before.tokens_generated < 400
     assert tiny_server.wait_for_usage_row("walks-away")["status_code"] == "CANCELLED"
 
 
@@ -279,7 +306,7 @@ def test_client_disconnect_cancels_the_generation(
 def test_readyz_reports_each_modality(http: httpx.Client) -> None:
     body = http.get("/readyz").json()
     assert body["ready"] is True
-    assert set(body["modalities"]) == {"text", "audio", "image", "video", "mesh", "embedding"}
+    assert set(body["modalities"]) == {spec.name for spec in SPECS}
     assert set(body["modalities"].values()) == {"SERVING"}
 
 
@@ -436,6 +463,96 @@ def test_openai_single_stop_string_and_single_input_are_bounded_as_strings(
     long_text = "How do I declare a request body with Pydantic in FastAPI? " * 3
     result = openai_client.embeddings.create(model="all-MiniLM-L6-v2", input=long_text)
     assert len(result.data) == 1 and len(result.data[0].embedding) == 384
+
+
+# -- speech-to-text: the seed route and OpenAI's, with real speech ---------------------------
+
+MAX_WER = 0.3
+
+
+@pytest.fixture(scope="module")
+def transcribing(http: httpx.Client) -> None:
+    """Skips while the server serves no transcription (its engine or model missing)."""
+    status = http.get("/readyz").json()["modalities"].get("transcription")
+    if status != "SERVING":
+        pytest.skip(f"the server does not serve transcription yet ({status})")
+
+
+@pytest.fixture(scope="module")
+def speech_wav(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    if speech.ESPEAK is None:
+        pytest.skip(speech.ESPEAK_MISSING)
+    return speech.speak(speech.SENTENCE, tmp_path_factory.mktemp("speech") / "sentence.wav")
+
+
+@pytest.mark.usefixtures("transcribing")
+def test_transcribe_route_answers_plain_text(http: httpx.Client, speech_wav: bytes) -> None:
+    response = http.post(
+        "/transcribe",
+        files={"audio": ("sentence.wav", speech_wav, "audio/wav")},
+        data={"language": "en"},
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain")
+    assert speech.word_error_rate(speech.SENTENCE, response.text) < MAX_WER, response.text
+
+
+@pytest.mark.usefixtures("transcribing")
+def test_transcribe_route_answers_json_or_events(http: httpx.Client, speech_wav: bytes) -> None:
+    files = {"audio": ("sentence.wav", speech_wav, "audio/wav")}
+    response = http.post("/transcribe", files=files, headers={"Accept": "application/json"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert speech.word_error_rate(speech.SENTENCE, body["text"]) < MAX_WER, body
+    assert body["language"] == "en"
+    assert body["duration_s"] == pytest.approx(speech.duration_s(speech_wav), abs=0.1)
+    starts = [segment["start_s"] for segment in body["segments"]]
+    assert starts == sorted(starts) and body["segments"][-1]["end_s"] <= body["duration_s"] + 0.5
+
+    streamed = http.post("/transcribe", files=files, data={"stream": "true"})
+    events = sse_events(streamed.text)
+    assert {name for name, _ in events[:-1]} == {"segment"} and events[-1][0] == "final"
+    text = "".join(json.loads(data)["text"] for name, data in events[:-1])
+    assert speech.word_error_rate(speech.SENTENCE, text) < MAX_WER, text
+
+
+@pytest.mark.usefixtures("transcribing")
+def test_transcribe_route_refuses_what_is_not_audio(http: httpx.Client) -> None:
+    response = http.post("/transcribe", files={"audio": ("x.wav", png_bytes(), "audio/wav")})
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "INVALID_ARGUMENT" and error["message"].startswith("audio:")
+    assert http.get("/readyz").json()["modalities"]["transcription"] == "SERVING"
+
+
+@pytest.mark.usefixtures("transcribing")
+@pytest.mark.parametrize("response_format", ["json", "text", "verbose_json"])
+def test_openai_transcriptions(openai_client, speech_wav: bytes, response_format: str) -> None:  # type: ignore[no-untyped-def]
+    result = openai_client.audio.transcriptions.create(
+        model="whisper-1",  # OpenAI's name: the server's default transcription model
+        file=("sentence.wav", speech_wav, "audio/wav"),
+        language="en",
+        response_format=response_format,
+    )
+    text = result if response_format == "text" else result.text
+    assert speech.word_error_rate(speech.SENTENCE, text) < MAX_WER, text
+    if response_format == "verbose_json":
+        assert result.language == "en"
+        assert result.duration == pytest.approx(speech.duration_s(speech_wav), abs=0.1)
+        assert [s.id for s in result.segments] == list(range(len(result.segments)))
+        assert "".join(s.text for s in result.segments).strip() == text
+
+
+@pytest.mark.usefixtures("transcribing")
+def test_openai_transcription_of_an_unknown_model_is_404(openai_client, speech_wav: bytes) -> None:  # type: ignore[no-untyped-def]
+    import openai
+
+    with pytest.raises(openai.NotFoundError) as error:
+        openai_client.audio.transcriptions.create(
+            model="no-such-whisper", file=("sentence.wav", speech_wav, "audio/wav")
+        )
+    body = error.value.body
+    assert isinstance(body, dict) and (body["code"], body["param"]) == ("model_not_found", "model")
 
 
 # -- a stream that fails after it began ---------------------------------------------------

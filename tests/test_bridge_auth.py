@@ -17,13 +17,13 @@ import grpc
 import httpx
 import pytest
 
-from tests.bridge_thread import BridgeThread
 from genserve.bridge.settings import BridgeSettings
 from genserve.server.auth.keys import create_key, revoke_key
-from tests.server_thread import REPO_ROOT, ServerThread, wait_until
 from genserve.server.settings import AuthSettings
 from genserve.v1 import models_pb2, models_pb2_grpc
 from tests.auth_setup import BUDGET_PROMPT, Keys, auth_server, bearer, make_keys, together
+from tests.bridge_thread import BridgeThread
+from tests.server_thread import REPO_ROOT, ServerThread, wait_until
 
 HTTP_TIMEOUT_S = 120
 

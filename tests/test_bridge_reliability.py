@@ -15,14 +15,16 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.bridge_thread import BridgeThread
 from genserve.bridge.body_limit import body_caps
+from genserve.bridge.routes_openai import TRANSCRIPTIONS_PATH, UPLOAD_ROUTES
 from genserve.bridge.settings import BridgeSettings
-from tests.server_thread import ServerThread, make_settings, wait_until
+from genserve.contract import SPECS, ModalitySpec
+from genserve.contract.limits import MediaLimits
+from genserve.contract.modalities.transcription import TRANSCRIPTION
 from genserve.server.manifest import Manifest, load_manifest, manifest_path
-from genserve.server.settings import MediaLimits
-from genserve.server.text.types import FinishReason
+from tests.bridge_thread import BridgeThread
 from tests.media_calls import png_bytes
+from tests.server_thread import ServerThread, make_settings, wait_until
 from tests.text_calls import served_text_engine
 
 HTTP_TIMEOUT_S = 120
@@ -92,13 +94,14 @@ def test_a_plain_text_request_left_behind_is_cancelled(
     request_: dict[str, Any],
 ) -> None:
     engine = served_text_engine(tiny_server)
+    before = engine.stats()
     request_id = f"abandoned-{method}-{path.replace('/', '-')}"
     left = abandon(bridge, method, path, headers={"X-Request-ID": request_id}, **request_)
     assert engine.wait_idle(CANCEL_WITHIN_S + 5), "the model kept generating for nobody"
     cancelled_after = time.monotonic() - left
-    final = engine.last_final
-    assert final is not None and final.finish_reason is FinishReason.CANCELLED
-    assert final.completion_tokens < 150, final  # of 300 asked
+    after = engine.stats()
+    assert after.cancelled == before.cancelled + 1
+    assert after.tokens_generated - before.tokens_generated < 150, after  # of 300 asked
     row = assert_cancelled(tiny_server, request_id)
     assert row["completion_tokens"] is None or row["completion_tokens"] < 150
     assert cancelled_after < CANCEL_WITHIN_S, cancelled_after
@@ -215,7 +218,7 @@ def test_a_declared_oversized_body_is_refused_unread(bridge: BridgeThread) -> No
 
 
 def test_an_oversized_chunked_body_is_refused_while_it_is_read(bridge: BridgeThread) -> None:
-    cap = body_caps(bridge.app.state.limits).default
+    cap = body_caps(bridge.app.state.limits, UPLOAD_ROUTES).default
     piece = b" " * MiB
     head = (
         b"POST /generate/text HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -261,29 +264,42 @@ def test_oversized_bodies_through_httpx(http: httpx.Client) -> None:
     assert response.json()["error"]["type"] == "invalid_request_error"  # OpenAI's shape
 
 
-def test_the_video_upload_cap_leaves_room_for_the_largest_image(
-    bridge: BridgeThread, http: httpx.Client
+UPLOAD_SPECS = [spec for spec in SPECS if spec.upload is not None]
+
+
+@pytest.mark.parametrize("spec", UPLOAD_SPECS, ids=[spec.name for spec in UPLOAD_SPECS])
+def test_an_upload_cap_leaves_room_for_the_largest_file(
+    bridge: BridgeThread, http: httpx.Client, spec: ModalitySpec[Any, Any]
 ) -> None:
+    assert spec.upload is not None
     limits = bridge.app.state.limits
-    caps = body_caps(limits)
-    assert caps.for_path("/generate/video") > limits.video.max_image_bytes
-    assert caps.for_path("/generate/text") < caps.for_path("/generate/video")
-    # the largest image the server takes gets through the bridge (it is no PNG: a 422)
-    largest = b"\0" * limits.video.max_image_bytes
+    largest = limits.upload_bytes(spec)
+    caps = body_caps(limits, UPLOAD_ROUTES)
+    assert caps.for_path(spec.http_path) > largest
+    assert caps.default < caps.for_path(spec.http_path)
+    # twice the largest file the server takes is refused as a whole request
+    twice = b"\0" * (2 * largest)
     response = http.post(
-        "/generate/video",
-        files={"image": ("big.png", largest, "image/png")},
-        data={"num_frames": "2", "num_inference_steps": "1"},
+        spec.http_path,
+        files={spec.upload.field: ("big.bin", twice, "application/octet-stream")},
+        headers={"X-Request-ID": f"{spec.name}-too-big"},
+    )
+    assert_refused(response, f"{spec.name}-too-big")
+    # the largest one gets through the bridge (it is no picture, no recording: a 422)
+    served = http.get("/readyz").json()["modalities"][spec.name]
+    if served != "SERVING":
+        pytest.skip(f"the server does not serve {spec.name} yet ({served})")
+    response = http.post(
+        spec.http_path,
+        files={spec.upload.field: ("big.bin", b"\0" * largest, "application/octet-stream")},
     )
     assert response.status_code == 422, response.text
-    # twice that is refused as a whole request
-    response = http.post(
-        "/generate/video",
-        files={"image": ("big.png", largest * 2, "image/png")},
-        data={"num_frames": "2"},
-        headers={"X-Request-ID": "video-too-big"},
-    )
-    assert_refused(response, "video-too-big")
+    assert response.json()["error"]["message"].startswith(f"{spec.upload.field}:")
+
+
+def test_the_openai_transcription_route_takes_the_same_upload(bridge: BridgeThread) -> None:
+    caps = body_caps(bridge.app.state.limits, UPLOAD_ROUTES)
+    assert caps.for_path(TRANSCRIPTIONS_PATH) == caps.for_path(TRANSCRIPTION.http_path)
 
 
 # -- 3. a 429 says when to retry -----------------------------------------------------------

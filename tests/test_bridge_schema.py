@@ -13,24 +13,26 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import negative_data_rejection
 
-from tests.bridge_thread import BridgeThread
 from genserve.bridge.settings import BridgeSettings
-from tests.server_thread import ServerThread, make_settings
-from genserve.server.manifest import Manifest, Modality, load_manifest, manifest_path
-from genserve.server.settings import (
+from genserve.contract.limits import (
     ImageLimits,
     MediaLimits,
     MeshLimits,
-    Settings,
     TextLimits,
     VideoLimits,
 )
+from genserve.server.manifest import Manifest, Modality, load_manifest, manifest_path
+from genserve.server.settings import Settings
+from tests import speech
+from tests.bridge_thread import BridgeThread
 from tests.media_calls import png_bytes
+from tests.server_thread import ServerThread, make_settings
 
 EXAMPLES_PER_OPERATION = 6
 CHEAP_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -63,6 +65,15 @@ def cheap_manifest() -> Manifest:
     return manifest.model_copy(update=changes)
 
 
+def upload_samples() -> dict[str, bytes]:
+    """A real file per upload field: "binary" in the schema, but the server needs a
+    picture to animate and a recording to transcribe."""
+    rate = 16_000
+    second = (0.1 * np.sin(2 * np.pi * 440 * np.arange(rate) / rate)).astype(np.float32)
+    wav = speech.encode(second, rate, "WAV")
+    return {"image": png_bytes(), "audio": wav, "file": wav}  # "file": OpenAI's upload
+
+
 @pytest.fixture(scope="module")
 def live_bridge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BridgeThread]:
     server = ServerThread(tight_settings(tmp_path_factory.mktemp("schema")), cheap_manifest())
@@ -77,6 +88,7 @@ def test_bridge_conforms_to_its_openapi_document(live_bridge: BridgeThread) -> N
     schema = schemathesis.openapi.from_url(f"{live_bridge.url}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]  # type: ignore[union-attr]
     assert len(operations) >= 18  # every route: seed, JSON variants, OpenAI, models, health
+    samples = upload_samples()
 
     for operation in operations:
 
@@ -90,10 +102,11 @@ def test_bridge_conforms_to_its_openapi_document(live_bridge: BridgeThread) -> N
         )
         def conforms(case: Any) -> None:
             excluded = []
-            if isinstance(case.body, dict) and "image" in case.body:
-                # "binary" in the schema, but the server needs a real picture to animate: we
-                # put one in, which schemathesis then reads as a hand-made (negative) case.
-                case.body = {**case.body, "image": png_bytes()}
+            uploads = set(samples) & set(case.body) if isinstance(case.body, dict) else set()
+            if uploads:
+                # A real file in place of random bytes, which schemathesis then reads as a
+                # hand-made (negative) case.
+                case.body = {**case.body, **{field: samples[field] for field in uploads}}
                 excluded = [negative_data_rejection]
             case.call_and_validate(timeout=120, excluded_checks=excluded)
 

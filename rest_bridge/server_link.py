@@ -1,5 +1,6 @@
-"""How the bridge reaches the gRPC server: the channel's credentials (plaintext, TLS or
-mTLS), and whose key each call carries.
+"""How the bridge reaches its gRPC server: the channel's credentials (plaintext, TLS or
+mTLS), and whose key each call carries. ("Upstream" is a foreign model server, which the
+server may call; the bridge's server is its own.)
 
 The caller's identity is passed on as the caller's own bearer key: the server checks it
 again, so a caller gets through the bridge exactly what it may get directly, and the
@@ -14,9 +15,8 @@ from pathlib import Path
 
 import grpc
 
-from genserve.bridge.settings import UpstreamTls
-
-AUTHORIZATION = "authorization"
+from genserve.bridge.settings import GrpcTls
+from genserve.contract.metadata import AUTHORIZATION
 
 # The HTTP caller's Authorization header, set by the auth middleware for the request.
 caller_authorization_var: ContextVar[str | None] = ContextVar("caller_authorization", default=None)
@@ -26,7 +26,7 @@ def _read(path: Path | None) -> bytes | None:
     return path.read_bytes() if path is not None else None
 
 
-def channel_credentials(tls: UpstreamTls) -> grpc.ChannelCredentials | None:
+def channel_credentials(tls: GrpcTls) -> grpc.ChannelCredentials | None:
     if not tls.on:
         return None
     return grpc.ssl_channel_credentials(
