@@ -2,37 +2,22 @@
 do not call valid what the server refuses. Each rule here goes once the contract states
 it (the report on issue 20 lists them):
 
-- a field a request needs unless a list is given instead: text's prompt, or messages;
-- a chat message's content must hold something (the contract's ChatMessage leaves it
-  unbounded; the server refuses an empty one).
+- a field a request needs unless a list is given instead: text's prompt, or messages
+  (a JSON Schema `anyOf`, which the contract's per-field bounds do not express).
 """
 
 from __future__ import annotations
 
-import copy
-import functools
-import operator
-from types import UnionType
-from typing import Any, Union, get_args, get_origin
+from typing import Any
 
 from annotated_types import MaxLen
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic.config import JsonDict
 
-from genserve.contract.modalities.text import ChatMessage as ContractChatMessage
-
-NOT_BLANK = r"\S"
+from genserve.contract.spec import NOT_BLANK
 
 # spec name -> (the text field, the list that may stand in for it)
 REQUIRED_UNLESS: dict[str, tuple[str, str]] = {"text": ("prompt", "messages")}
-
-
-class ChatMessage(ContractChatMessage):
-    content: str = Field(pattern=NOT_BLANK)
-
-
-# List items the server bounds more than the contract's model says.
-ITEM_MODELS: dict[type[BaseModel], type[BaseModel]] = {ContractChatMessage: ChatMessage}
 
 
 def tightened_query(spec: str, query: type[BaseModel]) -> type[BaseModel]:
@@ -50,13 +35,7 @@ def tightened_query(spec: str, query: type[BaseModel]) -> type[BaseModel]:
 
 
 def tightened_body(spec: str, body: type[BaseModel]) -> type[BaseModel]:
-    """The body needs the text or the list, and its list items are bounded."""
-    items: dict[str, Any] = {
-        name: (_with_item_models(info.annotation), copy.copy(info))
-        for name, info in body.model_fields.items()
-        if _with_item_models(info.annotation) != info.annotation
-    }
-    body = create_model(body.__name__, __base__=body, **items) if items else body
+    """The body needs the text or the list."""
     if spec not in REQUIRED_UNLESS:
         return body
     text, alternative = REQUIRED_UNLESS[spec]
@@ -71,16 +50,3 @@ def tightened_body(spec: str, body: type[BaseModel]) -> type[BaseModel]:
     }
     namespace = {"model_config": ConfigDict(json_schema_extra=either), "__module__": __name__}
     return type(body.__name__, (body,), namespace)
-
-
-def _with_item_models(annotation: Any) -> Any:
-    if get_origin(annotation) in (Union, UnionType):
-        return functools.reduce(operator.or_, map(_with_item_models, get_args(annotation)))
-    if get_origin(annotation) is list:
-        (item,) = get_args(annotation)
-        return _list_of(ITEM_MODELS.get(item, item))
-    return annotation
-
-
-def _list_of(item: Any) -> Any:
-    return list[item]

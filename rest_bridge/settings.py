@@ -46,7 +46,6 @@ class GrpcTls(BaseModel):
         return self.enabled or self.root_certificates is not None
 
 
-UpstreamTls = GrpcTls  # the old name, until tests/test_tls.py says GrpcTls
 
 
 class BridgeSettings(BaseSettings):

@@ -13,15 +13,15 @@ import grpc
 import httpx
 import pytest
 
-from tests.bridge_thread import BridgeThread
-from genserve.bridge.settings import BridgeSettings, UpstreamTls
+from genserve.bridge.settings import BridgeSettings, GrpcTls
 from genserve.client import GenServe, PermissionDeniedError, UnavailableError
 from genserve.client.cli import main as cli_main
 from genserve.server.auth.keys import KeyEntry, KeysFile, create_key, load_keys, save_keys
-from tests.server_thread import ServerThread, make_settings
 from genserve.server.manifest import Manifest, load_manifest, manifest_path
 from genserve.server.settings import AuthSettings, TlsSettings
+from tests.bridge_thread import BridgeThread
 from tests.certs import Authority, Pem
+from tests.server_thread import ServerThread, make_settings
 
 CALL_TIMEOUT_S = 120
 
@@ -222,7 +222,7 @@ def test_bridge_serves_https_and_reaches_the_server_over_mtls(
         grpc_target=target(mtls_server),
         ssl_certfile=https_cert,
         ssl_keyfile=https_key,
-        grpc_tls=UpstreamTls(
+        grpc_tls=GrpcTls(
             root_certificates=certs.ca,
             client_cert_file=client_cert,
             client_key_file=client_key,

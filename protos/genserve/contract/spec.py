@@ -317,7 +317,7 @@ def _problem(error: Any, bound: Mapping[str, Any]) -> str:
     kind, value = error["type"], error.get("input")
     if kind == "missing":
         return "is required"
-    if kind == "string_pattern_mismatch" and bound.get("pattern") == NOT_BLANK:
+    if kind == "string_pattern_mismatch" and error.get("ctx", {}).get("pattern") == NOT_BLANK:
         return "must not be empty"
     if kind == "literal_error":
         return f"must be one of {error['ctx']['expected'].replace(' or ', ', ')}, got {value!r}"

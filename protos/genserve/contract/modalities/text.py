@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from genserve.contract.limits import TextLimits
-from genserve.contract.spec import SEED_BOUNDS, Cost, Interaction, ModalitySpec, finite
+from genserve.contract.spec import NOT_BLANK, SEED_BOUNDS, Cost, Interaction, ModalitySpec, finite
 from genserve.v1 import text_pb2
 
 # Chapter 3's system prompt (its TinyLlama example), the default its readers expect.
@@ -25,7 +25,7 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     role: ChatRole
-    content: str
+    content: str = Field(pattern=NOT_BLANK, description="must hold more than white space")
 
 
 class TextParams(BaseModel):
