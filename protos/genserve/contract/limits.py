@@ -41,12 +41,17 @@ class MediaLimits(BaseModel):
     max_prompt_chars: int = Field(2000, ge=1)
 
 
-class ImageLimits(BaseModel):
+class PictureLimits(BaseModel):
+    """What bounds a denoised picture: images and video frames."""
+
     max_steps: int = Field(100, ge=1)
-    max_guidance_scale: float = Field(30.0, gt=0)
     min_side: int = Field(64, ge=8)
     max_side: int = Field(2048, ge=8)
     max_pixels: int = Field(1024 * 1024, ge=64)
+
+
+class ImageLimits(PictureLimits):
+    max_guidance_scale: float = Field(30.0, gt=0)
 
 
 class AudioLimits(BaseModel):
@@ -54,15 +59,11 @@ class AudioLimits(BaseModel):
     voice_presets: tuple[str, ...] = tuple(f"v2/en_speaker_{i}" for i in range(10))
 
 
-class VideoLimits(BaseModel):
+class VideoLimits(PictureLimits):
     max_image_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(4096 * 4096, ge=64, description="decompression-bomb guard")
     max_frames: int = Field(64, ge=1)
     max_fps: float = Field(60.0, gt=0)
-    max_steps: int = Field(100, ge=1)
-    min_side: int = Field(64, ge=8)
-    max_side: int = Field(2048, ge=8)
-    max_pixels: int = Field(1024 * 1024, ge=64)
 
 
 class MeshLimits(BaseModel):

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from genserve.contract.limits import ImageBounds
+from genserve.contract.limits import ImageBounds, PictureLimits
 from genserve.contract.spec import (
     SEED_BOUNDS,
     Cost,
@@ -47,7 +47,8 @@ class ImageParams(BaseModel):
     format: ImageFormat = ImageFormat.PNG
 
 
-def side(limits: ImageBounds) -> dict[str, Any]:
+def side(limits: PictureLimits) -> dict[str, Any]:
+    """A width or height: a multiple of 8 within the sides, the area within max_pixels."""
     return {
         "ge": limits.min_side,
         "le": limits.max_side,

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from genserve.contract import samples
 from genserve.contract.limits import VideoBounds
-from genserve.contract.modalities.image import check_pixels
+from genserve.contract.modalities.image import check_pixels, side
 from genserve.contract.spec import SEED_BOUNDS, Cost, Interaction, ModalitySpec, Upload, finite
 from genserve.v1 import video_pb2
 
@@ -29,12 +29,6 @@ class VideoParams(BaseModel):
 
 
 def video_bounds(limits: VideoBounds) -> dict[str, dict[str, Any]]:
-    side = {
-        "ge": limits.min_side,
-        "le": limits.max_side,
-        "multiple_of": 8,
-        "description": f"a multiple of 8; width x height at most {limits.max_pixels} pixels",
-    }
     return {
         "image": {"min_length": 1, "max_length": limits.max_image_bytes},
         "num_frames": {"ge": 1, "le": limits.max_frames},
@@ -43,8 +37,8 @@ def video_bounds(limits: VideoBounds) -> dict[str, dict[str, Any]]:
         "motion_bucket_id": {"ge": 0, "le": 1023},
         "noise_aug_strength": finite(0, 1),
         "num_inference_steps": {"ge": 1, "le": limits.max_steps},
-        "width": side,
-        "height": side,
+        "width": side(limits),
+        "height": side(limits),
         "seed": SEED_BOUNDS,
     }
 
