@@ -6,10 +6,12 @@ Built once in main() and passed down; nothing here is read at import time.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from genserve.contract import SPECS
 from genserve.contract.limits import (
     AudioLimits,
     EmbeddingLimits,
@@ -17,7 +19,6 @@ from genserve.contract.limits import (
     MediaLimits,
     MeshLimits,
     TextLimits,
-    TranscriptionLimits,
     VideoLimits,
 )
 from genserve.server.logging_setup import LogFormat
@@ -44,7 +45,10 @@ class AuthSettings(BaseModel):
     open_reflection: bool = Field(False, description="reflection without a key (auth on)")
 
 
-class Settings(BaseSettings):
+class DeclaredSettings(BaseSettings):
+    """The settings; each modality's limits section that is not declared here is added
+    from its spec (below), so a new modality's limits are settings with no edit here."""
+
     model_config = SettingsConfigDict(
         env_prefix="GENSERVE_",
         env_nested_delimiter="__",
@@ -79,7 +83,6 @@ class Settings(BaseSettings):
     video: VideoLimits = Field(default_factory=VideoLimits)
     mesh: MeshLimits = Field(default_factory=MeshLimits)
     embedding: EmbeddingLimits = Field(default_factory=EmbeddingLimits)
-    transcription: TranscriptionLimits = Field(default_factory=TranscriptionLimits)
     keys_file: Path | None = Field(None, description="API keys (genserve keys create); auth on")
     insecure_no_auth: bool = Field(False, description="allow a non-loopback host without auth")
     metrics_host: str = Field("127.0.0.1", description="address the metrics port binds")
@@ -95,3 +98,18 @@ class Settings(BaseSettings):
     @property
     def usage_db_path(self) -> Path:
         return self.data_dir / "usage.sqlite3"
+
+
+def _with_every_modality(declared: type[DeclaredSettings]) -> type[DeclaredSettings]:
+    sections: dict[str, Any] = {
+        spec.name: (spec.limits_type, Field(default_factory=spec.limits_type))
+        for spec in SPECS
+        if spec.name not in declared.model_fields
+    }
+    return create_model("Settings", __base__=declared, **sections)
+
+
+if TYPE_CHECKING:
+    Settings = DeclaredSettings
+else:
+    Settings = _with_every_modality(DeclaredSettings)

@@ -18,8 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from genserve.contract.limits import TranscriptionLimits
-from genserve.contract.modalities.transcription import TranscriptionParams
+from genserve.contract.modalities.transcription import TranscriptionLimits, TranscriptionParams
 from genserve.contract.spec import InvalidField
 from genserve.server.errors import InvalidArgument
 from genserve.server.manifest import Manifest, load_manifest, manifest_path

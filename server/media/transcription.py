@@ -20,11 +20,12 @@ from typing import Any, TypeAlias
 import av
 import numpy as np
 
-from genserve.contract.limits import TranscriptionLimits
 from genserve.contract.modalities.transcription import (
+    TRANSCRIPTION,
     Segment,
     TranscriptionEvent,
     TranscriptionFinal,
+    TranscriptionLimits,
     TranscriptionParams,
 )
 from genserve.contract.spec import InvalidField
@@ -209,7 +210,7 @@ def load_transcription_engine(spec: ModelSpec, settings: Settings) -> Transcript
     # cpu_threads=0: CTranslate2's default; no settings knob is meant for this engine.
     model = WhisperModel(source, device=device, compute_type=compute_type, cpu_threads=0)
     english_only = not model.model.is_multilingual
-    limits = settings.transcription
+    limits: TranscriptionLimits = TRANSCRIPTION.limits_from(settings.sections())
 
     def work(params: TranscriptionParams, job: Job[TranscriptionEvent]) -> None:
         if english_only and params.language not in ("", "en"):

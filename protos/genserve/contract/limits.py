@@ -77,14 +77,6 @@ class EmbeddingLimits(BaseModel):
     max_queue: int = Field(64, ge=1, description="batches waiting for the model before 429")
 
 
-class TranscriptionLimits(BaseModel):
-    max_audio_bytes: int = Field(25 * 1024 * 1024, ge=1024, description="the upload, encoded")
-    max_duration_s: float = Field(600.0, gt=0, description="decoded length of the audio")
-    max_queue: int = Field(16, ge=1, description="requests waiting for the model before 429")
-    max_beam_size: int = Field(8, ge=1)
-    max_prompt_chars: int = Field(1000, ge=1, description="initial_prompt, in characters")
-
-
 # The published (and enforced) limits of each media modality: its own and the shared ones.
 class ImageBounds(ImageLimits, MediaLimits):
     pass

@@ -9,11 +9,20 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from genserve.contract import samples
 from genserve.contract.events import Timings, timings_to_pb
-from genserve.contract.limits import TranscriptionLimits
 from genserve.contract.spec import Cost, Interaction, ModalitySpec, Upload, finite
 from genserve.v1 import transcription_pb2
 
 AUDIO_TYPES = ("audio/wav", "audio/flac", "audio/mpeg", "audio/ogg")
+
+
+class TranscriptionLimits(BaseModel):
+    """The settings section `transcription` (`--transcription.max-audio-bytes`, ...)."""
+
+    max_audio_bytes: int = Field(25 * 1024 * 1024, ge=1024, description="the upload, encoded")
+    max_duration_s: float = Field(600.0, gt=0, description="decoded length of the audio")
+    max_queue: int = Field(16, ge=1, description="requests waiting for the model before 429")
+    max_beam_size: int = Field(8, ge=1)
+    max_prompt_chars: int = Field(1000, ge=1, description="initial_prompt, in characters")
 
 
 class TranscriptionParams(BaseModel):
