@@ -13,11 +13,11 @@ from typing import Any
 import httpx
 
 from bench.timing import alternate
-from tests.bridge_thread import BridgeThread
 from genserve.bridge.settings import BridgeSettings
-from tests.server_thread import ServerThread, make_settings
 from genserve.server.manifest import load_manifest, manifest_path
 from genserve.v1 import image_pb2, image_pb2_grpc, text_pb2, text_pb2_grpc
+from tests.bridge_thread import BridgeThread
+from tests.server_thread import ServerThread, make_settings
 
 TEXT = {"prompt": "What is FastAPI?", "max_new_tokens": 32, "do_sample": False}
 IMAGE = {"prompt": "a cozy living room", "num_inference_steps": 2, "seed": 1}

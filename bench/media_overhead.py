@@ -22,9 +22,8 @@ import torch
 from PIL import Image
 
 from bench.timing import alternate
-from tests.server_thread import ServerThread, make_settings
-from genserve.server.media.audio import BarkBundle
 from genserve.server.manifest import Manifest, Modality, load_manifest, manifest_path
+from genserve.server.media.audio import BarkBundle
 from genserve.v1 import (
     audio_pb2,
     audio_pb2_grpc,
@@ -35,6 +34,7 @@ from genserve.v1 import (
     video_pb2,
     video_pb2_grpc,
 )
+from tests.server_thread import ServerThread, make_settings
 
 
 def media_manifest() -> Manifest:

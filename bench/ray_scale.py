@@ -30,13 +30,13 @@ from typing import Any
 
 import grpc
 
-from tests.server_thread import ServerThread, make_settings
 from genserve.server.manifest import Manifest, Modality
 from genserve.server.ray_serve.engine import RayEngine
 from genserve.server.ray_serve.local_cluster import local_cluster
 from genserve.server.ray_serve.placement import RaySettings
 from genserve.server.settings import MediaLimits
 from genserve.v1 import image_pb2, image_pb2_grpc
+from tests.server_thread import ServerThread, make_settings
 
 LOCAL, ONE, TWO = "image-local", "image-ray-1", "image-ray-2"
 CONCURRENCY = 4

@@ -20,10 +20,10 @@ import httpx
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.server_thread import MODEL_STORE
 from genserve.server.manifest import Modality, ModelSpec, load_manifest, manifest_path
 from genserve.server.text.loader import _checkpoint
 from genserve.server.text.weights import prepare_weights
+from tests.server_thread import MODEL_STORE
 
 PROMPT = "Explain what FastAPI is and why people use it."
 

@@ -25,7 +25,7 @@ from genserve.contract.events import (
     media_event_from_pb,
     timings_from_pb,
 )
-from genserve.contract.modalities.transcription import Segment
+from genserve.contract.modalities.transcription import Segment, transcript_text
 from genserve.contract.spec import enum_names, message_to_fields
 
 from .errors import IntegrityError, InternalError
@@ -181,7 +181,7 @@ class TranscriptFold(_PieceFold[Segment, Transcript]):
     def _result(self, final: Any) -> Transcript:
         return Transcript(
             # Segments may or may not carry the space that separates them: normalise.
-            text=" ".join(t for s in self._pieces if (t := s.text.strip())),
+            text=transcript_text(s.text for s in self._pieces),
             segments=tuple(self._pieces),
             language=final.language,
             language_probability=final.language_probability,

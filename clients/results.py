@@ -7,9 +7,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from google.protobuf.json_format import MessageToDict
-
 from genserve.contract.events import Header, Timings
+from genserve.contract.limits import limits_from_struct
 from genserve.contract.modalities.transcription import Segment
 
 
@@ -87,6 +86,6 @@ def catalog(reply: Any) -> Catalog:
     """ListModelsResponse -> Catalog."""
     return Catalog(
         models=tuple(model_info(m) for m in reply.models),
-        limits=MessageToDict(reply.limits),
+        limits=limits_from_struct(reply.limits),
         memory_budget_bytes=reply.memory_budget_bytes,
     )

@@ -77,7 +77,8 @@ def conversation(history: list[Message], spec: ModalitySpec[Any, Any]) -> list[d
         if message.kind == "error":
             if turns and turns[-1]["role"] == "user":
                 turns.pop()
-        elif message.kind == "text":
+        elif message.kind == "text" and str(message.content).strip():
+            # An empty reply is no turn: the server refuses a blank message's content.
             turns.append({"role": message.role, "content": message.content})
     return turns
 

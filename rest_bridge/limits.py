@@ -16,10 +16,10 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 from google.protobuf import struct_pb2
-from google.protobuf.json_format import MessageToDict
 from pydantic import BaseModel, ValidationError
 
 from genserve.contract import SPECS, ModalitySpec
+from genserve.contract.limits import limits_from_struct
 from genserve.v1 import models_pb2, models_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -77,24 +77,8 @@ class ServerLimits:
         return max(self.upload_bytes(spec) for spec in SPECS)
 
 
-def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
-    """A Struct as plain JSON, whole numbers as ints (a Struct holds every number as a double)."""
-    converted: dict[str, Any] = _whole_numbers(MessageToDict(struct))
-    return converted
-
-
-def _whole_numbers(value: Any) -> Any:
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _whole_numbers(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_whole_numbers(v) for v in value]
-    return value
-
-
 def limits_from_pb(limits: struct_pb2.Struct) -> ServerLimits:
-    return ServerLimits.from_dict(struct_to_dict(limits))
+    return ServerLimits.from_dict(limits_from_struct(limits))
 
 
 def fetch_limits(

@@ -14,9 +14,9 @@ from pydantic import BaseModel, Field
 
 from genserve.bridge.backend import BackendHolder, current_metadata
 from genserve.bridge.errors import ERROR_SCHEMA, documented_errors
-from genserve.bridge.limits import struct_to_dict
 from genserve.bridge.settings import BridgeSettings
 from genserve.contract import SPECS
+from genserve.contract.limits import limits_from_struct
 from genserve.v1 import models_pb2
 
 
@@ -70,7 +70,7 @@ def build_models_router(backend: BackendHolder, settings: BridgeSettings) -> API
         )
         return ServerModels(
             models=[ModelInfo.from_pb(m) for m in reply.models],
-            limits=struct_to_dict(reply.limits),
+            limits=limits_from_struct(reply.limits),
             memory_budget_bytes=reply.memory_budget_bytes,
         )
 

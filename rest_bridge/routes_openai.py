@@ -123,7 +123,7 @@ def unknown_model_is_model_not_found() -> Iterator[None]:
 def transcription_answer(
     answer: TextAnswer, response_format: TranscriptionFormat, temperature: float | None
 ) -> Response:
-    text = answer.text.strip()  # Whisper's segments start with a space
+    text = answer.text
     usage = DurationUsage(seconds=answer.final.duration_s)
     if response_format == "text":
         return PlainTextResponse(text)
@@ -174,8 +174,8 @@ class OpenAIRoutes:
         self._backend = backend
         self._limits = limits
         self._timeouts = timeouts
-        self._chat = TextRelay(TEXT.piece, metrics)
-        self._transcript = TextRelay(TRANSCRIPTION.piece, metrics)
+        self._chat = TextRelay(TEXT, metrics)
+        self._transcript = TextRelay(TRANSCRIPTION, metrics)
 
     def add_to(self, router: APIRouter) -> None:
         limits = self._limits

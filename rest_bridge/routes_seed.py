@@ -118,7 +118,7 @@ class SeedRoutes:
         self._upload_bytes = limits.upload_bytes(spec)
         self._backend = backend
         self._timeout = timeouts.for_interaction(spec.interaction)
-        self._relay = TextRelay(spec.piece, metrics)
+        self._relay = TextRelay(spec, metrics)
         answers: dict[Interaction, Answer] = {
             Interaction.TEXT_STREAM: self._text,
             Interaction.MEDIA_STREAM: self._media,

@@ -25,7 +25,6 @@ from genserve.contract import Interaction, ModalitySpec
 # Integers stay within what a JSON number holds exactly (JavaScript's safe integers): a
 # seed's proto bound (int64) would be published rounded, past what the server takes.
 MAX_SAFE_INTEGER = 2**53 - 1
-NOT_BLANK = r"\S"  # the server refuses empty and all-whitespace prompts
 
 
 class JsonBody(BaseModel):

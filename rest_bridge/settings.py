@@ -46,8 +46,6 @@ class GrpcTls(BaseModel):
         return self.enabled or self.root_certificates is not None
 
 
-
-
 class BridgeSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="GENSERVE_BRIDGE_",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -26,6 +26,7 @@ from genserve.bridge.convert import event_dict
 from genserve.bridge.errors import BridgeError, openai_error_body
 from genserve.bridge.observability import BridgeMetrics
 from genserve.bridge.request_id import current_request_id
+from genserve.contract import ModalitySpec
 from genserve.server.errors import http_status_for
 
 SSE_PING_S = 15  # keeps proxies from closing a quiet stream (a long prefill, a slow step)
@@ -120,10 +121,11 @@ class TextAnswer:
 
     pieces: tuple[Any, ...]
     final: Any
+    join: Callable[[Iterable[str]], str]  # the spec's: deltas as they are, segments spaced
 
     @property
     def text(self) -> str:
-        return "".join(piece.text for piece in self.pieces)
+        return self.join(piece.text for piece in self.pieces)
 
 
 class SseShape(Protocol):
@@ -142,8 +144,9 @@ class TextRelay:
     """A text stream: events whose oneof case is `piece` (each with a `.text`), then one
     `final` event."""
 
-    def __init__(self, piece: str, metrics: BridgeMetrics) -> None:
-        self._piece = piece
+    def __init__(self, spec: ModalitySpec[Any, Any], metrics: BridgeMetrics) -> None:
+        self._piece = spec.piece
+        self._join = spec.join
         self._metrics = metrics
 
     async def fold(self, call: Any, first: Any) -> TextAnswer:
@@ -156,7 +159,7 @@ class TextRelay:
                 event = await next_event(call)
             final = self._final(event, kind)
             await until_end(call)
-        return TextAnswer(tuple(pieces), final)
+        return TextAnswer(tuple(pieces), final, self._join)
 
     def sse(self, call: Any, first: Any, shape: SseShape) -> EventSourceResponse:
         return EventSourceResponse(self._events(call, first, shape), ping=SSE_PING_S)

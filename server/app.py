@@ -29,7 +29,7 @@ from genserve.server.interceptors import (
 from genserve.server.interceptors.telemetry import log_access
 from genserve.server.manifest import Manifest, ModelSpec
 from genserve.server.metrics import ServerMetrics
-from genserve.server.modalities import loader_for
+from genserve.server.modalities import limits_of, loader_for
 from genserve.server.reflection import enable_reflection
 from genserve.server.registry import Loader, LoaderFor, ModelEntry, ModelRegistry
 from genserve.server.servicers.models import ModelServicer
@@ -67,6 +67,17 @@ def default_loader_for(settings: Settings) -> LoaderFor:
         return partial(load, settings=settings)
 
     return engine_loader
+
+
+def max_receive_bytes(settings: Settings) -> int:
+    """The largest request: the setting, or more where a spec's published upload limit
+    needs it (a limit the transport refused would publish a bound nobody can reach)."""
+    uploads = [
+        spec.upload.max_bytes(limits_of(spec, settings)) + MiB
+        for spec in SPECS
+        if spec.upload is not None
+    ]
+    return max([settings.max_receive_message_mb * MiB, *uploads])
 
 
 def _ray_engine(modality: Modality, spec: ModelSpec, settings: Settings) -> Engine[Any, Any]:
@@ -113,7 +124,7 @@ class GenServeServer:
                 AuthInterceptor(self.guard, settings.auth.open_reflection, settings.log_prompts),
             ],
             options=[
-                ("grpc.max_receive_message_length", settings.max_receive_message_mb * MiB),
+                ("grpc.max_receive_message_length", max_receive_bytes(settings)),
                 ("grpc.so_reuseport", 0),
             ],
         )

@@ -142,7 +142,7 @@ class ManifestTables(BaseModel):
         return self
 
     def specs(self, modality: Modality) -> tuple[ModelSpec, ...]:
-        specs: tuple[ModelSpec, ...] = getattr(self, modality.value)
+        specs: tuple[ModelSpec, ...] = getattr(self, str(modality))
         return specs
 
     def spec_for(self, modality: Modality) -> ModelSpec | None:

@@ -11,9 +11,9 @@ from typing import Any, TypeVar
 import grpc
 
 from genserve.server.auth.keys import create_key
-from tests.server_thread import ServerThread, make_settings
 from genserve.server.manifest import Manifest, load_manifest, manifest_path
 from genserve.server.settings import AuthSettings
+from tests.server_thread import ServerThread, make_settings
 
 # A text budget one long-prompt request takes more than half of: of two such requests
 # sent together, one is refused and told to wait a few seconds, not a minute. Sent

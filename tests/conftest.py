@@ -8,13 +8,13 @@ import httpx
 import pytest
 import torch
 
-from tests.bridge_thread import BridgeThread
 from genserve.bridge.settings import BridgeSettings
-from tests.server_thread import ServerThread, make_settings
 from genserve.server.logging_setup import configure_logging
 from genserve.server.manifest import load_manifest, manifest_path
 from genserve.server.settings import MediaLimits
+from tests.bridge_thread import BridgeThread
 from tests.media_calls import TEST_CHUNK_SIZE
+from tests.server_thread import ServerThread, make_settings
 
 
 def pytest_configure(config: pytest.Config) -> None:

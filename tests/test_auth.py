@@ -22,7 +22,6 @@ from genserve.client import GenServe, PermissionDeniedError, UnauthenticatedErro
 from genserve.client.cli import main as cli_main
 from genserve.server.auth.exposure import ExposureError
 from genserve.server.auth.keys import MODALITY_NAMES, create_key, load_keys, revoke_key
-from tests.server_thread import ServerThread, make_settings, wait_until
 from genserve.server.manifest import Manifest, Modality
 from genserve.server.settings import AuthSettings, Settings
 from genserve.v1 import image_pb2, image_pb2_grpc, models_pb2, models_pb2_grpc
@@ -36,6 +35,7 @@ from tests.auth_setup import (
     together,
 )
 from tests.media_calls import collect
+from tests.server_thread import ServerThread, make_settings, wait_until
 from tests.text_calls import greedy
 
 

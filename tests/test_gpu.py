@@ -15,9 +15,9 @@ import pytest
 import soundfile
 from PIL import Image
 
-from tests.server_thread import ServerThread, make_settings
 from genserve.server.manifest import Manifest, load_manifest, manifest_path
 from genserve.v1 import models_pb2, models_pb2_grpc
+from tests.server_thread import ServerThread, make_settings
 from tests.test_media import audio, image, mesh, video
 from tests.text_calls import generate, greedy
 

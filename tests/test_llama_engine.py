@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.server_thread import MODEL_STORE
 from genserve.server.errors import InvalidArgument, ResourceExhausted, Unavailable
 from genserve.server.manifest import Modality, load_manifest, manifest_path
 from genserve.server.text.llama_engine import (
@@ -26,6 +25,7 @@ from genserve.server.text.types import (
     TextFinal,
     TextRequest,
 )
+from tests.server_thread import MODEL_STORE
 
 WAIT_S = 60.0
 SYSTEM = "You are a helpful assistant. You answer in one short paragraph, in plain English."

@@ -27,7 +27,6 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.server_thread import MODEL_STORE
 from genserve.v1 import (
     audio_pb2,
     audio_pb2_grpc,
@@ -43,6 +42,7 @@ from genserve.v1 import (
     video_pb2_grpc,
 )
 from tests.media_calls import png_bytes
+from tests.server_thread import MODEL_STORE
 
 CLIENTS = 16
 LOAD_S = 20.0

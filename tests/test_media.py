@@ -14,7 +14,6 @@ import pytest
 import soundfile
 from PIL import Image
 
-from tests.server_thread import ServerThread
 from genserve.server.engine.serial import SerialEngine
 from genserve.server.manifest import Modality
 from genserve.server.media.mesh_files import obj_blocks
@@ -29,6 +28,7 @@ from genserve.v1 import (
     video_pb2_grpc,
 )
 from tests.media_calls import TEST_CHUNK_SIZE, MediaResult, collect, png_bytes
+from tests.server_thread import ServerThread
 
 WORKER_IDLE_TIMEOUT_S = 60
 

@@ -19,7 +19,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.server_thread import ServerThread, make_settings, wait_until
 from genserve.server.manifest import Manifest, Modality, load_manifest
 from genserve.server.ray_serve.engine import RayEngine
 from genserve.server.ray_serve.local_cluster import local_cluster
@@ -27,6 +26,7 @@ from genserve.server.ray_serve.placement import RaySettings
 from genserve.server.ray_serve.wire import ReplicaStatus
 from genserve.v1 import image_pb2, image_pb2_grpc, models_pb2, models_pb2_grpc
 from tests.media_calls import TEST_CHUNK_SIZE, collect
+from tests.server_thread import ServerThread, make_settings, wait_until
 from tests.text_calls import generate, greedy
 
 MANIFEST = Path(__file__).parent / "manifests" / "ray_two_replicas.toml"

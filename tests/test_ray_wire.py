@@ -12,14 +12,14 @@ import grpc
 import pytest
 from pydantic import ValidationError
 
-from genserve.server.errors import InvalidArgument, ResourceExhausted
-from genserve.server.manifest import ModelSpec
 from genserve.contract.events import Chunk, Final, Header, Progress
 from genserve.contract.modalities.audio import AudioParams
 from genserve.contract.modalities.image import ImageFormat, ImageParams
 from genserve.contract.modalities.mesh import MeshFormat, MeshParams
 from genserve.contract.modalities.transcription import Segment, TranscriptionFinal
 from genserve.contract.modalities.video import VideoParams
+from genserve.server.errors import InvalidArgument, ResourceExhausted
+from genserve.server.manifest import ModelSpec
 from genserve.server.media.embedding import Embeddings
 from genserve.server.ray_serve.placement import RayPlacement
 from genserve.server.ray_serve.wire import ReplicaError, ReplicaInfo, ReplicaStatus

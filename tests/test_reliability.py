@@ -15,12 +15,12 @@ import grpc
 import pytest
 
 from genserve.server.admission import AdmissionLimits, Cost, SpeedEstimate, admit
-from tests.server_thread import ServerThread, make_settings
 from genserve.server.errors import FailedPrecondition, InvalidArgument
 from genserve.server.manifest import Manifest, Modality, load_manifest, manifest_path
 from genserve.server.settings import MediaLimits
 from genserve.v1 import image_pb2, image_pb2_grpc, text_pb2_grpc, video_pb2, video_pb2_grpc
 from tests.media_calls import collect, png_bytes
+from tests.server_thread import ServerThread, make_settings
 from tests.text_calls import greedy
 
 

@@ -7,8 +7,8 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.server_thread import ServerThread
 from genserve.v1 import text_pb2
+from tests.server_thread import ServerThread
 from tests.text_calls import generate, greedy
 
 MAX_NEW_TOKENS_LIMIT = 2048  # Settings().text.max_new_tokens

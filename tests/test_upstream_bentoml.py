@@ -16,11 +16,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
-from tests.server_thread import MODEL_STORE, ServerThread, make_settings
 from genserve.server.manifest import Manifest
 from genserve.server.settings import MediaLimits
 from genserve.v1 import image_pb2, image_pb2_grpc, text_pb2, text_pb2_grpc
 from tests.media_calls import TEST_CHUNK_SIZE, collect
+from tests.server_thread import MODEL_STORE, ServerThread, make_settings
 from tests.text_calls import collect_text
 from tests.upstreams.bentoml_process import BentoMLProcess, free_port
 

@@ -22,7 +22,6 @@ from PIL import Image
 
 from bench.server_process import free_port
 from genserve.server.auth.keys import create_key
-from tests.server_thread import ServerThread
 from genserve.server.manifest import Manifest
 from genserve.server.settings import MediaLimits
 from genserve.v1 import (
@@ -37,6 +36,7 @@ from genserve.v1 import (
 )
 from tests.auth_setup import auth_server, bearer
 from tests.media_calls import TEST_CHUNK_SIZE, MediaResult, collect
+from tests.server_thread import ServerThread
 from tests.text_calls import collect_text
 from tests.upstream_setup import (
     BUDGET_DRAIN_TOKENS,

@@ -7,13 +7,13 @@ from typing import Any
 
 import grpc
 
-from tests.server_thread import ServerThread
 from genserve.server.manifest import Modality
 from genserve.server.text.batching_engine import BatchingTextEngine
 from genserve.server.text.engine import TextEngine
 from genserve.server.text.llama_engine import LlamaCppTextEngine
 from genserve.server.text.transformers_engine import SerialTextEngine
 from genserve.v1 import text_pb2, text_pb2_grpc
+from tests.server_thread import ServerThread
 
 
 @dataclass

@@ -18,8 +18,8 @@ import tomli_w
 from bench.server_process import free_port, wait_serving
 from bench.text_throughput import wait_http
 from genserve.server.auth.keys import create_key
-from tests.server_thread import MODEL_STORE
 from genserve.server.manifest import load_manifest, manifest_path
+from tests.server_thread import MODEL_STORE
 
 # Text costs prompt/4 + max_new_tokens units. A request asking for BUDGET_DRAIN_TOKENS
 # new tokens but stopped after a few by a stop sequence takes the `throttled` key's whole

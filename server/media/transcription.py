@@ -210,12 +210,17 @@ def load_transcription_engine(spec: ModelSpec, settings: Settings) -> Transcript
     # cpu_threads=0: CTranslate2's default; no settings knob is meant for this engine.
     model = WhisperModel(source, device=device, compute_type=compute_type, cpu_threads=0)
     english_only = not model.model.is_multilingual
+    languages = frozenset(model.supported_languages)
     limits: TranscriptionLimits = TRANSCRIPTION.limits_from(settings.sections())
 
     def work(params: TranscriptionParams, job: Job[TranscriptionEvent]) -> None:
         if english_only and params.language not in ("", "en"):
             raise InvalidArgument(
                 "language", f"{spec.name} transcribes English only, got {params.language!r}"
+            )
+        if params.language and params.language not in languages:
+            raise InvalidArgument(
+                "language", f"{spec.name} knows no language {params.language!r} (ISO 639-1)"
             )
         audio = decode_audio(params.audio, limits.max_duration_s, lambda: job.cancelled)
         job.check_cancelled()

@@ -35,6 +35,8 @@ def check_image(params: VideoParams, limits: VideoBounds) -> VideoParams:
                     f"{limits.max_image_pixels}",
                 )
             image.load()
+    except InvalidField:
+        raise  # a refusal of ours (a ValueError), not a decoding failure
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise InvalidField(
             "image", f"its pixels exceed the limit of {limits.max_image_pixels}"

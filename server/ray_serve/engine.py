@@ -26,24 +26,20 @@ from ray.serve._private.common import ReplicaState  # the key of serve.status()'
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
-from genserve.contract.events import Final
 from genserve.server.engine.contract import EngineStats
 from genserve.server.errors import ResourceExhausted, Unavailable
 from genserve.server.media.embedding import Embeddings
-from genserve.server.ray_serve.wire import ReplicaError, ReplicaInfo, ReplicaStatus
+from genserve.server.ray_serve.wire import ReplicaError, ReplicaInfo, ReplicaStatus, is_final
 from genserve.server.request_context import (
     current_call_details,
     current_request_id,
     seconds_left,
 )
-from genserve.server.text.types import TextFinal
 
 logger = logging.getLogger(__name__)
 
 # Tries per request when a replica dies before the caller got anything.
 ATTEMPTS = 2
-# The last event of a whole stream: text and media end with their final, embeddings are one.
-COMPLETE = (TextFinal, Final, Embeddings)
 
 
 class RayEngine:
@@ -161,7 +157,8 @@ class RayEngine:
                     response.cancel()
                 except Exception:  # cancel() re-raises the routing error: keep ours
                     logger.debug("cancelling a call of %s", self.name, exc_info=True)
-        if not isinstance(last, COMPLETE):  # a stream must end with its final event
+        # A stream must end with its final event; a unary answer (embeddings) is one event.
+        if not (is_final(last) or isinstance(last, Embeddings)):
             raise Unavailable(f"model {self.name}: the replica's stream ended early; retry")
 
     # -- introspection (tests, operators) ------------------------------------------------------

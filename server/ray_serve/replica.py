@@ -20,15 +20,13 @@ from typing import Any
 import ray
 from ray import serve
 
-from genserve.contract.events import Final
 from genserve.server.engine.contract import Engine
 from genserve.server.errors import ServingError
 from genserve.server.manifest import Modality, ModelSpec
 from genserve.server.ray_serve.board import board_for
 from genserve.server.ray_serve.placement import app_name
-from genserve.server.ray_serve.wire import ReplicaError, ReplicaInfo, ReplicaStatus
+from genserve.server.ray_serve.wire import ReplicaError, ReplicaInfo, ReplicaStatus, is_final
 from genserve.server.settings import Settings
-from genserve.server.text.types import TextFinal
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +69,7 @@ class EngineReplica:
             async with asyncio.timeout(limit):
                 async for event in self._engine.generate(request):
                     self._events += 1
-                    if isinstance(event, Final | TextFinal):
+                    if is_final(event):
                         event = replace(event, replica=self.info.id)
                     yield event
         except ServingError as error:  # refused by the engine: the caller's code and message

@@ -3,7 +3,7 @@ picklable values."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass
 
 import grpc
 
@@ -52,3 +52,9 @@ class ReplicaError(Exception):
         error.grpc_code = grpc.StatusCode[self.code]
         error.retry_after_s = self.retry_after_s
         return error
+
+
+def is_final(event: object) -> bool:
+    """A stream's last event: every modality's final event names the replica that made it
+    (a `replica` field), so no list of final types needs keeping here."""
+    return is_dataclass(event) and any(f.name == "replica" for f in fields(event))

@@ -44,7 +44,10 @@ class RequestConverter:
         self.limits = limits_of(spec, settings)
         self._registry = registry
         self._defaults = {
-            entry.name: defaults_for(spec, entry.spec) for entry in registry.entries(spec.name)
+            entry.name: checked_defaults(
+                spec, entry.name, defaults_for(spec, entry.spec), self.limits
+            )
+            for entry in registry.entries(spec.name)
         }
         self._hook: Callable[[Any, Any], Any] | None = None  # imported on first use
 
@@ -65,6 +68,17 @@ class RequestConverter:
             return await asyncio.to_thread(self._hook, params, self.limits)
         except InvalidField as invalid:
             raise InvalidArgument.of(invalid) from None
+
+
+def checked_defaults(
+    spec: ModalitySpec[Any, Any], model: str, defaults: BaseModel, limits: Any
+) -> BaseModel:
+    """A model's manifest defaults within the server's bounds, or the server does not start."""
+    try:
+        spec.check_defaults(defaults, limits)
+    except InvalidField as invalid:
+        raise ValueError(f"model {model}: [{spec.name}.defaults] {invalid}") from None
+    return defaults
 
 
 def admit_request(

@@ -82,10 +82,7 @@ def chat_turns(params: TextParams, limits: TextLimits) -> tuple[ChatTurn, ...]:
     turns: list[ChatTurn] = []
     if params.system_prompt and not any(m.role == "system" for m in params.messages):
         turns.append(ChatTurn("system", params.system_prompt))
-    for i, message in enumerate(params.messages):
-        if not message.content.strip():
-            raise InvalidArgument(f"messages[{i}].content", "must not be empty")
-        turns.append(ChatTurn(message.role, message.content))
+    turns.extend(ChatTurn(message.role, message.content) for message in params.messages)
     if params.prompt.strip():
         turns.append(ChatTurn("user", params.prompt))
     total_chars = sum(len(t.content) for t in turns)

@@ -7,6 +7,10 @@ its own fields win, so audio's shorter prompt limit is audio's.
 
 from __future__ import annotations
 
+from typing import Any
+
+from google.protobuf import struct_pb2
+from google.protobuf.json_format import MessageToDict
 from pydantic import BaseModel, Field
 
 
@@ -92,3 +96,20 @@ class VideoBounds(VideoLimits, MediaLimits):
 
 class MeshBounds(MeshLimits, MediaLimits):
     pass
+
+
+def limits_from_struct(struct: struct_pb2.Struct) -> dict[str, Any]:
+    """ListModels' `limits` as plain JSON, whole numbers as ints (a Struct holds every
+    number as a double: 2048, not 2048.0)."""
+    converted: dict[str, Any] = _whole_numbers(MessageToDict(struct))
+    return converted
+
+
+def _whole_numbers(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _whole_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers(v) for v in value]
+    return value

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from functools import cache
@@ -20,7 +20,7 @@ from typing import Annotated, Any, Generic, Literal, ParamSpec, TypeVar, get_arg
 
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
 P = ParamSpec("P")
 L = TypeVar("L", bound=BaseModel)
@@ -90,6 +90,8 @@ class ModalitySpec(Generic[P, L]):
     upload: Upload | None = None
     attachment: bool = False  # HTTP: offered as a download rather than shown inline
     piece: str = ""  # text streams: the event's oneof case that carries text
+    # Text streams: the whole text from its pieces' texts (deltas join as they are).
+    join: Callable[[Iterable[str]], str] = "".join
     # Checks across fields (width x height) after the per-field bounds; InvalidField.
     check: Callable[[Any, L], None] | None = None
     # Streams other than media: the engine's plain events to protobuf.
@@ -168,8 +170,31 @@ class ModalitySpec(Generic[P, L]):
         return _bounded(self, _freeze(limits), partial=True, base=base)
 
     def defaults_model(self) -> type[BaseModel]:
-        """A model's `[<modality>.defaults]`: any params_type field, none required."""
-        return _defaults_model(self.params_type)
+        """A model's `[<modality>.defaults]`: any params_type field a default can stand
+        for, none required. A request field without presence (`prompt`, an upload) is
+        always sent, so a default for it would never apply: it is not one."""
+        return _defaults_model(self.params_type, frozenset(self._always_sent()))
+
+    def _always_sent(self) -> list[str]:
+        return [
+            f.name
+            for f in self.request_descriptor.fields
+            if not f.has_presence and not _is_repeated(f) and f.enum_type is None
+        ]
+
+    def check_defaults(self, defaults: BaseModel, limits: L) -> None:
+        """A model's defaults within the bounds (InvalidField naming the field otherwise):
+        a bad manifest fails when the server starts, not at every request."""
+        model = self.params_model(limits)
+        for name, value in defaults.model_dump(exclude_none=True).items():
+            info = model.model_fields[name]
+            try:
+                field: Any = Annotated[info.annotation, info]
+                TypeAdapter(field).validate_python(value)
+            except ValidationError as error:
+                first = error.errors(include_url=False)[0]
+                problem = _problem(first, self.bounds(limits).get(name, {}))
+                raise InvalidField(name, problem) from None
 
     def params_from(
         self,
@@ -413,10 +438,11 @@ def _bounded_annotation(annotation: Any, bound: dict[str, Any]) -> Any:
 
 
 @cache
-def _defaults_model(params_type: type[BaseModel]) -> type[BaseModel]:
+def _defaults_model(params_type: type[BaseModel], always_sent: frozenset[str]) -> type[BaseModel]:
     definitions: dict[str, Any] = {
         name: (info.annotation | None, None)  # type: ignore[operator]
         for name, info in params_type.model_fields.items()
+        if name not in always_sent
     }
     return create_model(
         f"{params_type.__name__}Defaults",
@@ -441,8 +467,3 @@ def prompt_bounds(max_chars: int) -> dict[str, Any]:
 
 def finite(low: float, high: float) -> dict[str, Any]:
     return {"ge": low, "le": high, "allow_inf_nan": False}
-
-
-def check_not_nan(name: str, value: float) -> None:
-    if math.isnan(value):
-        raise InvalidField(name, "must be a number, got NaN")

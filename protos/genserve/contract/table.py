@@ -40,7 +40,6 @@ class Modality(StrEnum):
 assert [m.value for m in Modality] == [s.name for s in SPECS], "one Modality per spec"
 
 _BY_NAME: dict[str, ModalitySpec[Any, Any]] = {name: spec for spec in SPECS for name in spec.names}
-_BY_SERVICE: dict[str, ModalitySpec[Any, Any]] = {spec.service: spec for spec in SPECS}
 
 
 def spec_for(name: str) -> ModalitySpec[Any, Any]:
@@ -50,8 +49,3 @@ def spec_for(name: str) -> ModalitySpec[Any, Any]:
     except KeyError:
         known = ", ".join(spec.name for spec in SPECS)
         raise KeyError(f"no modality {name!r}; known: {known}") from None
-
-
-def spec_for_service(service: str) -> ModalitySpec[Any, Any] | None:
-    """The spec of a full gRPC service name (genserve.v1.ImageService)."""
-    return _BY_SERVICE.get(service)

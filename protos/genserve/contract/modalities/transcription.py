@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,8 +12,6 @@ from genserve.contract import samples
 from genserve.contract.events import Timings, timings_to_pb
 from genserve.contract.spec import Cost, Interaction, ModalitySpec, Upload, finite
 from genserve.v1 import transcription_pb2
-
-AUDIO_TYPES = ("audio/wav", "audio/flac", "audio/mpeg", "audio/ogg")
 
 
 class TranscriptionLimits(BaseModel):
@@ -96,6 +95,12 @@ def transcription_event_to_pb(event: TranscriptionEvent) -> transcription_pb2.Tr
     )
 
 
+def transcript_text(segments: Iterable[str]) -> str:
+    """The transcript from its segments: each stripped (Whisper starts each with a space),
+    joined by one space."""
+    return " ".join(text for segment in segments if (text := segment.strip()))
+
+
 TRANSCRIPTION = ModalitySpec(
     name="transcription",
     aliases=("speech-to-text", "stt", "asr"),
@@ -117,6 +122,7 @@ TRANSCRIPTION = ModalitySpec(
     default_engine="faster-whisper",
     upload=Upload("audio", "WAV, FLAC, MP3 or OGG", lambda limits: limits.max_audio_bytes),
     piece="segment",
+    join=transcript_text,
     event_to_pb=transcription_event_to_pb,
     server_hook="genserve.server.media.transcription:read_audio_header",
     example=lambda: {"audio": samples.wav(1.0), "language": "en"},
