@@ -389,10 +389,8 @@ def test_health_models_and_limits(gs: GenServe) -> None:
 def test_transcription(gs: GenServe, tmp_path: Path) -> None:
     from tests.speech import ESPEAK, ESPEAK_MISSING, SENTENCE, speak, word_error_rate
 
-    if not any(m.modality == "transcription" for m in gs.models()):
-        pytest.skip("the tiny profile serves no transcription model")
-    if ESPEAK is None:
-        pytest.skip(ESPEAK_MISSING)
+    assert any(m.modality == "transcription" for m in gs.models())
+    assert ESPEAK is not None, ESPEAK_MISSING
     audio = speak(SENTENCE, tmp_path / "sentence.wav")
     segments = list(gs.transcription.stream(audio))
     transcript = gs.stt.generate(tmp_path / "sentence.wav")

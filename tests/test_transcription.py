@@ -152,8 +152,7 @@ def test_decode_stops_at_the_duration_limit() -> None:
 
 @pytest.fixture(scope="module")
 def speech(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    if ESPEAK is None:
-        pytest.skip(ESPEAK_MISSING)
+    assert ESPEAK is not None, ESPEAK_MISSING
     return speak(SENTENCE, tmp_path_factory.mktemp("speech") / "sentence.wav")
 
 
