@@ -212,7 +212,9 @@ class OpenAIRoutes:
 
     async def chat_completions(self, body: ChatCompletionRequest) -> Any:
         call = self._call(TEXT)(
-            chat_request_pb(body), metadata=current_metadata(), timeout=self._timeouts.text
+            chat_request_pb(body),
+            metadata=current_metadata(),
+            timeout=self._timeouts.for_spec(TEXT),
         )
         with unknown_model_is_model_not_found():
             first = await next_event(call)
@@ -230,7 +232,7 @@ class OpenAIRoutes:
             reply = await self._call(EMBEDDING)(
                 embedding_pb2.EmbedRequest(texts=texts, model=body.model),
                 metadata=current_metadata(),
-                timeout=self._timeouts.embedding,
+                timeout=self._timeouts.for_spec(EMBEDDING),
             )
         data = []
         for index, vector in enumerate(reply.embeddings):
@@ -255,7 +257,7 @@ class OpenAIRoutes:
         call = self._call(IMAGE)(
             image_pb2.ImageGenerateRequest(**fields),
             metadata=current_metadata(),
-            timeout=self._timeouts.media,
+            timeout=self._timeouts.for_spec(IMAGE),
         )
         png = bytearray()
         with ends_with(call), unknown_model_is_model_not_found():
@@ -268,7 +270,9 @@ class OpenAIRoutes:
 
     async def speech(self, body: SpeechRequest) -> Response:
         call = self._call(AUDIO)(
-            speech_request_pb(body), metadata=current_metadata(), timeout=self._timeouts.media
+            speech_request_pb(body),
+            metadata=current_metadata(),
+            timeout=self._timeouts.for_spec(AUDIO),
         )
         with unknown_model_is_model_not_found():
             return await media_file_response(call, attachment=False)
@@ -294,7 +298,7 @@ class OpenAIRoutes:
             }
         )
         call = self._call(TRANSCRIPTION)(
-            request, metadata=current_metadata(), timeout=self._timeouts.text
+            request, metadata=current_metadata(), timeout=self._timeouts.for_spec(TRANSCRIPTION)
         )
         with unknown_model_is_model_not_found():
             first = await next_event(call)

@@ -117,7 +117,7 @@ class SeedRoutes:
         self._limits = limits.of(spec)
         self._upload_bytes = limits.upload_bytes(spec)
         self._backend = backend
-        self._timeout = timeouts.for_interaction(spec.interaction)
+        self._timeout = timeouts.for_spec(spec)
         self._relay = TextRelay(spec, metrics)
         answers: dict[Interaction, Answer] = {
             Interaction.TEXT_STREAM: self._text,

@@ -6,31 +6,34 @@ Request bounds are not set here: they are the server's, read from it (see limits
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from genserve.contract import Interaction
+from genserve.contract import Interaction, ModalitySpec
 from genserve.server.settings import AuthSettings
 
 
 class Timeouts(BaseModel):
-    """Per-call gRPC deadlines, seconds: one per kind of call (see `for_interaction`), so a
-    new modality needs none of its own."""
+    """Per-call gRPC deadlines, seconds. A modality's call takes its spec's SDK timeout
+    (`sdk_timeout_s`: the same deadline as through the SDK) unless its kind of call is set
+    here, so a new modality needs none of its own."""
 
-    text: float = Field(300.0, description="text streams: chat, transcription")
-    media: float = Field(900.0, description="media streams: image, audio, video, 3D")
-    embedding: float = Field(60.0, description="unary calls: embeddings")
+    text: float | None = Field(None, gt=0, description="text streams: chat, transcription")
+    media: float | None = Field(None, gt=0, description="media streams: image, audio, video, 3D")
+    embedding: float | None = Field(None, gt=0, description="unary calls: embeddings")
     health: float = 2.0  # also ListModels
     models: float = 900.0  # LoadModel (a cold load) and UnloadModel (drains in-flight requests)
     limits: float = Field(30.0, description="at start, waiting for the server's limits")
 
-    def for_interaction(self, interaction: Interaction) -> float:
-        if interaction is Interaction.TEXT_STREAM:
-            return self.text
-        if interaction is Interaction.MEDIA_STREAM:
-            return self.media
-        return self.embedding
+    def for_spec(self, spec: ModalitySpec[Any, Any]) -> float:
+        by_kind = {
+            Interaction.TEXT_STREAM: self.text,
+            Interaction.MEDIA_STREAM: self.media,
+            Interaction.UNARY: self.embedding,
+        }[spec.interaction]
+        return by_kind if by_kind is not None else spec.sdk_timeout_s
 
 
 class GrpcTls(BaseModel):
