@@ -32,7 +32,7 @@ from .errors import (
     UnauthenticatedError,
     UnavailableError,
 )
-from .results import Catalog, MediaResult, ModelInfo, TextResult, Transcript
+from .results import Catalog, MediaResult, ModelInfo, PiecesResult, TextResult, Transcript
 from .sync_client import GenServe, StreamCalls, UnaryCalls
 
 __all__ = [
@@ -56,6 +56,7 @@ __all__ = [
     "ModelInfo",
     "NotFoundError",
     "PermissionDeniedError",
+    "PiecesResult",
     "Progress",
     "RequestCancelledError",
     "ResourceExhaustedError",

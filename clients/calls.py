@@ -8,10 +8,14 @@ A client reaches a modality three ways, all from the table of specs:
     gs.image.generate(...)      # the same, as an attribute ("text_to_image" for
                                 # "text-to-image")
 
-The typed accessors (media_calls, text_calls, transcript_calls, unary_calls) take the
-spec's ParamSpec, so an editor completes the proto's fields and mypy checks them; the
-spec's type does not say its interaction, so that choice is the caller's (checked here
-at run time). The by-name forms are typed Any.
+The typed accessors (media_calls, text_calls, transcript_calls, pieces_calls,
+unary_calls) take the spec's ParamSpec, so an editor completes the proto's fields and
+mypy checks them; the spec's type does not say its interaction, so that choice is the
+caller's (checked here at run time). The by-name forms are typed Any.
+
+A text stream whose piece has no dedicated fold (a new modality's "caption", say) makes
+pieces calls: its pieces as plain fields, its text joined by the spec's `join`. Any text
+stream may be called that way (`pieces_calls(TRANSCRIPTION)`).
 """
 
 from __future__ import annotations
@@ -40,9 +44,11 @@ class Kind(StrEnum):
     MEDIA = "media"  # header, progress, chunks, final -> MediaResult
     TEXT = "text"  # text deltas, final -> TextResult
     TRANSCRIPT = "transcript"  # segments, final -> Transcript
+    PIECES = "pieces"  # any other text stream: pieces as plain fields, final -> PiecesResult
     UNARY = "unary"  # one reply, as plain fields
 
 
+# The text-stream pieces with a fold of their own; any other piece makes pieces calls.
 PIECE_KINDS = {"delta": Kind.TEXT, "segment": Kind.TRANSCRIPT}
 
 
@@ -51,12 +57,15 @@ def kind_of(spec: ModalitySpec[Any, Any]) -> Kind:
         return Kind.MEDIA
     if spec.interaction is Interaction.UNARY:
         return Kind.UNARY
-    return PIECE_KINDS[spec.piece]
+    return PIECE_KINDS.get(spec.piece, Kind.PIECES)
 
 
 def expect(spec: ModalitySpec[P, Any], kind: Kind) -> ModalitySpec[P, Any]:
+    """The spec, if it can make this kind of call: its own kind, or pieces for any text
+    stream (the generic fold reads every one); TypeError otherwise."""
     actual = kind_of(spec)
-    if actual is not kind:
+    generic = kind is Kind.PIECES and spec.interaction is Interaction.TEXT_STREAM
+    if actual is not kind and not generic:
         raise TypeError(f"{spec.name} makes {actual.value} calls: use {actual.value}_calls()")
     return spec
 

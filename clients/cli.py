@@ -2,7 +2,8 @@
 
 One subcommand per modality (its name or any alias), with every field of its proto
 request as a flag. Media commands write a file and show a
-progress bar; text streams to stdout; transcripts print each segment as it comes.
+progress bar; text streams to stdout; transcripts print each segment as it comes; any
+other text stream prints its pieces' text as it comes, joined by its spec's rule.
 
 Exit codes: 0 done; 2 bad flags; 3 the server refused the input (INVALID_ARGUMENT);
 4 the server or model is unavailable (or the queue is full); 5 deadline exceeded;
@@ -38,6 +39,7 @@ from .errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
+from .folds import joined_increments, piece_text
 from .sync_client import GenServe
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INVALID, EXIT_UNAVAILABLE, EXIT_DEADLINE = 0, 1, 2, 3, 4, 5
@@ -137,6 +139,18 @@ def _run_transcript(args: argparse.Namespace, calls: Any, fields: dict[str, Any]
     return EXIT_OK
 
 
+def _run_pieces(args: argparse.Namespace, calls: Any, fields: dict[str, Any]) -> int:
+    if args.json:
+        _print_json(asdict(calls.generate(**fields)))
+        return EXIT_OK
+    texts = (piece_text(piece) for piece in calls.stream(**fields) if "text" in piece)
+    for added in joined_increments(args.spec.join, texts):
+        sys.stdout.write(added)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return EXIT_OK
+
+
 def _run_unary(args: argparse.Namespace, calls: Any, fields: dict[str, Any]) -> int:
     reply = calls.create(**fields)
     if args.json:
@@ -150,6 +164,7 @@ RUNNERS: dict[Kind, Callable[[argparse.Namespace, Any, dict[str, Any]], int]] = 
     Kind.MEDIA: _run_media,
     Kind.TEXT: _run_text,
     Kind.TRANSCRIPT: _run_transcript,
+    Kind.PIECES: _run_pieces,
     Kind.UNARY: _run_unary,
 }
 

@@ -3,14 +3,17 @@ the piece worth showing the caller as it comes (a text delta, a transcript segme
 media event) and, at the end, the whole result.
 
 Which fold a spec gets follows its interaction and, for text streams, its piece (the
-event's oneof case that carries text): no per-modality code.
+event's oneof case that carries text): no per-modality code. Text deltas and transcript
+segments have folds of their own; any other piece gets PiecesFold, its pieces as plain
+fields. Every text stream's whole text is its pieces' texts joined by the spec's `join`.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
+from functools import partial
 from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
@@ -25,17 +28,18 @@ from genserve.contract.events import (
     media_event_from_pb,
     timings_from_pb,
 )
-from genserve.contract.modalities.transcription import Segment, transcript_text
-from genserve.contract.spec import enum_names, message_to_fields
+from genserve.contract.modalities.transcription import Segment
+from genserve.contract.spec import ModalitySpec, enum_names, message_to_fields
 
 from .errors import IntegrityError, InternalError
-from .results import MediaResult, TextResult, Transcript
+from .results import MediaResult, PiecesResult, TextResult, Transcript
 
 PieceT = TypeVar("PieceT", covariant=True)
 ResultT = TypeVar("ResultT", covariant=True)
 Piece = TypeVar("Piece")
 Result = TypeVar("Result")
 ProgressCallback = Callable[[Progress], None]
+Join = Callable[[Iterable[str]], str]  # a spec's `join`: the whole text from its pieces' texts
 
 
 class Fold(Protocol[PieceT, ResultT]):
@@ -122,12 +126,21 @@ class MediaFold:
 
 
 class _PieceFold(Generic[Piece, Result]):
-    """A text stream: pieces (the oneof case the spec names its `piece`), then a final."""
+    """A text stream: pieces (the oneof case the spec names its `piece`), then a final.
+    `join` and `piece` are the spec's (see piece_fold)."""
 
     def __init__(
-        self, request_id: str, on_progress: ProgressCallback | None = None, collect: bool = True
+        self,
+        request_id: str,
+        on_progress: ProgressCallback | None = None,
+        collect: bool = True,
+        *,
+        join: Join = "".join,
+        piece: str = "",
     ) -> None:
         self._request_id = request_id
+        self._join = join
+        self._piece_case = piece
         self._pieces: list[Piece] = []
         self._final: Any = None
 
@@ -162,7 +175,7 @@ class TextFold(_PieceFold[str, TextResult]):
     def _result(self, final: Any) -> TextResult:
         reasons = enum_names(final.DESCRIPTOR.fields_by_name["finish_reason"].enum_type)
         return TextResult(
-            text="".join(self._pieces),
+            text=self._join(self._pieces),
             finish_reason=reasons.get(final.finish_reason, "stop"),
             prompt_tokens=final.usage.prompt_tokens,
             completion_tokens=final.usage.completion_tokens,
@@ -180,8 +193,7 @@ class TranscriptFold(_PieceFold[Segment, Transcript]):
 
     def _result(self, final: Any) -> Transcript:
         return Transcript(
-            # Segments may or may not carry the space that separates them: normalise.
-            text=transcript_text(s.text for s in self._pieces),
+            text=self._join(s.text for s in self._pieces),
             segments=tuple(self._pieces),
             language=final.language,
             language_probability=final.language_probability,
@@ -189,6 +201,55 @@ class TranscriptFold(_PieceFold[Segment, Transcript]):
             timings=timings_from_pb(final.timings),
             request_id=self._request_id,
         )
+
+
+class PiecesFold(_PieceFold[dict[str, Any], PiecesResult]):
+    """Any other text stream: each piece (the spec's `piece` case; any case but the final
+    when it names none) as plain fields, then a final event -> PiecesResult, whose text is
+    the pieces' `text` fields joined by the spec's `join`."""
+
+    def _piece(self, event: Any) -> dict[str, Any] | None:
+        case = _case(event)
+        if case is None or (self._piece_case and case != self._piece_case):
+            return None
+        value = getattr(event, case)
+        return message_to_fields(value) if isinstance(value, Message) else {case: value}
+
+    def _result(self, final: Any) -> PiecesResult:
+        return PiecesResult(
+            text=self._join(piece_text(piece) for piece in self._pieces if "text" in piece),
+            pieces=tuple(self._pieces),
+            final=message_to_fields(final),
+            request_id=self._request_id,
+        )
+
+
+def piece_fold(
+    fold: type[_PieceFold[Piece, Result]], spec: ModalitySpec[Any, Any]
+) -> FoldFactory[Piece, Result]:
+    """A text-stream fold for the spec: its piece, its join."""
+    return partial(fold, join=spec.join, piece=spec.piece)
+
+
+def piece_text(piece: dict[str, Any]) -> str:
+    """A generic piece's text: its `text` field ("" when it has none)."""
+    text = piece.get("text", "")
+    return text if isinstance(text, str) else ""
+
+
+def joined_increments(join: Join, texts: Iterable[str]) -> Iterator[str]:
+    """What each text adds to the whole (the join of the texts so far), for showing as it
+    comes: one after another they spell the joined text, separators included. A join that
+    changes what was already shown restarts on a new line with the piece's text."""
+    seen: list[str] = []
+    shown = ""
+    for text in texts:
+        seen.append(text)
+        whole = join(seen)
+        added = whole[len(shown) :] if whole.startswith(shown) else "\n" + text
+        shown = whole
+        if added:
+            yield added
 
 
 def reply_fields(reply: Message) -> dict[str, Any]:

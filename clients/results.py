@@ -53,6 +53,17 @@ class Transcript:
 
 
 @dataclass(frozen=True)
+class PiecesResult:
+    """A text stream whose pieces have no dedicated fold: each piece and the final event
+    as plain fields (the proto's names, enums by their short names)."""
+
+    text: str  # the pieces' `text` fields, joined by the spec's `join`
+    pieces: tuple[dict[str, Any], ...]
+    final: dict[str, Any]
+    request_id: str | None
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     name: str
     modality: str

@@ -18,8 +18,18 @@ from . import admin, defaults
 from .calls import BaseCalls, ClientBase, Kind, Rpc, expect
 from .channel import new_request_id
 from .errors import from_rpc_error
-from .folds import FoldFactory, MediaFold, PieceT, ResultT, TextFold, TranscriptFold, reply_fields
-from .results import Catalog, MediaResult, ModelInfo, TextResult, Transcript
+from .folds import (
+    FoldFactory,
+    MediaFold,
+    PiecesFold,
+    PieceT,
+    ResultT,
+    TextFold,
+    TranscriptFold,
+    piece_fold,
+    reply_fields,
+)
+from .results import Catalog, MediaResult, ModelInfo, PiecesResult, TextResult, Transcript
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -36,10 +46,17 @@ class GenServe(ClientBase):
         return StreamCalls(self, expect(spec, Kind.MEDIA), MediaFold)
 
     def text_calls(self, spec: ModalitySpec[P, Any]) -> StreamCalls[P, str, TextResult]:
-        return StreamCalls(self, expect(spec, Kind.TEXT), TextFold)
+        return StreamCalls(self, expect(spec, Kind.TEXT), piece_fold(TextFold, spec))
 
     def transcript_calls(self, spec: ModalitySpec[P, Any]) -> StreamCalls[P, Segment, Transcript]:
-        return StreamCalls(self, expect(spec, Kind.TRANSCRIPT), TranscriptFold)
+        fold = piece_fold(TranscriptFold, spec)
+        return StreamCalls(self, expect(spec, Kind.TRANSCRIPT), fold)
+
+    def pieces_calls(
+        self, spec: ModalitySpec[P, Any]
+    ) -> StreamCalls[P, dict[str, Any], PiecesResult]:
+        """Any text stream: its pieces as plain fields, the text by the spec's join."""
+        return StreamCalls(self, expect(spec, Kind.PIECES), piece_fold(PiecesFold, spec))
 
     def unary_calls(self, spec: ModalitySpec[P, Any]) -> UnaryCalls[P]:
         return UnaryCalls(self, expect(spec, Kind.UNARY))

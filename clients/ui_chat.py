@@ -2,12 +2,14 @@
 and answered, by the spec's kind of call (no per-modality code).
 
 Media replies show by their MIME type (image, audio, video players; anything else, or a
-spec marked `attachment`, as a download). Text and transcripts stream into the reply.
+spec marked `attachment`, as a download). Text streams (deltas, transcript segments, any
+other piece's text) stream into the reply, which keeps their text joined by the spec's
+`join`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,10 +19,17 @@ from genserve.contract import ModalitySpec
 
 from .calls import Kind, kind_of
 from .channel import new_request_id
+from .folds import joined_increments, piece_text
 from .sync_client import GenServe
 from .ui_form import chat_field, conversation_field
 
 PLAYERS: dict[str, Callable[..., Any]] = {"image": st.image, "audio": st.audio, "video": st.video}
+# A text stream's piece -> its text (None: a piece without any), by the kind of call.
+PIECE_TEXT: dict[Kind, Callable[[Any], str | None]] = {
+    Kind.TEXT: lambda delta: delta,
+    Kind.TRANSCRIPT: lambda segment: segment.text,
+    Kind.PIECES: lambda piece: piece_text(piece) if "text" in piece else None,
+}
 
 
 @dataclass
@@ -115,13 +124,21 @@ def answer(gs: GenServe, spec: ModalitySpec[Any, Any], fields: dict[str, Any]) -
     if kind is Kind.UNARY:
         reply.kind, reply.content = "data", calls.create(**fields)
         return reply
-    if kind in (Kind.TEXT, Kind.TRANSCRIPT):
-        pieces = calls.stream(**fields)
-        texts = pieces if kind is Kind.TEXT else (segment.text for segment in pieces)
+    text_of = PIECE_TEXT.get(kind)
+    if text_of is not None:
+        texts: list[str] = []
+
+        def streamed() -> Iterator[str]:
+            for piece in calls.stream(**fields):
+                text = text_of(piece)
+                if text is not None:
+                    texts.append(text)
+                    yield text
+
         with st.chat_message("assistant"):
-            written = st.write_stream(texts)
+            st.write_stream(joined_increments(spec.join, streamed()))
             st.caption(f"{spec.name} · request ID {request_id}")
-        reply.content = written if isinstance(written, str) else "".join(map(str, written))
+        reply.content = spec.join(texts)
         return reply
     progress = st.progress(0.0, text=f"{spec.name}: waiting")
 

@@ -12,8 +12,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from genserve.bridge.schemas import MAX_SAFE_INTEGER, NOT_BLANK, one_of
+from genserve.bridge.schemas import MAX_SAFE_INTEGER, one_of
 from genserve.contract.limits import AudioBounds, EmbeddingLimits, ImageBounds, TextLimits
+from genserve.contract.spec import NOT_BLANK
 
 OPENAI_MODEL = ConfigDict(extra="ignore")  # the SDK may send fields we do not use
 OPENAI_MAX_TEMPERATURE = 2.0  # OpenAI's range; the server may allow more

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from genserve.contract import SPECS, Interaction, ModalitySpec
@@ -23,7 +23,7 @@ from genserve.contract.events import (
     Progress,
     media_event_to_pb,
 )
-from genserve.contract.spec import enum_names, message_class
+from genserve.contract.spec import enum_names, fields_to_proto_kwargs, message_class
 
 MEDIA_DATA = (b"first chunk, ", b"second chunk")
 TEXT_PIECES = ("Hello", " world")
@@ -51,6 +51,7 @@ class FakeServer:
     script: list[Failure] = field(default_factory=list)
     received: list[Received] = field(default_factory=list)
     corrupt: bool = False  # media: announce a sha256 the bytes do not have
+    final: dict[str, Any] = field(default_factory=dict)  # text streams: the final's fields
     _server: Any = None
 
     def start(self) -> FakeServer:
@@ -114,7 +115,9 @@ class FakeServer:
         event = spec.event_type
         if spec.interaction is Interaction.TEXT_STREAM:
             pieces = [event(**{spec.piece: {"text": text}}) for text in TEXT_PIECES]
-            return [*pieces, event(final={})]
+            final_type = final_descriptor(spec)
+            final = message_class(final_type)(**fields_to_proto_kwargs(final_type, self.final))
+            return [*pieces, event(final=final)]
         data = b"".join(MEDIA_DATA)
         digest = hashlib.sha256(b"corrupted" if self.corrupt else data).hexdigest()
         offsets = (0, len(MEDIA_DATA[0]))
@@ -126,6 +129,12 @@ class FakeServer:
             Final(len(data), digest, 1.0, 2.0, 3.0, seed=7),
         ]
         return [media_event_to_pb(e) for e in media]
+
+
+def final_descriptor(spec: ModalitySpec[Any, Any]) -> Descriptor:
+    """A text stream's final event's message type."""
+    final: Descriptor = spec.event_type.DESCRIPTOR.fields_by_name["final"].message_type
+    return final
 
 
 def sample(field: FieldDescriptor) -> Any:
@@ -148,3 +157,8 @@ def sample(field: FieldDescriptor) -> Any:
 
 def every_field(spec: ModalitySpec[Any, Any]) -> dict[str, Any]:
     return {f.name: sample(f) for f in spec.request_descriptor.fields}
+
+
+def every_final_field(spec: ModalitySpec[Any, Any]) -> dict[str, Any]:
+    """A text stream's final event with every field set (FakeServer.final)."""
+    return {f.name: sample(f) for f in final_descriptor(spec).fields}

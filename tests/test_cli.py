@@ -4,6 +4,7 @@ subprocess against a real server."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -15,17 +16,19 @@ import pytest
 from google.protobuf.descriptor import FieldDescriptor
 from PIL import Image
 
-from genserve.client import cli
+from genserve.client import calls, cli
 from genserve.client.calls import Kind, kind_of
 from genserve.client.cli_flags import GROUP_TITLE
-from genserve.contract import SPECS, ModalitySpec
+from genserve.contract import SPECS, Interaction, ModalitySpec
+from genserve.contract.modalities.text import TEXT
 from genserve.contract.spec import message_to_fields
-from tests.fake_server import FakeServer, every_field
+from tests.fake_server import TEXT_PIECES, FakeServer, every_field, every_final_field
 from tests.media_calls import png_bytes
 from tests.server_thread import ServerThread
 
 CLI_TIMEOUT_S = 180
 every_spec = pytest.mark.parametrize("spec", SPECS, ids=[s.name for s in SPECS])
+TEXT_STREAMS = [s for s in SPECS if s.interaction is Interaction.TEXT_STREAM]
 
 
 def subcommands() -> dict[str, argparse.ArgumentParser]:
@@ -107,8 +110,46 @@ def test_json_output_for_every_spec(
     kind = kind_of(spec)
     if kind is Kind.MEDIA:
         assert Path(output["path"]).read_bytes() == b"first chunk, second chunk"
-    if kind in (Kind.TEXT, Kind.TRANSCRIPT):
+    if kind in (Kind.TEXT, Kind.TRANSCRIPT, Kind.PIECES):
         assert output["text"] and output["request_id"] == "cli-json"
+
+
+def test_a_text_stream_with_a_new_piece_gets_its_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    caption = dataclasses.replace(TEXT, name="caption", aliases=("captions",), piece="caption")
+    monkeypatch.setattr(cli, "SPECS", (*SPECS, caption))
+    commands = subcommands()  # no KeyError building the parser
+    assert commands["captions"] is commands["caption"]
+
+
+def force_pieces(monkeypatch: pytest.MonkeyPatch, spec: ModalitySpec[Any, Any]) -> None:
+    """The spec as if its piece had no fold of its own: the generic kind, everywhere."""
+    real = calls.kind_of
+
+    def kind(other: ModalitySpec[Any, Any]) -> Kind:
+        return Kind.PIECES if other is spec else real(other)
+
+    monkeypatch.setattr(calls, "kind_of", kind)
+    monkeypatch.setattr(cli, "kind_of", kind)
+
+
+@pytest.mark.parametrize("spec", TEXT_STREAMS, ids=[s.name for s in TEXT_STREAMS])
+def test_a_generic_text_stream_prints_its_text_and_its_result(
+    fake: FakeServer,
+    spec: ModalitySpec[Any, Any],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    force_pieces(monkeypatch, spec)
+    argv = ["--target", fake.target, *argv_for(spec, every_field(spec), tmp_path)]
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out == spec.join(TEXT_PIECES) + "\n"  # joined by its rule
+    fake.final = every_final_field(spec)
+    assert cli.main(["--json", "--request-id", "cli-pieces", *argv]) == 0
+    output = json.loads(capsys.readouterr().out)
+    assert output["text"] == spec.join(TEXT_PIECES) and output["request_id"] == "cli-pieces"
+    assert [piece["text"] for piece in output["pieces"]] == list(TEXT_PIECES)
+    assert output["final"] == fake.final
 
 
 def test_segments_print_as_they_come(

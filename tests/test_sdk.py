@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import dataclasses
 import inspect
 import io
 import threading
@@ -29,6 +30,7 @@ from genserve.client import (
     InvalidArgumentError,
     MediaResult,
     NotFoundError,
+    PiecesResult,
     Progress,
     RequestCancelledError,
     ResourceExhaustedError,
@@ -40,17 +42,27 @@ from genserve.client import (
 )
 from genserve.client.calls import Kind, kind_of
 from genserve.client.errors import from_rpc_error
+from genserve.client.folds import joined_increments
 from genserve.client.request import build_request, parameter_names
 from genserve.client.retry import RetryPolicy
-from genserve.contract import SPECS, ModalitySpec
+from genserve.contract import SPECS, Interaction, ModalitySpec
 from genserve.contract.events import Chunk, Final, Header
 from genserve.contract.metadata import AUTHORIZATION, REQUEST_ID, RETRY_AFTER_MS
 from genserve.contract.modalities.image import IMAGE
-from genserve.contract.modalities.transcription import Segment
-from genserve.contract.spec import message_to_fields
+from genserve.contract.modalities.text import TEXT
+from genserve.contract.modalities.transcription import TRANSCRIPTION, Segment, transcript_text
+from genserve.contract.spec import message_class, message_to_fields
 from genserve.server.manifest import Manifest, Modality, load_manifest, manifest_path
 from genserve.server.settings import MediaLimits
-from tests.fake_server import MEDIA_DATA, TEXT_PIECES, Failure, FakeServer, every_field, sample
+from tests.fake_server import (
+    MEDIA_DATA,
+    TEXT_PIECES,
+    Failure,
+    FakeServer,
+    every_field,
+    every_final_field,
+    sample,
+)
 from tests.media_calls import png_bytes
 from tests.server_thread import ServerThread, make_settings
 from tests.text_calls import served_text_engine
@@ -58,10 +70,12 @@ from tests.text_calls import served_text_engine
 TRANSPORTS = ("sync", "async")
 STREAMED = [s for s in SPECS if kind_of(s) is not Kind.UNARY]
 MEDIA = [s for s in SPECS if kind_of(s) is Kind.MEDIA]
+TEXT_STREAMS = [s for s in SPECS if s.interaction is Interaction.TEXT_STREAM]
 RESULT_TYPES: dict[Kind, type] = {
     Kind.MEDIA: MediaResult,
     Kind.TEXT: TextResult,
     Kind.TRANSCRIPT: Transcript,
+    Kind.PIECES: PiecesResult,
     Kind.UNARY: dict,
 }
 
@@ -177,11 +191,93 @@ def test_stream_and_generate_assemble_the_same_events(
     elif kind is Kind.TEXT:
         assert pieces == list(TEXT_PIECES) and result.text == "".join(TEXT_PIECES)
         assert result.finish_reason == "stop"
-    else:
+    elif kind is Kind.TRANSCRIPT:
         assert [p.text for p in pieces] == list(TEXT_PIECES)
         assert all(isinstance(p, Segment) for p in pieces)
         assert result.text == "Hello world" and result.segments == tuple(pieces)
+    else:
+        assert [p["text"] for p in pieces] == list(TEXT_PIECES)
+        assert result.text == spec.join(TEXT_PIECES) and result.pieces == tuple(pieces)
     assert result.request_id == fake.received[-1].metadata[REQUEST_ID]
+
+
+@every_spec
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_every_spec_has_a_kind_and_an_accessor_that_works(
+    fake: FakeServer, transport: str, spec: ModalitySpec[Any, Any]
+) -> None:
+    kind = kind_of(spec)  # never a KeyError, whatever the spec's piece
+    accessor = f"{kind.value}_calls"
+    whole = "create" if kind is Kind.UNARY else "generate"
+    if transport == "sync":
+        with GenServe(fake.target) as gs:
+            calls = getattr(gs, accessor)(spec)
+            assert calls.spec is spec and type(calls) is type(gs.calls(spec))
+            result = getattr(calls, whole)(**every_field(spec))
+    else:
+
+        async def scenario() -> Any:
+            async with AsyncGenServe(fake.target) as gs:
+                calls = getattr(gs, accessor)(spec)
+                assert calls.spec is spec and type(calls) is type(gs.calls(spec))
+                return await getattr(calls, whole)(**every_field(spec))
+
+        result = asyncio.run(scenario())
+    assert isinstance(result, RESULT_TYPES[kind])
+
+
+def test_a_text_stream_with_a_new_piece_makes_pieces_calls(fake: FakeServer) -> None:
+    caption = dataclasses.replace(TEXT, name="caption", aliases=(), piece="caption")
+    assert kind_of(caption) is Kind.PIECES
+    with GenServe(fake.target) as gs:
+        assert type(gs.calls(caption)) is type(gs.pieces_calls(caption))
+        with pytest.raises(TypeError, match="pieces_calls"):
+            gs.text_calls(caption)
+    assert kind_of(TEXT) is Kind.TEXT  # the original is untouched
+
+
+@by_name(TEXT_STREAMS)
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_any_text_stream_can_make_pieces_calls(
+    fake: FakeServer, transport: str, spec: ModalitySpec[Any, Any]
+) -> None:
+    """The generic path, forced on a real spec: pieces as plain fields, the text by the
+    spec's own join, the final event's fields, the request ID."""
+    fake.final = every_final_field(spec)
+    fields = every_field(spec)
+    if transport == "sync":
+        with GenServe(fake.target) as gs:
+            calls = gs.pieces_calls(spec).with_options(request_id="generic")
+            pieces = list(calls.stream(**fields))
+            result = calls.generate(**fields)
+    else:
+
+        async def scenario() -> tuple[list[dict[str, Any]], PiecesResult]:
+            async with AsyncGenServe(fake.target) as gs:
+                calls = gs.pieces_calls(spec).with_options(request_id="generic")
+                streamed = [piece async for piece in calls.stream(**fields)]
+                return streamed, await calls.generate(**fields)
+
+        pieces, result = asyncio.run(scenario())
+    piece_type = spec.event_type.DESCRIPTOR.fields_by_name[spec.piece].message_type
+    expected = [message_to_fields(message_class(piece_type)(text=t)) for t in TEXT_PIECES]
+    assert pieces == expected and result.pieces == tuple(expected)
+    assert result.text == spec.join(TEXT_PIECES)
+    assert result.final == fake.final and result.request_id == "generic"
+
+
+def test_the_transcript_is_joined_by_its_specs_rule(fake: FakeServer) -> None:
+    with GenServe(fake.target) as gs:
+        transcript = gs.transcript_calls(TRANSCRIPTION).generate(b"audio")
+        generic = gs.pieces_calls(TRANSCRIPTION).generate(b"audio")
+    assert transcript.text == generic.text == transcript_text(TEXT_PIECES) == "Hello world"
+
+
+def test_joined_increments_spell_the_joined_text() -> None:
+    texts = [" Hello", " world.", "", "  Again "]
+    for join in ("".join, transcript_text):
+        assert "".join(joined_increments(join, texts)) == join(texts)
+    assert list(joined_increments(transcript_text, ["Hello", " world"])) == ["Hello", " world"]
 
 
 @by_name(MEDIA)
@@ -578,6 +674,7 @@ TYPED_CALLER = """
 from genserve.client import GenServe
 from genserve.contract.modalities.image import IMAGE
 from genserve.contract.modalities.text import TEXT
+from genserve.contract.modalities.transcription import TRANSCRIPTION
 
 with GenServe() as gs:
     image = gs.media_calls(IMAGE).with_options(on_progress=print)
@@ -586,6 +683,8 @@ with GenServe() as gs:
     image.generate(prompt=3)  # error: arg-type
     text: str = gs.text_calls(TEXT).generate("hi", max_new_tokens=3).text
     gs.text_calls(TEXT).generate("hi").data  # error: attr-defined
+    joined: str = gs.pieces_calls(TRANSCRIPTION).generate(b"audio", beam_size=2).text
+    gs.pieces_calls(TRANSCRIPTION).generate(b"audio", beam_size="2")  # error: arg-type
 """
 
 

@@ -9,11 +9,13 @@ import annotated_types
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from genserve.client import GenServe
+from genserve.client import GenServe, calls, ui_chat
+from genserve.client.calls import Kind
 from genserve.client.ui_chat import Message, conversation
 from genserve.client.ui_form import form_fields, widget_key
 from genserve.contract import SPECS, ModalitySpec
 from genserve.contract.modalities.text import TEXT
+from tests.fake_server import TEXT_PIECES, FakeServer
 from tests.server_thread import REPO_ROOT, ServerThread
 
 UI_SCRIPT = str(REPO_ROOT / "clients" / "ui.py")
@@ -145,6 +147,39 @@ def test_a_video_reply_renders_a_player(app: AppTest, tiny_server: ServerThread)
     ]
     app.run()
     assert app.chat_message[0].get("video")
+
+
+def test_a_generic_text_stream_shows_its_joined_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A text stream whose piece has no fold of its own (TEXT, forced): its pieces' text
+    streams into the reply, and the history keeps it joined by the spec's rule."""
+    real = calls.kind_of
+
+    def kind(spec: ModalitySpec[Any, Any]) -> Kind:
+        return Kind.PIECES if spec is TEXT else real(spec)
+
+    monkeypatch.setattr(calls, "kind_of", kind)
+    monkeypatch.setattr(ui_chat, "kind_of", kind)
+    made: list[ModalitySpec[Any, Any]] = []
+    pieces_calls = GenServe.pieces_calls
+
+    def spied(gs: GenServe, spec: ModalitySpec[Any, Any]) -> Any:
+        made.append(spec)
+        return pieces_calls(gs, spec)
+
+    monkeypatch.setattr(GenServe, "pieces_calls", spied)
+    fake = FakeServer().start()
+    try:
+        monkeypatch.setenv("GENSERVE_UI_TARGET", fake.target)
+        at = AppTest.from_file(UI_SCRIPT, default_timeout=APP_TIMEOUT_S)
+        at.run()  # no ListModels on the stand-in: the sidebar says so, the form has defaults
+        ask(at, "text", "Hi")
+        assert [m.name for m in at.chat_message] == ["user", "assistant"]
+        assert at.chat_message[1].markdown[0].value == TEXT.join(TEXT_PIECES)
+        (reply,) = (m for m in at.session_state["history"] if m.role == "assistant")
+        assert (reply.kind, reply.content) == ("text", TEXT.join(TEXT_PIECES))
+        assert made == [TEXT] and fake.received[0].spec == "text"  # the generic path
+    finally:
+        fake.stop()
 
 
 def test_server_errors_show_with_the_request_id(app: AppTest) -> None:
