@@ -64,7 +64,7 @@ def default_loader_for(settings: Settings) -> LoaderFor:
             return None
         if spec.placement == "ray":  # the same engine, built in Ray Serve replicas
             return partial(_ray_engine, modality, settings=settings)
-        return partial(load, settings=settings)
+        return lambda model: load(model, settings)
 
     return engine_loader
 

@@ -9,6 +9,7 @@ import signal
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +110,7 @@ def test_two_replicas_each_are_running_and_serving(edge: ServerThread, channel: 
         assert by_name[name].replicas_running == 2
         assert by_name[name].memory_bytes == 0  # the weights are in the replicas
     for modality in (Modality.TEXT, Modality.IMAGE):
-        replicas = wait_until(lambda m=modality: _two(ray_engine(edge, m).replicas()), 30)
+        replicas = wait_until(partial(lambda m: _two(ray_engine(edge, m).replicas()), modality), 30)
         assert len({r.info.node for r in replicas}) == 2  # one per node: Serve spreads them
 
 
@@ -255,7 +256,7 @@ def test_health_follows_the_deployment(edge: ServerThread, channel: grpc.Channel
 
     serve.delete(ray_engine(edge, Modality.IMAGE).app)
     for service in ("genserve.v1.ImageService", f"genserve.v1.ImageService/{IMAGE}"):
-        wait_until(lambda s=service: status(s) == NOT_SERVING or None, 30)
+        wait_until(partial(lambda s: status(s) == NOT_SERVING or None, service), 30)
     assert status("genserve.v1.TextService") == SERVING  # the other deployment is untouched
     with pytest.raises(grpc.RpcError) as refused:
         draw(channel, "deployment-gone")

@@ -15,7 +15,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -96,7 +96,7 @@ class SerialEngine(Generic[R, E]):
         with self._idle:
             return self._idle.wait_for(lambda: self._pending == 0, timeout)
 
-    async def generate(self, request: R) -> AsyncIterator[E]:
+    async def generate(self, request: R) -> AsyncGenerator[E, None]:
         """Queue the request and yield what its job emits; the job's exception is raised
         here. Closing the iterator early cancels the job."""
         waiting = self._pending - self._running

@@ -28,7 +28,7 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
         admit_request(EMBEDDING, entry, params, context)
         call = current_call_details()
         call.model = entry.name
-        async with self._registry.use(EMBEDDING.name, entry.name) as engine:
+        async with self._registry.use(entry.modality, entry.name) as engine:
             results: list[Embeddings] = [r async for r in engine.generate(list(params.texts))]
         (result,) = results  # an embedding engine answers once
         call.prompt_tokens = result.prompt_tokens

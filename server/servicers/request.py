@@ -47,13 +47,13 @@ class RequestConverter:
             entry.name: checked_defaults(
                 spec, entry.name, defaults_for(spec, entry.spec), self.limits
             )
-            for entry in registry.entries(spec.name)
+            for entry in registry.entries(Modality(spec.name))
         }
         self._hook: Callable[[Any, Any], Any] | None = None  # imported on first use
 
     def resolve(self, request: Message) -> tuple[ModelEntry, BaseModel]:
         """The model a request names (NOT_FOUND for an unknown one) and its defaults."""
-        entry = self._registry.resolve(self.spec.name, requested_model(request))
+        entry = self._registry.resolve(Modality(self.spec.name), requested_model(request))
         return entry, self._defaults[entry.name]
 
     async def params(self, request: Message, defaults: BaseModel) -> Any:

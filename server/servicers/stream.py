@@ -37,7 +37,7 @@ class StreamServicer:
         cost = admit_request(self._spec, entry, params, context)
         call = current_call_details()
         call.model = entry.name
-        async with self._registry.use(self._spec.name, entry.name) as engine:
+        async with self._registry.use(entry.modality, entry.name) as engine:
             async for event in engine.generate(params):
                 timings = getattr(event, "timings", None)
                 if isinstance(timings, Timings):  # the final event

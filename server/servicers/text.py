@@ -49,7 +49,7 @@ class TextServicer(text_pb2_grpc.TextServiceServicer):
         admit_request(TEXT, entry, text_request, context)
         call = current_call_details()
         call.model = entry.name
-        async with self._registry.use(TEXT.name, entry.name) as engine:
+        async with self._registry.use(entry.modality, entry.name) as engine:
             async for event in engine.generate(text_request):
                 if isinstance(event, TextFinal):
                     call.prompt_tokens = event.prompt_tokens

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import asdict
 
 from genserve.contract.events import MediaEvent
@@ -27,7 +27,7 @@ HEALTH_PATH = "/readyz"
 
 
 def image_adapter(chunk_size: int) -> Adapter[ImageParams, MediaEvent]:
-    async def image(http: UpstreamHttp, params: ImageParams) -> AsyncIterator[MediaEvent]:
+    async def image(http: UpstreamHttp, params: ImageParams) -> AsyncGenerator[MediaEvent, None]:
         assert http.spec.endpoint is not None
         clock = time.perf_counter()
         # The BentoML service we target (chapter 3's example) takes these; no negative prompt.
@@ -52,7 +52,7 @@ def image_adapter(chunk_size: int) -> Adapter[ImageParams, MediaEvent]:
     return image
 
 
-async def text(http: UpstreamHttp, request: TextRequest) -> AsyncIterator[TextEvent]:
+async def text(http: UpstreamHttp, request: TextRequest) -> AsyncGenerator[TextEvent, None]:
     """A generator API's pieces as deltas (each piece counts as one token: BentoML reports
     no usage). A body that ends is a finished answer; the length cap says which end."""
     assert http.spec.endpoint is not None

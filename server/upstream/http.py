@@ -231,7 +231,7 @@ class UpstreamHttp:
             async with asyncio.timeout(first_byte_s):
                 response = await self._client.send(request, stream=True)
         except TimeoutError:
-            error = DeadlineExceeded(
+            error: ServingError = DeadlineExceeded(
                 f"model {self.model}: the upstream did not answer within {first_byte_s:.1f} s"
             )
             return Refusal(error, retry=False), None

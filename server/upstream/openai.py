@@ -7,7 +7,7 @@ import base64
 import json
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from httpx_sse import EventSource
@@ -55,7 +55,7 @@ def chat_body(model: str, request: TextRequest, send_top_k: bool) -> dict[str, A
     return body
 
 
-async def chat(http: UpstreamHttp, request: TextRequest) -> AsyncIterator[TextEvent]:
+async def chat(http: UpstreamHttp, request: TextRequest) -> AsyncGenerator[TextEvent, None]:
     """Streamed chat. Usage comes from the upstream when it reports it
     (include_usage); otherwise each content delta counts as one token and the prompt is
     estimated from its length."""
@@ -97,7 +97,7 @@ async def chat(http: UpstreamHttp, request: TextRequest) -> AsyncIterator[TextEv
     )
 
 
-async def embeddings(http: UpstreamHttp, texts: list[str]) -> AsyncIterator[Embeddings]:
+async def embeddings(http: UpstreamHttp, texts: list[str]) -> AsyncGenerator[Embeddings, None]:
     body = {"model": http.spec.model, "input": texts, "encoding_format": "float"}
     reply = await http.fetch_json("POST", "/embeddings", body)
     try:
@@ -116,7 +116,7 @@ async def embeddings(http: UpstreamHttp, texts: list[str]) -> AsyncIterator[Embe
 
 
 def image_adapter(chunk_size: int) -> Adapter[ImageParams, MediaEvent]:
-    async def images(http: UpstreamHttp, params: ImageParams) -> AsyncIterator[MediaEvent]:
+    async def images(http: UpstreamHttp, params: ImageParams) -> AsyncGenerator[MediaEvent, None]:
         """OpenAI's images API answers whole (b64_json); we stream it on in chunks."""
         started = time.perf_counter()
         body = {
@@ -141,7 +141,7 @@ def image_adapter(chunk_size: int) -> Adapter[ImageParams, MediaEvent]:
 
 
 def speech_adapter(chunk_size: int) -> Adapter[AudioParams, MediaEvent]:
-    async def speech(http: UpstreamHttp, params: AudioParams) -> AsyncIterator[MediaEvent]:
+    async def speech(http: UpstreamHttp, params: AudioParams) -> AsyncGenerator[MediaEvent, None]:
         """The upstream's WAV streamed on as it arrives."""
         clock = time.perf_counter()
         body = {
