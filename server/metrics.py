@@ -12,7 +12,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from genserve.server.interceptors.telemetry import CallRecord
@@ -25,7 +25,7 @@ class _QueueDepth(Collector):
     def __init__(self, models: ModelRegistry) -> None:
         self._models = models
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         queued = GaugeMetricFamily(
             "genserve_model_queue_depth",
             "Requests waiting per loaded model.",
@@ -41,6 +41,16 @@ class _QueueDepth(Collector):
             "Weights and buffers held per loaded model.",
             labels=["modality", "model"],
         )
+        cancelled = CounterMetricFamily(
+            "genserve_model_cancelled_requests",
+            "Requests abandoned part-way because their caller left, per loaded model.",
+            labels=["modality", "model"],
+        )
+        decoded = CounterMetricFamily(
+            "genserve_model_tokens_decoded",
+            "Tokens a text engine decoded, cancelled requests included, per loaded model.",
+            labels=["modality", "model"],
+        )
         for entry in self._models.entries():
             if entry.engine is None:
                 continue
@@ -49,9 +59,9 @@ class _QueueDepth(Collector):
             queued.add_metric(labels, float(stats.queued))
             in_flight.add_metric(labels, float(stats.in_flight))
             memory.add_metric(labels, float(entry.resident_bytes))
-        yield queued
-        yield in_flight
-        yield memory
+            cancelled.add_metric(labels, float(stats.cancelled))
+            decoded.add_metric(labels, float(stats.tokens_generated))
+        yield from (queued, in_flight, memory, cancelled, decoded)
 
 
 class ServerMetrics:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import threading
 
 import grpc
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from genserve.v1 import text_pb2, text_pb2_grpc
 from tests.server_thread import ServerThread
@@ -110,6 +112,10 @@ def test_cancelling_the_rpc_stops_the_model(
     assert after.cancelled == before.cancelled + 1
     # The model stopped within a few decoding steps of the cancel, far short of 400.
     assert after.tokens_generated - before.tokens_generated <= seen + 10, after
+    # and operators see the same counts on /metrics
+    metrics = model_metrics(tiny_server, engine.name)
+    assert metrics["genserve_model_tokens_decoded_total"] == after.tokens_generated
+    assert metrics["genserve_model_cancelled_requests_total"] == after.cancelled
     row = tiny_server.wait_for_usage_row("cancel-me")
     assert row["status_code"] == "CANCELLED" and row["successful"] == 0
     # and the model is free for the next request
@@ -144,3 +150,14 @@ def test_concurrent_requests_each_get_their_own_answer(channel: grpc.Channel) ->
     for t in threads:
         t.join()
     assert together == alone
+
+
+def model_metrics(server: ServerThread, model: str) -> dict[str, float]:
+    """The server's per-model samples on its /metrics port, by sample name."""
+    text = httpx.get(f"http://127.0.0.1:{server.server.metrics_port}/metrics").text
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.labels.get("model") == model
+    }
