@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 
 from genserve.bridge.request_id import current_request_id
 from genserve.contract.metadata import RETRY_AFTER
+from genserve.contract.spec import problem_of
 from genserve.server.errors import http_status_for
 
 logger = logging.getLogger(__name__)
@@ -166,7 +167,8 @@ async def bridge_error_handler(request: Request, exc: Exception) -> JSONResponse
 async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     problems = "; ".join(
-        f"{'.'.join(str(p) for p in e['loc'][1:]) or e['loc'][0]}: {e['msg']}" for e in exc.errors()
+        f"{'.'.join(str(p) for p in e['loc'][1:]) or e['loc'][0]}: {problem_of(e)}"
+        for e in exc.errors()
     )
     return error_response(request, 422, "INVALID_ARGUMENT", problems)
 

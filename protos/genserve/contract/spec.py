@@ -338,6 +338,12 @@ def invalid_field(error: ValidationError, bounds: Mapping[str, Mapping[str, Any]
     return InvalidField(name or "request", _problem(first, bound))
 
 
+def problem_of(error: Any) -> str:
+    """One pydantic error in the contract's words, from what the error itself says (its
+    ctx holds the bound it broke): for layers that validate with the specs' models."""
+    return _problem(error, error.get("ctx") or {})
+
+
 def _problem(error: Any, bound: Mapping[str, Any]) -> str:
     kind, value = error["type"], error.get("input")
     if kind == "missing":
