@@ -210,3 +210,15 @@ def test_published_limits_are_the_enforced_ones(
         if not (refused_right and details.startswith(field) and str(shown) in details):
             problems.append(f"{field} past {bound}: {error.code().name} {details!r}")
     assert not problems, problems
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=ids)
+def test_enums_go_by_their_short_or_full_names(spec: ModalitySpec[Any, Any]) -> None:
+    for field in spec.request_descriptor.fields:
+        if field.enum_type is None:
+            continue
+        for value in field.enum_type.values[1:]:  # 0 is "unspecified": the default
+            short = value.name.split("_")[-1].lower()
+            by_short = spec.fields_to_request({field.name: short})
+            by_full = spec.fields_to_request({field.name: value.name})
+            assert getattr(by_short, field.name) == getattr(by_full, field.name) == value.number

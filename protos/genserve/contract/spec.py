@@ -296,12 +296,20 @@ def fields_to_proto_kwargs(descriptor: Descriptor, fields: Mapping[str, Any]) ->
             raise TypeError(f"{descriptor.name} has no field {name!r}")
         field_descriptor = by_name[name]
         if field_descriptor.enum_type is not None and isinstance(value, str):
-            values = enum_values(field_descriptor.enum_type)
-            if value.lower() not in values:
-                raise InvalidField(name, f"must be one of {', '.join(values)}, got {value!r}")
-            value = values[value.lower()]
+            value = _enum_number(name, field_descriptor.enum_type, value)
         kwargs[name] = value
     return kwargs
+
+
+def _enum_number(field: str, enum: Any, value: str) -> int:
+    """An enum value by its short name ("jpeg") or its full one ("IMAGE_FORMAT_JPEG", which
+    the generated .pyi types allow)."""
+    short = enum_values(enum)
+    full = {v.name: v.number for v in enum.values if v.number != 0}
+    number = short.get(value.lower(), full.get(value))
+    if number is None:
+        raise InvalidField(field, f"must be one of {', '.join(short)}, got {value!r}")
+    return number
 
 
 def _is_repeated(descriptor: Any) -> bool:
