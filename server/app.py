@@ -36,6 +36,7 @@ from genserve.server.servicers.models import ModelServicer
 from genserve.server.servicers.registration import add_servicer, servicer_for
 from genserve.server.settings import Settings
 from genserve.server.usage_log import UsageLog
+from genserve.server.worker.process_engine import ProcessEngine
 from genserve.v1 import models_pb2, models_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -64,6 +65,8 @@ def default_loader_for(settings: Settings) -> LoaderFor:
             return None
         if spec.placement == "ray":  # the same engine, built in Ray Serve replicas
             return partial(_ray_engine, modality, settings=settings)
+        if spec.placement == "process":  # the same engine, built in a worker process
+            return partial(ProcessEngine, modality, settings=settings)
         return lambda model: load(model, settings)
 
     return engine_loader

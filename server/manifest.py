@@ -15,13 +15,15 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from genserve.contract import Modality
 from genserve.server.admission import AdmissionLimits
 from genserve.server.ray_serve.placement import Placement, RayPlacement
 from genserve.server.upstream.spec import UpstreamSpec
+
+if TYPE_CHECKING:
+    import torch
 
 MANIFEST_DIR = Path(__file__).parent / "manifests"
 PACKAGE_SCHEME = "package:"  # package:<python package>[/<folder inside it>]
@@ -62,12 +64,24 @@ class ModelSpec(BaseModel):
     limits: AdmissionLimits = Field(
         default_factory=AdmissionLimits, description="this model's caps on cost and time"
     )
-    # Where the engine runs: in this process, or in a Ray Serve deployment (`[<modality>.ray]`).
-    placement: Placement = "local"
+    # Where the engine runs: a worker process of its own (the default), this process, or a
+    # Ray Serve deployment (`[<modality>.ray]`). An upstream model is local: it is a client.
+    placement: Placement = "process"
+    threads: int = Field(
+        0, ge=0, description="placement = process: the worker's torch/OpenMP threads (0: all)"
+    )
     ray: RayPlacement = Field(default_factory=RayPlacement, description="placement = ray only")
     upstream: UpstreamSpec | None = Field(
         None, description='engine = "upstream": the server that runs the model'
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _upstream_models_run_here(cls, data: Any) -> Any:
+        """An upstream model's engine is an HTTP client: a process of its own buys nothing."""
+        if isinstance(data, dict) and data.get("engine") == UPSTREAM_ENGINE:
+            return {"placement": "local", **data}
+        return data
 
     @model_validator(mode="after")
     def _ray_table_only_with_ray_placement(self) -> ModelSpec:
@@ -101,12 +115,16 @@ class ModelSpec(BaseModel):
         return str(Path(next(iter(spec.submodule_search_locations))) / inner)
 
     def resolved_device(self) -> torch.device:
+        import torch  # here, not at import: a llama.cpp worker never loads torch
+
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
 
     def resolved_dtype(self, half_ok: bool = True) -> torch.dtype:
         """The manifest's dtype; `auto` is float16 on CUDA where the model allows, else float32."""
+        import torch
+
         if self.dtype != "auto":
             return getattr(torch, self.dtype)
         on_cuda = self.resolved_device().type == "cuda"

@@ -23,6 +23,7 @@ from genserve.contract.limits import (
 )
 from genserve.server.logging_setup import LogFormat
 from genserve.server.ray_serve.placement import RaySettings
+from genserve.server.worker.config import WorkerSettings
 
 
 class TlsSettings(BaseModel):
@@ -90,6 +91,7 @@ class DeclaredSettings(BaseSettings):
     tls: TlsSettings = Field(default_factory=TlsSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     ray: RaySettings = Field(default_factory=RaySettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
 
     def sections(self) -> dict[str, BaseModel]:
         """The limits sections by name, as the modality specs read them."""

@@ -3,7 +3,8 @@
 Chapter 3's columns (request id, UTC datetime, method, client address, response time,
 status code, successful) plus time to first message, bytes out and what the servicer
 reported (tokens, queue/inference/encoding times), the caller's key id and, for ray-placed
-models, the replica that served it. Sizes and counts only: never a prompt or an output.
+models, the replica that served it, and a failed call's status message (why it failed).
+Sizes and counts only: never a prompt or an output.
 Rows are written by one background thread so an RPC never waits on the disk, even while it
 is being cancelled.
 """
@@ -41,7 +42,8 @@ CREATE TABLE IF NOT EXISTS usage (
     model TEXT,
     key_id TEXT,
     upstream_ms REAL,
-    replica TEXT
+    replica TEXT,
+    status_detail TEXT
 );
 CREATE INDEX IF NOT EXISTS usage_request_id ON usage (request_id);
 """
@@ -51,8 +53,8 @@ INSERT INTO usage (
     request_id, datetime_utc, method, client_address, response_time_ms, status_code,
     successful, time_to_first_message_ms, messages_out, bytes_out, prompt_tokens,
     completion_tokens, queued_ms, inference_ms, encoding_ms, model, key_id, upstream_ms,
-    replica
-) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    replica, status_detail
+) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 # Columns added after the first release, with their types: an older log gains them.
@@ -61,6 +63,7 @@ ADDED_COLUMNS = {
     "key_id": "TEXT",  # callers with keys
     "upstream_ms": "REAL",  # models served elsewhere
     "replica": "TEXT",  # ray-placed models
+    "status_detail": "TEXT",  # why a call failed (a worker that died, say)
 }
 
 _STOP = object()
@@ -137,4 +140,5 @@ def _row(record: CallRecord) -> tuple[object, ...]:
         details.key_id,
         details.upstream_ms,
         details.replica,
+        record.status_detail or None,
     )

@@ -44,6 +44,7 @@ class CallRecord:
     messages_out: int
     bytes_out: int
     details: CallDetails
+    status_detail: str = ""  # the status message of a failed call: why it failed
 
     @property
     def successful(self) -> bool:
@@ -161,6 +162,7 @@ class TelemetryInterceptor(CallInterceptor):
                 messages_out=messages,
                 bytes_out=size,
                 details=call_details,
+                status_detail="" if code is grpc.StatusCode.OK else _details_of(context),
             )
             for sink in self._sinks:
                 try:
@@ -183,6 +185,16 @@ def _code_of(context: ServicerContext[Any, Any]) -> grpc.StatusCode | None:
         if status.value[0] == code:
             return status
     return grpc.StatusCode.UNKNOWN
+
+
+def _details_of(context: ServicerContext[Any, Any]) -> str:
+    try:
+        details = context.details()
+    except Exception:  # an older grpc.aio context without it: the code still says much
+        return ""
+    if isinstance(details, bytes):
+        return details.decode("utf-8", "replace")
+    return details or ""
 
 
 def _cancel_code(context: ServicerContext[Any, Any]) -> grpc.StatusCode:

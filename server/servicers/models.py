@@ -67,7 +67,7 @@ def model_info_to_pb(entry: ModelEntry, registry: ModelRegistry) -> models_pb2.M
         dtype=str(spec.resolved_dtype()).removeprefix("torch."),
         load_policy=spec.load_policy.value,
         state=entry.state.value,
-        detail=entry.detail,
+        detail=entry.detail or str(getattr(entry.engine, "detail", "")),
         engine=engine_kind(entry.modality, spec),
         is_default=default is entry,
         memory_bytes=entry.resident_bytes,

@@ -1,0 +1,1 @@
+"""Placement `process`: each model's engine in a worker process of its own."""

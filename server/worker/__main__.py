@@ -1,0 +1,3 @@
+from genserve.server.worker.child import main
+
+main()
