@@ -33,13 +33,14 @@ RESTART_TIMEOUT_S = 120  # a fresh interpreter importing torch, on a busy 2-core
 
 
 def tiny(modality: Modality, **changes: Any) -> Any:
+    """The tiny profile's model of the modality, in a worker process."""
     spec = load_manifest(manifest_path("tiny")).spec_for(modality)
     assert spec is not None
-    return spec.model_copy(update=changes)
+    return spec.model_copy(update={"placement": "process", **changes})
 
 
 def two_model_manifest() -> Manifest:
-    """The tiny profile's text and image models, both in worker processes (the default)."""
+    """The tiny profile's text and image models, both in worker processes."""
     return Manifest(text=(tiny(Modality.TEXT),), image=(tiny(Modality.IMAGE),))
 
 
@@ -64,7 +65,7 @@ def channel(server: ServerThread) -> Iterator[grpc.Channel]:
 
 def engine_of(server: ServerThread, modality: Modality) -> ProcessEngine:
     engine = server.server.registry.resolve(modality, None).engine
-    assert isinstance(engine, ProcessEngine), "process placement is the default"
+    assert isinstance(engine, ProcessEngine)
     return engine
 
 
@@ -144,7 +145,7 @@ def test_a_worker_killed_mid_stream_ends_it_unavailable_and_comes_back(
     )
     received = 0
     with pytest.raises(grpc.RpcError) as failure:
-        for response in call:
+        for _ in call:
             received += 1
             if received == 3:
                 os.kill(old_pid, signal.SIGKILL)
@@ -193,9 +194,7 @@ def test_a_media_worker_killed_mid_stream(server: ServerThread, channel: grpc.Ch
     text_call = text_pb2_grpc.TextServiceStub(channel).Generate(greedy(), timeout=60)
     assert [r for r in text_call][-1].HasField("final")
     wait_restarted(image, old_pid)
-    again = collect(
-        image_pb2_grpc.ImageServiceStub(channel).Generate(image_request(), timeout=120)
-    )
+    again = collect(image_pb2_grpc.ImageServiceStub(channel).Generate(image_request(), timeout=120))
     assert again.final is not None and again.final.sha256 == again.sha256
     assert len(server.usage_rows(request_id)) == 1
 

@@ -12,6 +12,7 @@ from genserve.server.text.batching_engine import BatchingTextEngine
 from genserve.server.text.engine import TextEngine
 from genserve.server.text.llama_engine import LlamaCppTextEngine
 from genserve.server.text.transformers_engine import SerialTextEngine
+from genserve.server.worker.process_engine import ProcessEngine
 from genserve.v1 import text_pb2, text_pb2_grpc
 from tests.server_thread import ServerThread
 
@@ -62,8 +63,11 @@ def greedy(
     return request(prompt, max_new_tokens=max_new_tokens, do_sample=False, **fields)
 
 
-def served_text_engine(server: ServerThread, name: str | None = None) -> TextEngine:
-    """The text engine the server runs for `name` (its default model when None)."""
+def served_text_engine(server: ServerThread, name: str | None = None) -> TextEngine | ProcessEngine:
+    """The text engine the server runs for `name` (its default model when None): in
+    process, or the server's side of a worker process (its stats cross the boundary)."""
     engine = server.server.registry.resolve(Modality.TEXT, name).engine
-    assert isinstance(engine, LlamaCppTextEngine | BatchingTextEngine | SerialTextEngine)
+    assert isinstance(
+        engine, LlamaCppTextEngine | BatchingTextEngine | SerialTextEngine | ProcessEngine
+    )
     return engine

@@ -25,6 +25,7 @@ class EngineStats:
     in_flight: int  # running on the model now
     cancelled: int  # requests abandoned part-way because their caller left
     tokens_generated: int = 0  # text engines: tokens decoded so far, cancelled requests too
+    steps: int = 0  # media engines: model steps run so far (denoising), cancelled ones too
 
 
 @runtime_checkable

@@ -39,6 +39,7 @@ class Job(Generic[E]):
     channel: EventChannel[E]
     submitted: float  # perf_counter when the caller queued it
     started: float = field(default=0.0)  # perf_counter when the thread picked it up
+    on_step: Callable[[], None] = field(default=lambda: None)  # counts the engine's steps
 
     @property
     def queued_ms(self) -> float:
@@ -53,6 +54,9 @@ class Job(Generic[E]):
 
     def check_cancelled(self) -> None:
         self.channel.check_cancelled()
+
+    def step_done(self) -> None:
+        self.on_step()
 
 
 Work = Callable[[R, Job[E]], None]
@@ -77,6 +81,7 @@ class SerialEngine(Generic[R, E]):
         self._pending = 0  # queued or running
         self._running = 0
         self._cancelled = 0
+        self._steps = 0
         self._idle = threading.Condition()
         self._closed = False
         self._current: Job[E] | None = None
@@ -89,7 +94,10 @@ class SerialEngine(Generic[R, E]):
 
     def stats(self) -> EngineStats:
         return EngineStats(
-            queued=self._pending - self._running, in_flight=self._running, cancelled=self._cancelled
+            queued=self._pending - self._running,
+            in_flight=self._running,
+            cancelled=self._cancelled,
+            steps=self._steps,
         )
 
     def wait_idle(self, timeout: float) -> bool:
@@ -105,7 +113,7 @@ class SerialEngine(Generic[R, E]):
                 f"{self.name} has {waiting} requests waiting (limit {self._max_queue}); retry later"
             )
         channel: EventChannel[E] = EventChannel(self._buffer_events)
-        job: Job[E] = Job(channel=channel, submitted=time.perf_counter())
+        job: Job[E] = Job(channel=channel, submitted=time.perf_counter(), on_step=self._step)
         with self._idle:
             self._pending += 1
         # copy_context: the job's log lines carry this request's ID
@@ -117,6 +125,9 @@ class SerialEngine(Generic[R, E]):
             # Closed at a yield, receive() would be left suspended until the loop collects
             # it: cancel now, so the job stops at its next send rather than loop turns later.
             channel.cancel()
+
+    def _step(self) -> None:
+        self._steps += 1  # the model thread alone writes it
 
     def close(self, wait_s: float = CLOSE_WAIT_S) -> bool:
         """Stops the running job at its next step, ends the queued ones, and waits up to

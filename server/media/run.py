@@ -75,6 +75,7 @@ class MediaRun:
         self.job.emit(header)
 
     def progress(self, step: int, total: int, stage: str) -> None:
+        self.job.step_done()
         self.job.emit(Progress(step=step, total_steps=total, stage=stage))
 
     def inference_done(self) -> None:

@@ -1,7 +1,7 @@
 """Where a model's engine runs, as the manifest and the edge's settings say it.
 
-`placement = "process"` (the default for a model served here) runs its engine in a worker
-process of its own (server/worker/); `placement = "ray"` puts it in a Ray Serve deployment;
+`placement = "process"` runs a model's engine in a worker process of its own
+(server/worker/); `placement = "ray"` puts it in a Ray Serve deployment;
 its `[<modality>.ray]` table says how many replicas and what each one gets. The edge's
 `--ray.*` settings say which cluster. Nothing here imports ray: a server with no
 ray-placed model never pays for it.
@@ -13,7 +13,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-# local: in the server's process; process: a worker process of its own (the default);
+# local: in the server's process (the default); process: a worker process of its own;
 # ray: a Ray Serve deployment.
 Placement = Literal["local", "process", "ray"]
 

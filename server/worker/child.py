@@ -35,6 +35,7 @@ from genserve.server.worker.messages import (
     Ready,
     Start,
     Stats,
+    Sync,
 )
 from genserve.server.worker.pipe import Pipe
 
@@ -107,6 +108,9 @@ class WorkerLoop:
             if credits is not None:
                 for _ in range(message.events):
                     credits.release()
+        elif isinstance(message, Sync):
+            stats = Stats(self._engine.stats(), self._engine.ready, sync=message.token)
+            self._pipe.send_quietly(stats)
         elif isinstance(message, Cancel):
             task = self._streams.get(message.stream)
             if task is not None:

@@ -49,6 +49,13 @@ class Cancel:
 
 
 @dataclass(frozen=True)
+class Sync:
+    """Answer with fresh stats (after every message sent before this one)."""
+
+    token: int
+
+
+@dataclass(frozen=True)
 class Close:
     """Stop running work at its next step, release the model and exit."""
 
@@ -88,7 +95,8 @@ class End:
 class Stats:
     stats: EngineStats
     ready: bool
+    sync: int = 0  # the Sync it answers; 0: a periodic report
 
 
-ToWorker = Start | Generate | Credit | Cancel | Close
+ToWorker = Start | Generate | Credit | Cancel | Sync | Close
 FromWorker = Ready | LoadFailed | Event | End | Stats

@@ -43,6 +43,7 @@ from genserve.server.worker.messages import (
     Ready,
     Start,
     Stats,
+    Sync,
 )
 from genserve.server.worker.pipe import Pipe
 
@@ -79,6 +80,8 @@ class _Worker:
     alive: bool = True
     streams: dict[int, EventChannel[Any]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)  # alive and streams
+    synced: threading.Condition = field(default_factory=threading.Condition)
+    last_sync: int = 0
 
     @property
     def pid(self) -> int:
@@ -137,6 +140,12 @@ def _spawn(modality: Modality, spec: ModelSpec, settings: Settings) -> _Worker:
     raise WorkerFailed(f"its worker process died while loading ({exit_reason(returncode)})")
 
 
+def _wait_synced(worker: _Worker, token: int, timeout: float) -> None:
+    """Until the worker has answered Sync(token), or died."""
+    with worker.synced:
+        worker.synced.wait_for(lambda: worker.last_sync >= token or not worker.alive, timeout)
+
+
 def _kill(process: subprocess.Popen[bytes]) -> None:
     process.kill()
     process.wait()
@@ -163,9 +172,9 @@ class ProcessEngine:
     @property
     def ready(self) -> bool:
         worker = self._worker
-        return not self._closing.is_set() and worker is not None and worker.alive and (
-            worker.engine_ready
-        )
+        if self._closing.is_set() or worker is None:
+            return False
+        return worker.alive and worker.engine_ready
 
     def stats(self) -> EngineStats:
         worker = self._worker
@@ -194,15 +203,23 @@ class ProcessEngine:
             return 0
 
     def wait_idle(self, timeout: float) -> bool:
+        """Asks the worker for fresh stats until they say idle: the periodic ones may
+        predate a cancel that the worker is still acting on."""
         deadline = time.monotonic() + timeout
         while True:
             worker = self._worker
-            stats = self.stats()
-            if worker is None or (not worker.streams and not (stats.queued or stats.in_flight)):
+            if worker is None or not worker.alive:
+                return True
+            token = next(self._ids)
+            if not worker.pipe.send_quietly(Sync(token)):
+                return True
+            _wait_synced(worker, token, max(0.0, deadline - time.monotonic()))
+            stats = worker.stats
+            if not worker.streams and not (stats.queued or stats.in_flight):
                 return True
             if time.monotonic() > deadline:
                 return False
-            time.sleep(self._settings.worker.stats_interval_s / 2)
+            time.sleep(0.05)
 
     async def generate(self, request: Any) -> AsyncGenerator[Any, None]:
         worker = self._current()
@@ -215,9 +232,7 @@ class ProcessEngine:
         finished = False
         try:
             try:
-                worker.pipe.send(
-                    Generate(stream, request, seconds_left(), current_request_id())
-                )
+                worker.pipe.send(Generate(stream, request, seconds_left(), current_request_id()))
             except (OSError, ValueError):
                 raise self._not_ready() from None
             handed = 0
@@ -292,6 +307,10 @@ class ProcessEngine:
                     channel.close(self._error_of(message))
             elif isinstance(message, Stats):
                 worker.stats, worker.engine_ready = message.stats, message.ready
+                if message.sync:
+                    with worker.synced:
+                        worker.last_sync = message.sync
+                        worker.synced.notify_all()
         self._lost(worker)
 
     def _error_of(self, end: End) -> BaseException | None:
@@ -310,6 +329,8 @@ class ProcessEngine:
         with worker.lock:
             worker.alive = False
             orphans = list(worker.streams.values())
+        with worker.synced:
+            worker.synced.notify_all()
         worker.pipe.close()
         if self._closing.is_set():
             for channel in orphans:
