@@ -16,8 +16,9 @@ import asyncio
 import logging
 import os
 import threading
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from typing import Any
+from typing import Any, cast
 
 from genserve.server.engine.contract import Engine
 from genserve.server.errors import ServingError
@@ -123,7 +124,9 @@ class WorkerLoop:
         end = End(stream)
         try:
             async with asyncio.timeout(message.seconds_left):
-                async with aclosing(self._engine.generate(message.request)) as events:
+                # Every engine's generate is an async generator (the contract says iterator).
+                stream_of = cast(AsyncGenerator[Any, None], self._engine.generate(message.request))
+                async with aclosing(stream_of) as events:
                     async for event in events:
                         await credits.acquire()
                         self._pipe.send(Event(stream, event))
