@@ -32,7 +32,6 @@ import asyncio
 import functools
 import logging
 import queue
-import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -41,9 +40,9 @@ from typing import Any
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from genserve.server.engine.base import EngineBase
 from genserve.server.engine.channel import EventChannel
-from genserve.server.engine.contract import CLOSE_WAIT_S, EngineStats, module_bytes
-from genserve.server.errors import ResourceExhausted
+from genserve.server.engine.contract import module_bytes
 from genserve.server.text.token_stream import (
     TokenStream,
     check_fits,
@@ -149,7 +148,7 @@ def _trim(cache: DynamicCache, mask: torch.Tensor) -> torch.Tensor:
     return mask[:, first:]
 
 
-class BatchingTextEngine:
+class BatchingTextEngine(EngineBase[_Sequence]):
     def __init__(
         self,
         model: PreTrainedModel,
@@ -164,8 +163,7 @@ class BatchingTextEngine:
     ) -> None:
         if prefill_chunk_tokens < 1:
             raise ValueError("prefill_chunk_tokens must be at least 1")
-        self.name = name
-        self.memory_bytes = module_bytes(model)
+        super().__init__(name, thread_name=f"text-{name}", memory_bytes=module_bytes(model))
         self._model = model
         self._tokenizer = tokenizer
         self._max_queue = max_queue
@@ -179,55 +177,25 @@ class BatchingTextEngine:
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         )
         self._pad_id = int(pad or 0)
-        self._waiting: queue.Queue[_Sequence | None] = queue.Queue()
-        self._carry: _Sequence | None = None  # taken from the queue but did not fit a batch
-        self._pending = 0  # accepted and not finished
-        self._running = 0  # in the batch now: decoding or being prefilled
-        self._cancelled = 0
-        self._members: list[_Sequence] = []  # every sequence of the running batch, joiners too
-        self._idle = threading.Condition()
-        self._closed = False
-        self._tokens_generated = 0  # written by the scheduler thread only
-        self._scheduler = threading.Thread(target=self._schedule, name=f"text-{name}", daemon=True)
-        self._scheduler.start()
-
-    @property
-    def ready(self) -> bool:
-        return not self._closed and self._scheduler.is_alive()
-
-    def stats(self) -> EngineStats:
-        # _running is the batch size as of the last step: a sequence that has finished since
-        # (or a whole batch that failed) is still in it until the next one.
-        running = min(self._running, self._pending)
-        return EngineStats(
-            queued=self._pending - running,
-            in_flight=running,
-            cancelled=self._cancelled,
-            tokens_generated=self._tokens_generated,
-        )
+        # The running batch, owned by the scheduler thread:
+        self._carry: _Sequence | None = None  # taken from the inbox but did not fit a batch
+        self._members: list[_Sequence] = []  # every sequence of the batch, joiners too
+        self._state: _State | None = None  # the decoding rows
+        self._prefilling: list[_Prefill] = []  # admission order
+        self._start_thread()
 
     @property
     def context_length(self) -> int:
         return context_length(self._model)
 
-    def wait_idle(self, timeout: float) -> bool:
-        with self._idle:
-            return self._idle.wait_for(lambda: self._pending == 0, timeout)
-
     async def generate(self, request: TextRequest) -> AsyncIterator[TextEvent]:
         prompt_ids = await asyncio.to_thread(encode_chat, self._tokenizer, request)
         check_fits(len(prompt_ids), request.params.max_new_tokens, self.context_length)
-        if self._pending >= self._max_queue + self._max_batch_size:
-            raise ResourceExhausted(
-                f"the text model has {self._pending} requests in flight; retry later"
-            )
         channel: EventChannel[TextEvent] = EventChannel(
             request.params.max_new_tokens + _CHANNEL_SLACK
         )
         sequence = _Sequence(prompt_ids, request.params, channel, time.perf_counter())
-        with self._idle:
-            self._pending += 1
-        self._waiting.put(sequence)
+        self._submit(sequence, max_queued=self._max_queue)
         # Closing this iterator cancels the channel: the sequence leaves its batch next step.
         try:
             async for event in channel.receive():
@@ -235,73 +203,83 @@ class BatchingTextEngine:
         finally:
             channel.cancel()  # at once, not when the loop collects a suspended receive()
 
-    def close(self, wait_s: float = CLOSE_WAIT_S) -> bool:
-        """Cancels every running sequence (they leave at the next step), ends the waiting
-        ones, and waits up to `wait_s` for the scheduler thread to leave torch. True once
-        it has ended."""
-        if not self._closed:
-            self._closed = True
-            for sequence in list(self._members):
-                sequence.channel.cancel()
-            self._waiting.put(None)
-        if threading.current_thread() is not self._scheduler:
-            self._scheduler.join(wait_s)
-        return not self._scheduler.is_alive()
-
     # -- the scheduler thread -------------------------------------------------------------
 
-    def _schedule(self) -> None:
-        while True:
-            first = self._carry or self._waiting.get()
-            self._carry = None
-            if first is None:
+    def _run_once(self) -> None:
+        """Starts a batch when none runs, then one step of it."""
+        if self._state is None and not self._prefilling:
+            batch = self._gather()
+            if not batch:
                 return
-            batch = [first]
-            tokens = first.budget
-            deadline = time.perf_counter() + self._max_wait_s
-            while len(batch) < self._max_batch_size:
-                try:
-                    nxt = self._waiting.get(timeout=max(0.0, deadline - time.perf_counter()))
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self._waiting.put(None)
-                    break
-                if tokens + nxt.budget > self._max_batch_tokens:
-                    self._carry = nxt
-                    break
-                batch.append(nxt)
-                tokens += nxt.budget
             self._members = list(batch)
-            try:
-                self._run(batch)
-            except Exception as exc:  # every caller in the batch gets it, joiners included
-                logger.exception("batch of %d failed", len(self._members))
-                for sequence in self._members:
-                    self._finish(sequence, None, error=exc)
-            finally:
-                self._members = []
-                self._running = 0
+            self._prefilling = self._start(batch)
+        try:
+            with torch.inference_mode():
+                self._step()
+        except Exception as exc:  # every caller in the batch gets it, joiners included
+            logger.exception("batch of %d failed", len(self._members))
+            for sequence in self._members:
+                self._finish(sequence, None, error=exc)
+            self._state, self._prefilling = None, []
+        if self._state is None and not self._prefilling:
+            self._members = []
 
-    def _run(self, batch: list[_Sequence]) -> None:
-        """Decodes a batch to its end; sequences arriving meanwhile join between steps.
-        A step: one decoding pass of the running rows, then one chunk's worth of prefill;
-        a sequence whose prompt is in joins the running rows."""
-        with torch.inference_mode():
-            state: _State | None = None
-            prefilling = self._start(batch)
-            while state is not None or prefilling:
-                if state is not None:
-                    state = self._decode(state)
-                rows = state[0] if state else []
-                newcomers = self._admit(rows + [p.sequence for p in prefilling])
-                self._members.extend(newcomers)
-                prefilling += self._start(newcomers)
-                self._running = len(rows) + len(prefilling)
-                prefilling, ready = self._prefill_step(prefilling)
-                if ready:  # merged among themselves first: the big cache is copied once
-                    joined = functools.reduce(_merge, ready)
-                    state = joined if state is None else _merge(state, joined)
+    def _gather(self) -> list[_Sequence]:
+        """The next batch: the first waiting request, and those that arrive within
+        max_wait_ms (up to max_batch_size and max_batch_tokens). Empty when closing."""
+        first = self._carry or self._inbox.get()
+        self._carry = None
+        if first is None:
+            return []
+        batch = [first]
+        tokens = first.budget
+        deadline = time.perf_counter() + self._max_wait_s
+        while len(batch) < self._max_batch_size:
+            try:
+                nxt = self._inbox.get(timeout=max(0.0, deadline - time.perf_counter()))
+            except queue.Empty:
+                break
+            if nxt is None:
+                break
+            if tokens + nxt.budget > self._max_batch_tokens:
+                self._carry = nxt
+                break
+            batch.append(nxt)
+            tokens += nxt.budget
+        if self._closed:  # close() came while it gathered: they end as the queue does
+            for sequence in batch:
+                self._refuse(sequence)
+            return []
+        return batch
+
+    def _step(self) -> None:
+        """One decoding pass of the running rows, then one chunk's worth of prefill; a
+        sequence whose prompt is in joins the running rows. Sequences arriving meanwhile
+        join the prefill."""
+        if self._state is not None:
+            self._state = self._decode(self._state)
+        rows = self._state[0] if self._state else []
+        newcomers = self._admit(rows + [p.sequence for p in self._prefilling])
+        self._members.extend(newcomers)
+        self._prefilling += self._start(newcomers)
+        self._prefilling, ready = self._prefill_step(self._prefilling)
+        if ready:  # merged among themselves first: the big cache is copied once
+            joined = functools.reduce(_merge, ready)
+            self._state = joined if self._state is None else _merge(self._state, joined)
+        self._stepped()
+
+    def _interrupt(self) -> None:
+        for sequence in list(self._members):
+            sequence.channel.cancel()
+
+    def _shutdown(self) -> None:
+        """Closing: the batch's sequences (cancelled by close) end; the carried one too."""
+        for sequence in list(self._members):
+            self._finish(sequence, sequence.tokens, closing=True)
+        self._members, self._state, self._prefilling = [], None, []
+        if self._carry is not None:
+            self._refuse(self._carry)
+            self._carry = None
 
     def _decode(self, state: _State) -> _State | None:
         """Samples each row's next token, drops the rows that are done, and runs the pass
@@ -340,11 +318,10 @@ class BatchingTextEngine:
                 candidate, self._carry = self._carry, None
             else:
                 try:
-                    candidate = self._waiting.get_nowait()
+                    candidate = self._inbox.get_nowait()
                 except queue.Empty:
                     break
-            if candidate is None:  # closing: let the scheduler see it after this batch
-                self._waiting.put(None)
+            if candidate is None:  # closing: the batch ends after this step
                 break
             fits = tokens + candidate.budget <= self._max_batch_tokens
             if not fits and (running or admitted):  # one alone always runs, as in _schedule
@@ -358,6 +335,7 @@ class BatchingTextEngine:
         """Prefills to run for the sequences that are still wanted."""
         started = []
         for sequence in batch:
+            self._dequeued()
             if sequence.cancelled:  # left while waiting
                 self._finish(sequence, None)
                 continue
@@ -438,26 +416,29 @@ class BatchingTextEngine:
         return int(torch.multinomial(probs, 1, generator=sequence.generator))
 
     def _finish(
-        self, sequence: _Sequence, tokens: TokenStream | None, error: Exception | None = None
+        self,
+        sequence: _Sequence,
+        tokens: TokenStream | None,
+        error: Exception | None = None,
+        *,
+        closing: bool = False,
     ) -> None:
+        """Ends a request: its final event (finish reason CANCELLED when its caller left or
+        the engine is closing), or the error."""
         if sequence.finished:
             return
         sequence.finished = True
-        if sequence.cancelled:
-            self._cancelled += 1
-        if tokens is not None:
+        completion_tokens = 0
+        if tokens is not None and error is None:
             now = time.perf_counter()
             final = TextFinal(
-                finish_reason=tokens.finish(cancelled=sequence.cancelled),
+                finish_reason=tokens.finish(cancelled=sequence.cancelled or closing),
                 prompt_tokens=len(sequence.prompt_ids),
                 completion_tokens=tokens.completion_tokens,
                 seed=sequence.params.seed,
                 queued_ms=(sequence.started - sequence.submitted) * 1000,
                 inference_ms=(now - sequence.started) * 1000,
             )
-            self._tokens_generated += final.completion_tokens
+            completion_tokens = final.completion_tokens
             sequence.emit(final)
-        sequence.channel.close(error)
-        with self._idle:
-            self._pending -= 1
-            self._idle.notify_all()
+        self._finished(sequence, error, tokens=completion_tokens)

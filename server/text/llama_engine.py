@@ -23,15 +23,14 @@ import collections
 import logging
 import os
 import queue
-import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from genserve.server.engine.base import EngineBase
 from genserve.server.engine.channel import EventChannel
-from genserve.server.engine.contract import CLOSE_WAIT_S, EngineStats
-from genserve.server.errors import ResourceExhausted, Unavailable
+from genserve.server.engine.contract import CLOSE_WAIT_S
 from genserve.server.text.detokenizer import ByteDetokenizer
 from genserve.server.text.llama_runtime import BatchToken, ContextShape, LlamaRuntime, Sampler
 from genserve.server.text.prefix_cache import CachedPrefix, PrefixCache
@@ -109,62 +108,36 @@ class _Sequence:
         self.channel.try_send(event)  # sized for every event; False once the reader left
 
 
-class LlamaCppTextEngine:
+class LlamaCppTextEngine(EngineBase[_Sequence]):
     def __init__(self, runtime: LlamaRuntime, config: LlamaEngineConfig, *, name: str) -> None:
-        self.name = name
-        self.memory_bytes = runtime.memory_bytes
-        self._tokens_generated = 0  # written by the scheduler thread only
+        super().__init__(name, thread_name=f"llama-{name}", memory_bytes=runtime.memory_bytes)
         self._runtime = runtime
         self._config = config
         shape = runtime.shape
         sequences = shape.max_sequences - MAX_CACHED_PREFIXES
         self._free_ids = list(range(sequences - 1, -1, -1))
         self._prefixes = PrefixCache(range(sequences, shape.max_sequences))
-        self._incoming: queue.Queue[_Sequence | None] = queue.Queue()
         self._backlog: collections.deque[_Sequence] = collections.deque()
         self._running: list[_Sequence] = []
         self._reserved = 0  # cells promised to running sequences and cached prefixes
-        self._queued = 0
-        self._pending = 0
-        self._cancelled = 0
         self._computed = 0
         self._reused = 0
         self._encoding = 0  # requests being tokenized on worker threads (they use the vocab)
-        self._idle = threading.Condition()
-        self._closed = False
-        self._thread = threading.Thread(target=self._serve, name=f"llama-{name}", daemon=True)
-        self._thread.start()
+        self._start_thread()
 
     # -- the engine contract (event loop side) --------------------------------------------
-
-    @property
-    def ready(self) -> bool:
-        return not self._closed and self._thread.is_alive()
 
     @property
     def context_length(self) -> int:
         return self._runtime.context_length
 
-    def stats(self) -> EngineStats:
-        with self._idle:
-            return EngineStats(
-                queued=self._queued,
-                in_flight=self._pending - self._queued,
-                cancelled=self._cancelled,
-                tokens_generated=self._tokens_generated,
-            )
-
     def prefill_counters(self) -> PrefillCounters:
         return PrefillCounters(computed=self._computed, reused=self._reused)
-
-    def wait_idle(self, timeout: float) -> bool:
-        with self._idle:
-            return self._idle.wait_for(lambda: self._pending == 0, timeout)
 
     async def generate(self, request: TextRequest) -> AsyncIterator[TextEvent]:
         with self._idle:
             if self._closed:
-                raise Unavailable("the text model is shutting down")
+                raise self._closing_error()
             self._encoding += 1  # the scheduler frees the model only once this is 0
         try:
             prompt, prefix_length = await asyncio.to_thread(self.encode, request)
@@ -173,38 +146,16 @@ class LlamaCppTextEngine:
                 self._encoding -= 1
                 self._idle.notify_all()
         check_fits(len(prompt), request.params.max_new_tokens, self.context_length)
-        with self._idle:
-            if self._closed:
-                raise Unavailable("the text model is shutting down")
-            if self._queued >= self._config.max_queue:
-                raise ResourceExhausted(
-                    f"the text model has {self._queued} requests waiting; retry later"
-                )
-            channel: EventChannel[TextEvent] = EventChannel(
-                request.params.max_new_tokens + _CHANNEL_SLACK
-            )
-            # under the lock: nothing is put behind close()'s sentinel, where none would see it
-            self._incoming.put(
-                _Sequence(prompt, prefix_length, request.params, channel, time.perf_counter())
-            )
-            self._queued += 1
-            self._pending += 1
+        channel: EventChannel[TextEvent] = EventChannel(
+            request.params.max_new_tokens + _CHANNEL_SLACK
+        )
+        sequence = _Sequence(prompt, prefix_length, request.params, channel, time.perf_counter())
+        self._submit(sequence, max_queued=self._config.max_queue)
         try:
             async for event in channel.receive():
                 yield event
         finally:
             channel.cancel()  # the scheduler frees its cells at the next step
-
-    def close(self, wait_s: float = CLOSE_WAIT_S) -> bool:
-        """Cancels every request (they end at the next step) and waits up to `wait_s` for
-        the scheduler thread, which frees the context on its way out."""
-        with self._idle:
-            if not self._closed:
-                self._closed = True
-                self._incoming.put(None)
-        if threading.current_thread() is not self._thread:
-            self._thread.join(wait_s)
-        return not self._thread.is_alive()
 
     def kv_cells_reserved(self) -> int:
         """Cells promised to running requests and cached prefixes (of kv_cache_tokens)."""
@@ -228,36 +179,25 @@ class LlamaCppTextEngine:
 
     # -- the scheduler thread --------------------------------------------------------------
 
-    def _serve(self) -> None:
+    def _run_once(self) -> None:
+        self._take_arrivals(block=not self._running and not self._backlog)
+        if self._closed:
+            return
+        self._admit()
+        if not self._running:
+            return
         try:
-            while not self._closed:
-                self._take_arrivals(block=not self._running and not self._backlog)
-                self._admit()
-                if not self._running:
-                    continue
-                try:
-                    self._step()
-                except Exception as exc:  # every request in the step gets it
-                    logger.exception("llama.cpp step failed with %d sequences", len(self._running))
-                    self._fail_all(exc)
-        finally:
-            with self._idle:  # whatever ended the loop, nothing new is accepted after this
-                self._closed = True
-            self._drain()
-            with self._idle:
-                encodes_done = self._idle.wait_for(lambda: self._encoding == 0, CLOSE_WAIT_S)
-            if encodes_done:  # else leak the model rather than free it under a tokenizer
-                self._runtime.close()
+            self._step()
+        except Exception as exc:  # every request in the step gets it
+            logger.exception("llama.cpp step failed with %d sequences", len(self._running))
+            self._fail_all(exc)
 
     def _take_arrivals(self, *, block: bool) -> None:
         try:
-            item = self._incoming.get() if block else self._incoming.get_nowait()
-            while True:
-                if item is None:
-                    self._closed = True
-                    return
+            item = self._inbox.get() if block else self._inbox.get_nowait()
+            while item is not None:  # None: close() was called
                 self._backlog.append(item)
-                item = self._incoming.get_nowait()
+                item = self._inbox.get_nowait()
         except queue.Empty:
             return
 
@@ -382,6 +322,7 @@ class LlamaCppTextEngine:
         if not batch:
             return
         self._runtime.decode(batch)
+        self._stepped()
         self._computed += self._config.prefill_chunk_tokens - budget
         for prefix, take in filled:
             prefix.filled += take
@@ -424,8 +365,7 @@ class LlamaCppTextEngine:
             sequence.waiting_on.waiting.remove(sequence)
         if sequence.sampler is not None:
             sequence.sampler.free()
-        if sequence.cancelled:
-            self._cancelled += 1
+        tokens = 0
         if sequence.tokens is not None and error is None:
             final = TextFinal(
                 finish_reason=sequence.tokens.finish(cancelled=sequence.cancelled or closing),
@@ -435,16 +375,9 @@ class LlamaCppTextEngine:
                 queued_ms=(sequence.started - sequence.submitted) * 1000,
                 inference_ms=(time.perf_counter() - sequence.started) * 1000,
             )
-            self._tokens_generated += final.completion_tokens
+            tokens = final.completion_tokens
             sequence.emit(final)
-        sequence.channel.close(error)
-        with self._idle:
-            self._pending -= 1
-            self._idle.notify_all()
-
-    def _dequeued(self) -> None:
-        with self._idle:
-            self._queued -= 1
+        self._finished(sequence, error, tokens=tokens)
 
     def _fail_all(self, error: Exception) -> None:
         """After a failed decode the cells are in an unknown state: every running request
@@ -455,16 +388,17 @@ class LlamaCppTextEngine:
         for prefix in self._prefixes.clear():
             self._reserved -= len(prefix.tokens)
 
-    def _drain(self) -> None:
+    def _shutdown(self) -> None:
         """Closing: running requests end with finish reason CANCELLED, waiting ones with
-        UNAVAILABLE (they never started)."""
+        UNAVAILABLE (they never started); then the context is freed."""
         for sequence in list(self._running):
             self._finish(sequence, closing=True)
-        self._take_arrivals(block=False)
         while self._backlog:
-            sequence = self._backlog.popleft()
-            self._dequeued()
-            self._finish(sequence, Unavailable("the text model is shutting down"))
+            self._refuse(self._backlog.popleft())
+        with self._idle:
+            encodes_done = self._idle.wait_for(lambda: self._encoding == 0, CLOSE_WAIT_S)
+        if encodes_done:  # else leak the model rather than free it under a tokenizer
+            self._runtime.close()
 
 
 def load_llama_engine(gguf: Path, config: LlamaEngineConfig, *, name: str) -> LlamaCppTextEngine:

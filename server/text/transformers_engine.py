@@ -135,7 +135,12 @@ class SerialTextEngine:
                 job.emit(delta)
 
         tokens = hf_token_stream(self._tokenizer, self._eos_token_ids, params, deliver)
-        stop_when = _StopWhen(lambda: job.cancelled or tokens.stopped)
+
+        def after_step() -> bool:  # generate() asks once per decoding step
+            job.step_done()
+            return job.cancelled or tokens.stopped
+
+        stop_when = _StopWhen(after_step)
         input_ids = prompt_ids.to(self._device)
         # generate() samples from torch's global generator: seeded under its lock.
         with seeded_global_generator(params.seed), torch.inference_mode():
