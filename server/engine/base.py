@@ -117,10 +117,11 @@ class EngineBase(ABC, Generic[W]):
 
     def _finished(self, work: W, error: BaseException | None = None, *, tokens: int = 0) -> None:
         """Ends the request's stream (with `error` raised to its reader, if any)."""
+        cancelled = work.channel.cancelled  # before close: its reader cancels once it ends
         work.channel.close(error)
         with self._idle:
             self._pending -= 1
-            self._cancelled += work.channel.cancelled
+            self._cancelled += cancelled
             self._tokens_generated += tokens
             self._idle.notify_all()
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any, TypeAlias
 
 from genserve.contract.events import MediaEvent
-from genserve.server.engine.contract import module_bytes
+from genserve.server.engine.contract import Engine, module_bytes
 from genserve.server.engine.serial import Job, SerialEngine
 from genserve.server.manifest import ModelSpec
 from genserve.server.media.audio import BarkBundle, generate_audio
@@ -53,10 +53,10 @@ def _media_engine(
     )
 
 
-def load_image_engine(spec: ModelSpec, settings: Settings) -> MediaEngine:
+def _image_pipeline(spec: ModelSpec, settings: Settings) -> Any:
     from diffusers import StableDiffusionPipeline
 
-    pipeline = _diffusers(
+    return _diffusers(
         StableDiffusionPipeline,
         spec,
         settings,
@@ -64,7 +64,32 @@ def load_image_engine(spec: ModelSpec, settings: Settings) -> MediaEngine:
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    return _media_engine(spec, settings, pipeline, generate_image)
+
+
+def load_image_engine(spec: ModelSpec, settings: Settings) -> MediaEngine:
+    """One request at a time through the pipeline's own call."""
+    return _media_engine(spec, settings, _image_pipeline(spec, settings), generate_image)
+
+
+def load_batching_image_engine(spec: ModelSpec, settings: Settings) -> Engine[Any, Any]:
+    """Concurrent requests of one shape share the UNet's batch dimension; a UNet the
+    batched loop cannot drive (guidance-embedding LCM) runs one request at a time."""
+    from genserve.server.media.image_batching import BatchingImageEngine
+    from genserve.server.media.image_denoise import Denoiser
+
+    pipeline = _image_pipeline(spec, settings)
+    try:
+        denoiser = Denoiser(pipeline)
+    except ValueError as exc:
+        logger.warning("%s is served unbatched: %s", spec.name, exc)
+        return _media_engine(spec, settings, pipeline, generate_image)
+    return BatchingImageEngine(
+        spec.name,
+        denoiser,
+        chunk_size=settings.media.chunk_size,
+        max_queue=settings.media.max_queue,
+        memory_bytes=module_bytes(pipeline),
+    )
 
 
 def load_video_engine(spec: ModelSpec, settings: Settings) -> MediaEngine:

@@ -102,6 +102,8 @@ IMAGE = ModalitySpec(
     sdk_timeout_s=600.0,
     engines={
         "diffusers": "genserve.server.media.loaders:load_image_engine",
+        # concurrent requests of one shape share the UNet (opt-in until it is the default)
+        "diffusers-batched": "genserve.server.media.loaders:load_batching_image_engine",
         "upstream": "genserve.server.upstream.loader:load_image_upstream",
     },
     default_engine="diffusers",
