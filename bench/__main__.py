@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import media_overhead, perplexity, ray_scale, upstream_hop, weights
+from bench import image_batching, media_overhead, perplexity, ray_scale, upstream_hop, weights
 from bench.llama_server import LLAMA_SERVER, start_llama_server
 from bench.server_process import bridge_process, free_port, served_text_models
 from bench.text_throughput import (
@@ -90,6 +90,7 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
     results["perplexity"] = perplexity_pair()
     results["weights"] = weights.compare(tokens if quick else 64, 1 if quick else 3)
     results["media_overhead"] = media_overhead.run(1 if quick else 5)
+    results["image_batching"] = image_batching.run(1 if quick else 5)
     results["ray_scale"] = (
         ray_scale.run(rounds=1, repeats=1, per_round=4) if quick else ray_scale.run(5, 15)
     )
@@ -198,6 +199,8 @@ def summary(results: dict[str, Any]) -> str:
         weights.markdown(results["weights"]),
         "",
         media_overhead.markdown(results["media_overhead"]),
+        "",
+        image_batching.markdown(results["image_batching"]),
         "",
         upstream_hop.markdown(results["upstream_hop"]),
         "",

@@ -34,6 +34,9 @@ def test_quick_benchmark_writes_its_results(tmp_path: Path) -> None:
         "video",
         "mesh",
     }
+    batching = written["image_batching"]  # 4 concurrent images against 4 in a row
+    assert batching["sequential_s_median"] > 0 and batching["concurrent_s_median"] > 0
+    assert batching["max_pixel_difference"] <= 2
     ray = written["ray_scale"]  # image requests on 1 and 2 Ray Serve replicas, and the hop
     assert ray["scale"]["one_replica_images_per_s"] > 0
     assert ray["scale"]["two_replicas_images_per_s"] > 0

@@ -29,6 +29,9 @@ from tests.media_calls import collect
 from tests.server_thread import ServerThread, make_settings
 
 STEPS = 10
+# Batched GEMMs may round differently from a batch of one (seen here: 1 of 255 in a few
+# pixels for some seeds). A row mixed up with another's seed or step is off by far more.
+KERNEL_ROUNDING = 2
 
 
 def tiny_image_spec(**changes: Any) -> Any:
@@ -99,6 +102,14 @@ def pixels(data: bytes) -> np.ndarray:
         return np.asarray(image.convert("RGB"), dtype=np.int16)
 
 
+def assert_same_picture(batched: bytes, alone: bytes) -> None:
+    """The same bytes, or the same picture but for the kernels' rounding (printed)."""
+    if batched != alone:
+        difference = int(np.abs(pixels(batched) - pixels(alone)).max())
+        print(f"batched picture differs from the solo one by at most {difference}/255")
+        assert difference <= KERNEL_ROUNDING
+
+
 def test_alone_the_batched_loop_gives_the_pipelines_own_bytes(
     solo: dict[int, bytes], tmp_path: Path
 ) -> None:
@@ -118,12 +129,8 @@ def test_a_batch_of_four_gives_each_seed_its_solo_bytes(
         run_together(batching, [(params(s, f"prompt {s}"), 0) for s in (1, 2, 3, 4)])
     )
     passes = batching.stats().steps - before
-    differences = [
-        int(np.abs(pixels(r.data) - pixels(solo[s])).max())
-        for r, s in zip(results, (1, 2, 3, 4), strict=True)
-    ]
-    print(f"largest pixel difference, batch of 4 against solo: {max(differences)}")
-    assert [r.data == solo[s] for r, s in zip(results, (1, 2, 3, 4), strict=True)] == [True] * 4
+    for result, seed in zip(results, (1, 2, 3, 4), strict=True):
+        assert_same_picture(result.data, solo[seed])
     # the four shared UNet passes: fewer than four requests' worth, at least one's
     assert STEPS <= passes < 4 * STEPS, passes
     for r in results:  # each request its own progress, every step once, in order
@@ -142,7 +149,8 @@ def test_cancelling_one_of_four_leaves_the_others_unchanged(
         )
     )
     assert results[1].data == b"" and results[1].final is None
-    assert [results[i].data for i in (0, 2, 3)] == [solo[1], solo[3], solo[4]]
+    for index, seed in ((0, 1), (2, 3), (3, 4)):
+        assert_same_picture(results[index].data, solo[seed])
     assert batching.wait_idle(30)
     assert batching.stats().cancelled == before.cancelled + 1
 
