@@ -304,3 +304,36 @@ def test_a_closed_engine_refuses_new_requests() -> None:
     assert engine.close()
     with pytest.raises(Unavailable):
         run(collect(engine, ask("Hello?")))
+
+
+def test_a_long_prompt_is_not_starved_by_a_stream_of_short_ones() -> None:
+    """The scheduler's prefill shares, stepped as the engine steps them: a 500-token prompt,
+    and two new 40-token prompts arriving at every step (more than a step's 64 tokens).
+    Shortest-first alone would never feed the long one; it must be in within 2 x 500 / 64
+    steps."""
+    from genserve.server.engine.channel import EventChannel
+    from genserve.server.text.llama_engine import _prompt_shares, _Sequence
+
+    budget = 64
+
+    def sequence(tokens: int, started: float) -> _Sequence:
+        params = ask("x").params
+        return _Sequence([0] * tokens, 0, params, EventChannel(1), started, started=started)
+
+    async def steps() -> tuple[_Sequence, list[_Sequence], int]:  # (channels need a loop)
+        long = sequence(500, started=0.0)
+        prefilling = [long]
+        for step in range(1, 100):
+            prefilling += [sequence(40, started=float(step)) for _ in range(2)]
+            shares = _prompt_shares(prefilling, budget)
+            assert sum(shares.values()) <= budget
+            for s, take in shares.items():
+                s.cursor += take
+            prefilling = [s for s in prefilling if s.cursor < len(s.prompt)]
+            if long not in prefilling:
+                break
+        return long, prefilling, step
+
+    long, prefilling, step = asyncio.run(steps())
+    assert long.cursor == 500
+    assert step <= 2 * 500 // budget + 1, step

@@ -302,12 +302,9 @@ class LlamaCppTextEngine(EngineBase[_Sequence]):
             if not budget:
                 break
         prompts: list[tuple[_Sequence, int]] = []
-        for sequence in sorted(
-            (s for s in self._running if s.prefilling), key=lambda s: len(s.prompt) - s.cursor
-        ):
-            if not budget:
-                break
-            take = min(budget, len(sequence.prompt) - sequence.cursor)
+        for sequence, take in _prompt_shares(
+            [s for s in self._running if s.prefilling], budget
+        ).items():
             end = sequence.cursor + take
             for position in range(sequence.cursor, end):
                 last = position == len(sequence.prompt) - 1
@@ -399,6 +396,32 @@ class LlamaCppTextEngine(EngineBase[_Sequence]):
             encodes_done = self._idle.wait_for(lambda: self._encoding == 0, CLOSE_WAIT_S)
         if encodes_done:  # else leak the model rather than free it under a tokenizer
             self._runtime.close()
+
+
+def _prompt_shares(prefilling: list[_Sequence], budget: int) -> dict[_Sequence, int]:
+    """The step's prompt tokens for each prefilling sequence. Shortest remainder first: a
+    short prompt's first token is not held behind a long one. But the longest-waiting
+    sequence is always given half the budget, or a steady stream of short prompts, each
+    first by length, would starve a long one forever; with it, a prompt's prefill ends
+    within 2 x its length / budget steps of its start, whatever arrives after it."""
+    shares: dict[_Sequence, int] = {}
+    if not prefilling or budget < 1:
+        return shares
+    oldest = min(prefilling, key=lambda s: s.started)
+    shares[oldest] = min(_remaining(oldest), max(1, budget // 2))
+    budget -= shares[oldest]
+    for sequence in sorted(prefilling, key=_remaining):
+        if not budget:
+            break
+        more = min(budget, _remaining(sequence) - shares.get(sequence, 0))
+        if more > 0:
+            shares[sequence] = shares.get(sequence, 0) + more
+            budget -= more
+    return shares
+
+
+def _remaining(sequence: _Sequence) -> int:
+    return len(sequence.prompt) - sequence.cursor
 
 
 def load_llama_engine(gguf: Path, config: LlamaEngineConfig, *, name: str) -> LlamaCppTextEngine:
