@@ -21,7 +21,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import image_batching, media_overhead, perplexity, ray_scale, upstream_hop, weights
+from bench import (
+    image_batching,
+    media_overhead,
+    perplexity,
+    process_hop,
+    profile_isolation,
+    ray_scale,
+    upstream_hop,
+    weights,
+)
 from bench.llama_server import LLAMA_SERVER, start_llama_server
 from bench.server_process import bridge_process, free_port, served_text_models
 from bench.text_throughput import (
@@ -87,6 +96,8 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
             assert process.poll() is None, "llama-server exited"
             results["greedy_agreement"] = greedy_agreement(url, llama_url, tokens)
         results["upstream_hop"] = upstream_hop_run(stack, quick, peer, url)
+    results["process_hop"] = process_hop.run(*((2, 8) if quick else (20, 64)))
+    results["profile_isolation"] = profile_isolation.run(*((1, 8) if quick else (8, 128)))
     results["perplexity"] = perplexity_pair()
     results["weights"] = weights.compare(tokens if quick else 64, 1 if quick else 3)
     results["media_overhead"] = media_overhead.run(1 if quick else 5)
@@ -201,6 +212,10 @@ def summary(results: dict[str, Any]) -> str:
         media_overhead.markdown(results["media_overhead"]),
         "",
         image_batching.markdown(results["image_batching"]),
+        "",
+        process_hop.markdown(results["process_hop"]),
+        "",
+        profile_isolation.markdown(results["profile_isolation"]),
         "",
         upstream_hop.markdown(results["upstream_hop"]),
         "",

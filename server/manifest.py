@@ -64,10 +64,11 @@ class ModelSpec(BaseModel):
     limits: AdmissionLimits = Field(
         default_factory=AdmissionLimits, description="this model's caps on cost and time"
     )
-    # Where the engine runs: this process (the default for now), a worker process of its
-    # own (`process`: a crash cuts only its own streams), or a Ray Serve deployment
-    # (`[<modality>.ray]`). An upstream model is always local: its engine is a client.
-    placement: Placement = "local"
+    # Where the engine runs: a worker process of its own (the default: a crash cuts only
+    # its own streams, and its OpenMP runtime and GIL are its own), this process
+    # (`local`), or a Ray Serve deployment (`[<modality>.ray]`). An upstream model is
+    # always local: its engine is an HTTP client.
+    placement: Placement = "process"
     threads: int = Field(
         0, ge=0, description="placement = process: the worker's torch/OpenMP threads (0: all)"
     )

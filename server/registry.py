@@ -223,10 +223,17 @@ class ModelRegistry:
     # -- life cycle --------------------------------------------------------------------------
 
     async def preload(self) -> None:
-        """Load every `preload` model, one after the other, off the event loop."""
-        for entry in self._entries.values():
-            if entry.state is ModelState.PENDING:
-                await self._load(entry)
+        """Load every `preload` model, off the event loop. Models in worker processes load
+        side by side (each in an interpreter of its own); those in this process load one
+        after the other, beside them. Under a memory budget every model loads in turn, so
+        each load sees what the ones before it hold."""
+        pending = [e for e in self._entries.values() if e.state is ModelState.PENDING]
+        if self.memory_budget_bytes:
+            await _load_in_turn(self._load, pending)
+            return
+        apart = [e for e in pending if e.spec.placement == "process"]
+        here = [e for e in pending if e.spec.placement != "process"]
+        await asyncio.gather(_load_in_turn(self._load, here), *map(self._load, apart))
 
     async def load(self, name: str) -> ModelEntry:
         """LoadModel: load now and keep (an on-demand model is pinned until unloaded)."""
@@ -351,6 +358,13 @@ class ModelRegistry:
             remaining = max(0.0, deadline - time.monotonic())
             stopped = _close_quietly(engine, name, wait_s=remaining) and stopped
         return stopped
+
+
+async def _load_in_turn(
+    load: Callable[[ModelEntry], Awaitable[None]], entries: list[ModelEntry]
+) -> None:
+    for entry in entries:
+        await load(entry)
 
 
 def _initial_state(spec: ModelSpec, loader: Loader | None) -> ModelState:

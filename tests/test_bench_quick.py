@@ -12,7 +12,7 @@ from PIL import Image
 from bench.__main__ import run
 
 
-@pytest.mark.timeout(600)  # five server processes and every measurement, on a shared machine
+@pytest.mark.timeout(900)  # a dozen server processes and every measurement, on a shared machine
 def test_quick_benchmark_writes_its_results(tmp_path: Path) -> None:
     results = run(quick=True, out=tmp_path)
     written = json.loads((tmp_path / "bench.json").read_text())
@@ -37,6 +37,11 @@ def test_quick_benchmark_writes_its_results(tmp_path: Path) -> None:
     batching = written["image_batching"]  # 4 concurrent images against 4 in a row
     assert batching["sequential_s_median"] > 0 and batching["concurrent_s_median"] > 0
     assert batching["max_pixel_difference"] <= 2
+    hop = written["process_hop"]  # the same text model in process and in a worker process
+    assert hop["ttft_ms_local"] > 0 and hop["ttft_ms_process"] > 0
+    assert hop["token_gap_ms_local"] > 0 and hop["token_gap_ms_process"] > 0
+    isolation = written["profile_isolation"]  # the whole profile against the text model alone
+    assert isolation["tokens_per_s_alone"] > 0 and isolation["profile_vs_alone"] > 0
     ray = written["ray_scale"]  # image requests on 1 and 2 Ray Serve replicas, and the hop
     assert ray["scale"]["one_replica_images_per_s"] > 0
     assert ray["scale"]["two_replicas_images_per_s"] > 0

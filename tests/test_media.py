@@ -14,7 +14,6 @@ import pytest
 import soundfile
 from PIL import Image
 
-from genserve.server.engine.serial import SerialEngine
 from genserve.server.manifest import Modality
 from genserve.server.media.mesh_files import obj_blocks
 from genserve.v1 import (
@@ -130,7 +129,7 @@ def test_cancelling_mid_denoise_stops_the_pipeline(
     tiny_server: ServerThread, channel: grpc.Channel
 ) -> None:
     engine = tiny_server.server.registry.resolve(Modality.IMAGE, None).engine
-    assert isinstance(engine, SerialEngine)
+    assert engine is not None  # in process or a worker's: its stats cross the boundary
     cancelled_before = engine.stats().cancelled
     request = image_pb2.ImageGenerateRequest(
         prompt="a long one", num_inference_steps=100, width=128, height=128

@@ -81,7 +81,7 @@ def spec(**fields: Any) -> ModelSpec:
 
 
 def test_the_manifests_ray_table() -> None:
-    assert spec().placement == "local"
+    assert spec().placement == "process"  # the default: a worker process of its own
     placed = spec(placement="ray", ray={"num_replicas": 2, "num_cpus": 0.5})
     options = placed.ray.deployment_options()
     assert options["num_replicas"] == 2
