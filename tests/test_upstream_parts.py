@@ -3,8 +3,10 @@ first bytes of a file say."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import time
+from collections.abc import AsyncIterator
 from email.utils import formatdate
 
 import httpx
@@ -13,8 +15,10 @@ import pytest
 import soundfile
 from PIL import Image
 
+from genserve.server.errors import Unavailable
 from genserve.server.upstream.http import _nothing_was_sent, retry_after_s
 from genserve.server.upstream.media_stream import header_for
+from genserve.server.upstream.sse import event_data
 
 
 @pytest.mark.parametrize(
@@ -74,3 +78,32 @@ def test_an_image_header_gives_type_and_size(fmt: str, mime: str) -> None:
     Image.new("RGB", (96, 64)).save(encoded, format=fmt)
     header = header_for(encoded.getvalue()[:4096], "image", "application/octet-stream")
     assert (header.mime_type, header.width, header.height) == (mime, 96, 64)
+
+
+async def _pieces(*pieces: bytes) -> AsyncIterator[bytes]:
+    for piece in pieces:
+        yield piece
+
+
+def _events(*pieces: bytes, cap: int = 1024) -> list[str]:
+    async def read() -> list[str]:
+        return [data async for data in event_data(_pieces(*pieces), cap, "m")]
+
+    return asyncio.run(read())
+
+
+def test_sse_events_end_at_blank_lines_with_any_line_end_split_anywhere() -> None:
+    stream = b": keep-alive\n\ndata: one\r\n\r\ndata:two\rdata: lines\r\revent: x\ndata: 3\n\n"
+    expected = ["one", "two\nlines", "3"]
+    assert _events(stream) == expected
+    assert _events(*(stream[i : i + 1] for i in range(len(stream)))) == expected  # byte by byte
+    assert _events(b"data: cut off at the end") == []  # an event never ended is not one
+
+
+def test_an_sse_line_past_the_cap_fails_at_the_cap() -> None:
+    with pytest.raises(Unavailable, match="more than 1024 bytes"):
+        _events(b"data: ", *([b"a" * 100] * 11))
+    with pytest.raises(Unavailable, match="more than 1024 bytes"):  # many short data lines
+        _events(*([b"data: " + b"a" * 50 + b"\n"] * 30))
+    with pytest.raises(Unavailable, match="not UTF-8"):
+        _events(b"data: \xff\n\n")

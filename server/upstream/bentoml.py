@@ -12,9 +12,11 @@ from dataclasses import asdict
 from genserve.contract.events import MediaEvent
 from genserve.contract.modalities.image import ImageFormat, ImageParams
 from genserve.server.errors import Unavailable
+from genserve.server.settings import Settings
 from genserve.server.text.types import FinishReason, TextDelta, TextEvent, TextFinal, TextRequest
 from genserve.server.upstream.engine import Adapter
 from genserve.server.upstream.http import UpstreamHttp
+from genserve.server.upstream.media_checks import ImageCheck
 from genserve.server.upstream.media_stream import (
     MediaTiming,
     media_events,
@@ -26,8 +28,11 @@ from genserve.server.upstream.openai import CHARS_PER_TOKEN, SEED_MODULUS
 HEALTH_PATH = "/readyz"
 
 
-def image_adapter(chunk_size: int) -> Adapter[ImageParams, MediaEvent]:
+def image_adapter(settings: Settings) -> Adapter[ImageParams, MediaEvent]:
+    chunk_size, max_pixels = settings.media.chunk_size, settings.image.max_pixels
+
     async def image(http: UpstreamHttp, params: ImageParams) -> AsyncGenerator[MediaEvent, None]:
+        """The service's PNG, checked as it streams on (or whole, before re-encoding)."""
         assert http.spec.endpoint is not None
         clock = time.perf_counter()
         # The BentoML service we target (chapter 3's example) takes these; no negative prompt.
@@ -40,13 +45,21 @@ def image_adapter(chunk_size: int) -> Adapter[ImageParams, MediaEvent]:
             "seed": params.seed % SEED_MODULUS,
         }
         timing = MediaTiming(params.seed, clock)
+        check = ImageCheck(http.model, "PNG", params.width, params.height, max_pixels)
         async with http.stream("POST", http.spec.endpoint, body) as reply:
             declared = reply.response.headers.get("content-type")
             data = http.timed(reply, reply.response.aiter_bytes())
             if params.format is not ImageFormat.PNG:  # the service sends PNG
-                whole = b"".join([piece async for piece in data])
-                data = one_piece(reencoded(whole, params.format))
-            async for event in media_events(data, chunk_size, "image", declared, timing):
+                whole = bytearray()
+                async for piece in data:
+                    check.feed(piece)
+                    whole += piece
+                check.finish()
+                data = one_piece(reencoded(bytes(whole), params.format))
+                async for event in media_events(data, chunk_size, "image", declared, timing):
+                    yield event
+                return
+            async for event in media_events(data, chunk_size, "image", declared, timing, check):
                 yield event
 
     return image
@@ -70,6 +83,8 @@ async def text(http: UpstreamHttp, request: TextRequest) -> AsyncGenerator[TextE
     async with http.stream("POST", http.spec.endpoint, body) as reply:
         # aiter_text decodes UTF-8 incrementally: a character split across pieces waits.
         async for piece in http.timed(reply, reply.response.aiter_text()):
+            if piece and completion >= params.max_new_tokens:
+                break  # more than was asked for: the connection closes here
             if piece:
                 completion += 1
                 yield TextDelta(piece, completion)

@@ -18,7 +18,7 @@ from contextlib import aclosing
 from typing import Generic, TypeVar
 
 from genserve.server.engine.contract import EngineStats
-from genserve.server.errors import Unavailable
+from genserve.server.errors import ServingError, Unavailable
 from genserve.server.upstream.http import UpstreamHttp
 
 logger = logging.getLogger(__name__)
@@ -65,6 +65,19 @@ class UpstreamEngine(Generic[R, E]):
         except (GeneratorExit, asyncio.CancelledError):
             self._cancelled += 1
             raise
+        except ServingError:
+            raise
+        except Exception as error:
+            # The adapters check what they read; this is the net under them. Whatever the
+            # upstream sent, the caller gets UNAVAILABLE, never INTERNAL, and the log gets
+            # one line, not a traceback.
+            kind = type(error).__name__
+            logger.warning(
+                "model %s: the upstream's reply broke an adapter: %s: %s", self.name, kind, error
+            )
+            raise Unavailable(
+                f"model {self.name}: the upstream sent a reply genserve could not read ({kind})"
+            ) from None
         finally:
             with self._idle:
                 self._idle.notify_all()

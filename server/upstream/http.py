@@ -89,6 +89,7 @@ class UpstreamHttp:
             trust_env=False,  # a proxy from the environment must not see our key
         )
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._warned: set[str] = set()
         self.in_flight = 0
 
     # -- calls -----------------------------------------------------------------------------
@@ -145,14 +146,33 @@ class UpstreamHttp:
                 "the output is incomplete"
             ) from error
 
-    async def fetch_json(self, method: str, path: str, body: dict[str, Any]) -> Any:
-        """A whole JSON reply (embeddings, images), read under the same limits."""
+    async def fetch_json(
+        self, method: str, path: str, body: dict[str, Any], max_bytes: int, what: str
+    ) -> Any:
+        """A whole JSON reply (embeddings, images), read under the same limits and at most
+        `max_bytes` of it (`what` says why that much: in the error past it)."""
+        chunks: list[bytes] = []
+        received = 0
         async with self.stream(method, path, body) as reply:
-            chunks = [c async for c in self.timed(reply, reply.response.aiter_bytes())]
+            async for chunk in self.timed(reply, reply.response.aiter_bytes()):
+                received += len(chunk)
+                if received > max_bytes:
+                    raise Unavailable(
+                        f"model {self.model}: the upstream's reply passed {max_bytes} bytes, "
+                        f"the most {what} takes"
+                    )
+                chunks.append(chunk)
         try:
             return json.loads(b"".join(chunks))
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting a mile deep
             raise Unavailable(f"model {self.model}: the upstream's reply is not JSON") from None
+
+    def warn_once(self, what: str, message: str) -> None:
+        """A warning about this upstream, logged the first time only (it would repeat on
+        every request)."""
+        if what not in self._warned:
+            self._warned.add(what)
+            logger.warning("model %s: %s", self.model, message)
 
     async def problem(self, path: str) -> str | None:
         """One health probe: None when the upstream answers and accepts our key, else

@@ -16,14 +16,13 @@ logger = logging.getLogger(__name__)
 
 
 def _adapter(kind: str, modality: Modality, settings: Settings) -> Adapter[Any, Any] | None:
-    chunk_size = settings.media.chunk_size
     adapters: dict[tuple[str, Modality], Adapter[Any, Any]] = {
         ("openai", Modality.TEXT): openai.chat,
         ("openai", Modality.EMBEDDING): openai.embeddings,
-        ("openai", Modality.IMAGE): openai.image_adapter(chunk_size),
-        ("openai", Modality.AUDIO): openai.speech_adapter(chunk_size),
+        ("openai", Modality.IMAGE): openai.image_adapter(settings),
+        ("openai", Modality.AUDIO): openai.speech_adapter(settings),
         ("bentoml", Modality.TEXT): bentoml.text,
-        ("bentoml", Modality.IMAGE): bentoml.image_adapter(chunk_size),
+        ("bentoml", Modality.IMAGE): bentoml.image_adapter(settings),
     }
     return adapters.get((kind, modality))
 

@@ -10,6 +10,7 @@ import time
 import wave
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Protocol
 
 from PIL import Image
 
@@ -26,6 +27,14 @@ SNIFFED_TYPES = (
     (b"\xff\xd8\xff", "image/jpeg", "jpg"),
     (b"RIFF", "audio/wav", "wav"),  # WebP is RIFF too: told apart below
 )
+
+
+class FileCheck(Protocol):
+    """Fed the file as it streams (media_checks.py); raises Unavailable where it fails."""
+
+    def feed(self, piece: bytes) -> None: ...
+
+    def finish(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -78,9 +87,11 @@ async def media_events(
     stem: str,
     declared_type: str | None,
     timing: MediaTiming,
+    check: FileCheck | None = None,
 ) -> AsyncIterator[MediaEvent]:
     """Header first (from up to HEADER_PROBE_BYTES of the file), then chunks of at most
-    chunk_size bytes as the bytes arrive, then the final event."""
+    chunk_size bytes as the bytes arrive, then the final event. `check` sees each piece
+    before it goes on, and the whole before the final event."""
     digest = hashlib.sha256()
     pending = bytearray()
     sent = 0
@@ -89,6 +100,8 @@ async def media_events(
     async for piece in data:
         if not inference_ms:  # the upstream's compute ends when its file starts
             inference_ms = (time.perf_counter() - timing.started) * 1000
+        if check is not None:
+            check.feed(piece)
         pending += piece
         if not header_sent and len(pending) < HEADER_PROBE_BYTES:
             continue
@@ -105,6 +118,8 @@ async def media_events(
         if not pending:  # a 200 with nothing in it is no answer
             raise Unavailable("the upstream answered with an empty file")
         yield header_for(bytes(pending), stem, declared_type)
+    if check is not None:
+        check.finish()
     for start in range(0, len(pending), chunk_size):
         chunk = bytes(pending[start : start + chunk_size])
         digest.update(chunk)

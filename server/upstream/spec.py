@@ -52,6 +52,9 @@ class UpstreamSpec(BaseModel):
     retries: UpstreamRetries = Field(default_factory=UpstreamRetries)
     health_interval_s: float = Field(5.0, gt=0, description="how often reachability is probed")
     max_in_flight: int = Field(64, ge=1, description="calls open at once before 429")
+    max_event_bytes: int = Field(
+        1024 * 1024, ge=1024, description="openai chat: the largest one streamed event may be"
+    )
 
     @model_validator(mode="after")
     def _what_each_kind_needs(self) -> UpstreamSpec:

@@ -60,6 +60,9 @@ class ImageLimits(PictureLimits):
 
 class AudioLimits(BaseModel):
     max_prompt_chars: int = Field(500, ge=1)
+    max_audio_s: float = Field(
+        600.0, gt=0, description="the longest sound served (an upstream's is cut off past it)"
+    )
     voice_presets: tuple[str, ...] = tuple(f"v2/en_speaker_{i}" for i in range(10))
 
 
