@@ -49,7 +49,12 @@ from bench.text_throughput import (
 LLAMA_CPP_MODEL = "smollm2-135m-instruct"  # the tiny profile's default, engine llama.cpp
 TRANSFORMERS_MODEL = "smollm2-135m-instruct-transformers"
 HOP_REQUESTS, HOP_TOKENS = 40, 32
-SWEEPS = ("sweep_genserve", "sweep_llama_server", "sweep_genserve_transformers")
+SWEEPS = (
+    "sweep_genserve",
+    "sweep_genserve_kv_streams",
+    "sweep_llama_server",
+    "sweep_genserve_transformers",
+)
 
 
 def run(quick: bool, out: Path) -> dict[str, Any]:
@@ -77,6 +82,20 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
             process = stack.enter_context(llama_server_process(llama_port))
             servers["sweep_llama_server"] = ("llama-server", llama_url, "smollm2")
         if not quick:
+            # The same engine with a KV stream per sequence (as llama-server's slots), not
+            # one pool: attention reads only the sequence's own cells.
+            streams_url = stack.enter_context(
+                bridge_process(
+                    stack.enter_context(
+                        served_text_models([LLAMA_CPP_MODEL], "--no-text.kv-unified")
+                    )
+                )
+            )
+            servers["sweep_genserve_kv_streams"] = (
+                "genserve (llama.cpp, KV stream per sequence)",
+                streams_url,
+                LLAMA_CPP_MODEL,
+            )
             torch_url = stack.enter_context(
                 bridge_process(stack.enter_context(served_text_models([TRANSFORMERS_MODEL])))
             )

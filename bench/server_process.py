@@ -46,9 +46,9 @@ def wait_serving(target: str, process: subprocess.Popen[bytes], timeout_s: float
 
 
 @contextmanager
-def served_text_models(names: list[str]) -> Iterator[str]:
+def served_text_models(names: list[str], *options: str) -> Iterator[str]:
     """Yields the gRPC target of a server process holding these tiny-profile text models,
-    all preloaded (the first is the default)."""
+    all preloaded (the first is the default), started with these extra options."""
     specs = [tiny_text_spec(name) for name in names]
     entries = [
         spec.model_copy(update={"load_policy": "preload", "default": i == 0}).model_dump(
@@ -56,12 +56,12 @@ def served_text_models(names: list[str]) -> Iterator[str]:
         )
         for i, spec in enumerate(specs)
     ]
-    with served_manifest({"text": entries}) as target:
+    with served_manifest({"text": entries}, *options) as target:
         yield target
 
 
 @contextmanager
-def served_manifest(manifest: dict[str, Any]) -> Iterator[str]:
+def served_manifest(manifest: dict[str, Any], *options: str) -> Iterator[str]:
     """Yields the gRPC target of a server process serving this manifest (loopback, no auth)."""
     with tempfile.TemporaryDirectory(prefix="genserve-bench-") as folder:
         path = Path(folder) / "manifest.toml"
@@ -70,7 +70,7 @@ def served_manifest(manifest: dict[str, Any]) -> Iterator[str]:
         command = [sys.executable, "-m", "genserve.server", "--host", "127.0.0.1"]
         command += ["--port", str(port)]
         command += ["--metrics-port", "0", "--data-dir", folder, "--manifest", str(path)]
-        command += ["--model-store", str(MODEL_STORE), "--log-level", "WARNING"]
+        command += ["--model-store", str(MODEL_STORE), "--log-level", "WARNING", *options]
         process = subprocess.Popen(command)
         try:
             target = f"127.0.0.1:{port}"

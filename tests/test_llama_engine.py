@@ -165,6 +165,28 @@ def test_the_shared_prefix_is_prefilled_once(engine: LlamaCppTextEngine) -> None
     assert engine.prefill_counters().computed - after.computed == len(tokens) - prefix
 
 
+def test_per_sequence_kv_streams_give_the_same_greedy_text_and_reuse_the_prefix() -> None:
+    """kv_unified off: each sequence a KV stream of its own, as llama-server's slots, and
+    a shared prefix copied into each stream rather than shared. Greedy text in a batch
+    equals the one pool's, alone, and the system prompt is still prefilled once."""
+    system = "You are a careful assistant for a shared-prefix test. " * 3
+    pooled, streams = make_engine(), make_engine(unified=False, max_running=4)
+    try:
+        solo = [run(collect(pooled, ask(p, system=system))) for p in PROMPTS]
+        prefix = streams.encode(ask(PROMPTS[0], system=system))[1]
+
+        async def batch() -> list[tuple[str, TextFinal]]:
+            return await asyncio.gather(*(collect(streams, ask(p, system=system)) for p in PROMPTS))
+
+        batched = run(batch())
+        reused = streams.prefill_counters().reused
+        assert streams.context_length < pooled.context_length  # a slice of the cells each
+    finally:
+        assert pooled.close() and streams.close()
+    assert [text for text, _ in batched] == [text for text, _ in solo]
+    assert reused == prefix * len(PROMPTS)
+
+
 def test_a_cancel_frees_the_cells_for_the_next_request() -> None:
     # 600 cells: one 400-token request at a time. The second can only start in the cells
     # the cancelled one gave back.

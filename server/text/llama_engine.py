@@ -54,15 +54,20 @@ class LlamaEngineConfig:
     max_queue: int
     prefill_chunk_tokens: int
     threads: int = 0  # 0: every core this process may use
+    # False: each sequence id a KV stream of its own (kv_cache_tokens split between them),
+    # so `max_running` of them, not llama.cpp's 256: each stream is a slice of the cells.
+    unified: bool = True
+    max_running: int = 16
 
     def shape(self) -> ContextShape:
-        sequences = LLAMA_MAX_SEQUENCES - MAX_CACHED_PREFIXES
+        ids = LLAMA_MAX_SEQUENCES if self.unified else self.max_running + MAX_CACHED_PREFIXES
         threads = self.threads or len(os.sched_getaffinity(0))
         return ContextShape(
             kv_tokens=self.kv_cache_tokens,
-            max_sequences=LLAMA_MAX_SEQUENCES,
-            step_tokens=sequences + self.prefill_chunk_tokens,
+            max_sequences=ids,
+            step_tokens=ids - MAX_CACHED_PREFIXES + self.prefill_chunk_tokens,
             threads=threads,
+            unified=self.unified,
         )
 
 

@@ -41,6 +41,7 @@ class ContextShape:
     max_sequences: int  # sequence ids: running requests plus cached prefixes
     step_tokens: int  # tokens one llama_decode takes: decoding rows plus prefill chunks
     threads: int
+    unified: bool = True  # one pool of cells; else a stream per sequence id
 
 
 @dataclass(frozen=True)
@@ -121,8 +122,10 @@ class LlamaRuntime:
         params.n_threads = shape.threads
         params.n_threads_batch = shape.threads
         # One pool of cells for every sequence (no fixed slots), and cells can be shared
-        # between sequences: what a common prefix needs.
-        params.kv_unified = True
+        # between sequences: what a common prefix needs. Or (unified off) a stream of
+        # cells per sequence, as llama-server's slots: attention then reads only the
+        # sequence's own cells, and a prefix is copied into a stream, not shared.
+        params.kv_unified = shape.unified
         params.no_perf = True
         self.context = llama_cpp.llama_init_from_model(self._model, params)
         if not self.context:
@@ -132,9 +135,9 @@ class LlamaRuntime:
         self._memory = llama_cpp.llama_get_memory(self.context)
         self._batch = llama_cpp.llama_batch_init(shape.step_tokens, 0, 1)
         self._pieces: dict[int, bytes] = {}
-        self.context_length = min(
-            shape.kv_tokens, int(llama_cpp.llama_model_n_ctx_train(self._model))
-        )
+        cells = int(llama_cpp.llama_n_ctx(self.context))
+        per_sequence = cells if shape.unified else cells // shape.max_sequences
+        self.context_length = min(per_sequence, int(llama_cpp.llama_model_n_ctx_train(self._model)))
         self.memory_bytes = int(llama_cpp.llama_model_size(self._model)) + self._kv_bytes()
         self._chat, self._history = self._chat_formatters()
 
@@ -192,8 +195,13 @@ class LlamaRuntime:
         llama_cpp.llama_memory_seq_rm(self._memory, sequence, -1, -1)
 
     def share(self, source: int, target: int, length: int) -> None:
-        """Makes the target sequence own the source's first `length` cells too (no copy)."""
-        llama_cpp.llama_memory_seq_cp(self._memory, source, target, 0, length)
+        """Makes the target sequence own the source's first `length` cells too: no copy in
+        one pool; across streams, a copy of the source's whole stream (llama.cpp copies
+        only whole streams), which holds exactly its prefix, before the next decode."""
+        if self.shape.unified:
+            llama_cpp.llama_memory_seq_cp(self._memory, source, target, 0, length)
+        else:
+            llama_cpp.llama_memory_seq_cp(self._memory, source, target, -1, -1)
 
     def clear(self) -> None:
         llama_cpp.llama_memory_clear(self._memory, False)

@@ -75,6 +75,8 @@ def load_llama_text_engine(spec: ModelSpec, settings: Settings) -> TextEngine:
         max_queue=limits.max_queue,
         prefill_chunk_tokens=limits.prefill_chunk_tokens,
         threads=limits.threads,
+        unified=limits.kv_unified,
+        max_running=limits.max_batch_size,
     )
     gguf = Path(spec.resolved_source(settings.model_store)) / spec.gguf_file
     return load_llama_engine(gguf, config, name=spec.name)

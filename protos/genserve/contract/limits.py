@@ -35,6 +35,11 @@ class TextLimits(BaseModel):
         16384, ge=256, description="llama.cpp engine: KV cells its running requests share"
     )
     threads: int = Field(0, ge=0, description="llama.cpp engine: threads; 0 = every usable core")
+    kv_unified: bool = Field(
+        True,
+        description="llama.cpp engine: one pool of KV cells for every sequence; false: a "
+        "stream of its own per sequence (max_batch_size running), attention scans only it",
+    )
 
 
 class MediaLimits(BaseModel):
