@@ -38,6 +38,7 @@ from bench.text_throughput import (
     QuestionCounter,
     StreamTiming,
     as_dicts,
+    grpc_stream,
     load_text_model,
     openai_greedy_text,
     openai_stream,
@@ -51,6 +52,7 @@ TRANSFORMERS_MODEL = "smollm2-135m-instruct-transformers"
 HOP_REQUESTS, HOP_TOKENS = 40, 32
 SWEEPS = (
     "sweep_genserve",
+    "sweep_genserve_grpc",
     "sweep_genserve_kv_streams",
     "sweep_llama_server",
     "sweep_genserve_transformers",
@@ -72,9 +74,8 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
     # in a process, llama.cpp's decode there is ~25% slower (two OpenMP runtimes; see the
     # README), and a text-heavy deployment would not put a torch model beside it.
     with contextlib.ExitStack() as stack:
-        url = stack.enter_context(
-            bridge_process(stack.enter_context(served_text_models([LLAMA_CPP_MODEL])))
-        )
+        target = stack.enter_context(served_text_models([LLAMA_CPP_MODEL]))
+        url = stack.enter_context(bridge_process(target))
         servers = {"sweep_genserve": ("genserve (llama.cpp engine)", url, LLAMA_CPP_MODEL)}
         llama_port = free_port()
         llama_url = f"http://127.0.0.1:{llama_port}"
@@ -105,10 +106,18 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
                 TRANSFORMERS_MODEL,
             )
         # Side by side: each level runs on every server before the next level.
-        questions = {key: QuestionCounter() for key in servers}
+        streams = {
+            key: (name, streams_of(base, model, QuestionCounter(), tokens))
+            for key, (name, base, model) in servers.items()
+        }
+        # The first server's gRPC TextService itself, without the bridge in front.
+        grpc_questions = QuestionCounter()
+        streams["sweep_genserve_grpc"] = (
+            "genserve (llama.cpp engine), gRPC",
+            lambda: grpc_stream(target, LLAMA_CPP_MODEL, grpc_questions(), tokens),
+        )
         for level in levels:
-            for key, (name, base, model) in servers.items():
-                stream = streams_of(base, model, questions[key], tokens)
+            for key, (name, stream) in streams.items():
                 points = as_dicts(sweep(name, stream, [level], waves))
                 results.setdefault(key, []).extend(points)
         if peer:

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -23,6 +24,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from genserve.server.manifest import Modality, ModelSpec, load_manifest, manifest_path
 from genserve.server.text.loader import _checkpoint
 from genserve.server.text.weights import prepare_weights
+from genserve.v1 import text_pb2, text_pb2_grpc
 from tests.server_thread import MODEL_STORE
 
 PROMPT = "Explain what FastAPI is and why people use it."
@@ -147,6 +149,31 @@ def openai_stream(url: str, model: str, question: int, max_new_tokens: int) -> S
             if line.startswith("data:") and "[DONE]" not in line
         )
         return _timed(events, _has_content, _usage_tokens, started)
+
+
+def grpc_stream(target: str, model: str, question: int, max_new_tokens: int) -> StreamTiming:
+    """The same request through the gRPC TextService (a channel of its own, as each HTTP
+    stream has its own connection); tokens counted from its final usage."""
+    started = time.perf_counter()
+    question_text = QUESTIONS[question % len(QUESTIONS)]
+    request = text_pb2.TextGenerateRequest(
+        messages=[
+            text_pb2.ChatMessage(role="system", content=SYSTEM_PROMPT),
+            text_pb2.ChatMessage(role="user", content=question_text),
+        ],
+        system_prompt="",  # the system turn is in the messages
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        model=model,
+    )
+    with grpc.insecure_channel(target) as channel:
+        events = text_pb2_grpc.TextServiceStub(channel).Generate(request, timeout=600)
+        return _timed(
+            events,
+            lambda event: event.HasField("delta"),
+            lambda event: event.final.usage.completion_tokens if event.HasField("final") else None,
+            started,
+        )
 
 
 def openai_greedy_text(url: str, model: str, question: int, max_new_tokens: int) -> str:

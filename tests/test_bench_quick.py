@@ -19,6 +19,9 @@ def test_quick_benchmark_writes_its_results(tmp_path: Path) -> None:
     assert [p["concurrency"] for p in written["sweep_genserve"]] == [1, 2]
     assert all(p["aggregate_tokens_per_s"] > 0 for p in written["sweep_genserve"])
     assert all(p["failed_streams"] == 0 for p in written["sweep_genserve"])
+    grpc_sweep = written["sweep_genserve_grpc"]  # the same server's TextService, no bridge
+    assert [p["concurrency"] for p in grpc_sweep] == [1, 2]
+    assert all(p["aggregate_tokens_per_s"] > 0 and p["failed_streams"] == 0 for p in grpc_sweep)
     # the same GGUF through llama.cpp and through transformers' dequantized copy
     assert 1 < written["perplexity"]["llama_cpp"] < 1000
     assert 0.9 < written["perplexity"]["ratio"] < 1.1
