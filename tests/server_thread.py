@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import grpc
 
 from genserve.server.app import GenServeServer
+from genserve.server.engine.contract import Engine, EngineStats
 from genserve.server.manifest import Manifest
 from genserve.server.registry import LoaderFor
 from genserve.server.settings import Settings
@@ -104,3 +105,11 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
             **overrides,
         }
     )
+
+
+def settled_stats(engine: Engine[Any, Any], timeout: float = 60) -> EngineStats:
+    """The engine's stats once it is idle. A worker process reports its stats every
+    0.2 s, so just after another test's cancel the last report may still show that
+    request in flight and not yet cancelled; waiting for idle asks for fresh ones."""
+    assert engine.wait_idle(timeout), "the engine did not go idle"
+    return engine.stats()

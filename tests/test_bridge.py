@@ -27,7 +27,7 @@ from genserve.v1 import models_pb2, models_pb2_grpc, text_pb2, text_pb2_grpc
 from tests import speech
 from tests.bridge_thread import BridgeThread
 from tests.media_calls import png_bytes
-from tests.server_thread import ServerThread, wait_until
+from tests.server_thread import ServerThread, settled_stats, wait_until
 from tests.text_calls import served_text_engine
 
 HTTP_TIMEOUT_S = 120
@@ -273,7 +273,7 @@ def test_client_disconnect_cancels_the_generation(
     bridge: BridgeThread, tiny_server: ServerThread
 ) -> None:
     engine = served_text_engine(tiny_server)
-    before = engine.stats()
+    before = settled_stats(engine)
     params: dict[str, str | int] = {
         "prompt": "Tell me a story",
         "max_new_tokens": 400,

@@ -24,7 +24,7 @@ from genserve.contract.modalities.transcription import TRANSCRIPTION
 from genserve.server.manifest import Manifest, load_manifest, manifest_path
 from tests.bridge_thread import BridgeThread
 from tests.media_calls import png_bytes
-from tests.server_thread import ServerThread, make_settings, wait_until
+from tests.server_thread import ServerThread, make_settings, settled_stats, wait_until
 from tests.text_calls import served_text_engine
 
 HTTP_TIMEOUT_S = 120
@@ -94,7 +94,7 @@ def test_a_plain_text_request_left_behind_is_cancelled(
     request_: dict[str, Any],
 ) -> None:
     engine = served_text_engine(tiny_server)
-    before = engine.stats()
+    before = settled_stats(engine)
     request_id = f"abandoned-{method}-{path.replace('/', '-')}"
     left = abandon(bridge, method, path, headers={"X-Request-ID": request_id}, **request_)
     assert engine.wait_idle(CANCEL_WITHIN_S + 5), "the model kept generating for nobody"

@@ -24,7 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from genserve.contract import SPECS, Interaction, ModalitySpec
 from genserve.v1 import models_pb2, models_pb2_grpc
-from tests.server_thread import ServerThread
+from tests.server_thread import ServerThread, settled_stats
 
 CALL_TIMEOUT_S = 300
 IDLE_TIMEOUT_S = 60
@@ -121,7 +121,7 @@ def test_a_cancel_stops_the_engine(
 ) -> None:
     engine = tiny_server.server.registry.resolve(spec.name, None).engine
     assert engine is not None
-    cancelled_before = engine.stats().cancelled
+    cancelled_before = settled_stats(engine).cancelled
     request_id = f"contract-cancel-{spec.name}"
     stream = call(channel, spec, long_request(spec), request_id)
     next(stream)  # the work has started

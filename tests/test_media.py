@@ -27,7 +27,7 @@ from genserve.v1 import (
     video_pb2_grpc,
 )
 from tests.media_calls import TEST_CHUNK_SIZE, MediaResult, collect, png_bytes
-from tests.server_thread import ServerThread
+from tests.server_thread import ServerThread, settled_stats
 
 WORKER_IDLE_TIMEOUT_S = 60
 
@@ -130,7 +130,7 @@ def test_cancelling_mid_denoise_stops_the_pipeline(
 ) -> None:
     engine = tiny_server.server.registry.resolve(Modality.IMAGE, None).engine
     assert engine is not None  # in process or a worker's: its stats cross the boundary
-    cancelled_before = engine.stats().cancelled
+    cancelled_before = settled_stats(engine).cancelled
     request = image_pb2.ImageGenerateRequest(
         prompt="a long one", num_inference_steps=100, width=128, height=128
     )

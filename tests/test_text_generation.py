@@ -10,7 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from genserve.v1 import text_pb2, text_pb2_grpc
-from tests.server_thread import ServerThread
+from tests.server_thread import ServerThread, settled_stats
 from tests.text_calls import generate, greedy, request, served_text_engine
 
 ENGINE_IDLE_TIMEOUT_S = 30
@@ -96,7 +96,7 @@ def test_cancelling_the_rpc_stops_the_model(
     tiny_server: ServerThread, channel: grpc.Channel
 ) -> None:
     engine = served_text_engine(tiny_server)
-    before = engine.stats()
+    before = settled_stats(engine)
     stub = text_pb2_grpc.TextServiceStub(channel)
     call = stub.Generate(greedy(max_new_tokens=400), metadata=(("x-request-id", "cancel-me"),))
     seen = 0
@@ -124,7 +124,7 @@ def test_cancelling_the_rpc_stops_the_model(
 
 def test_deadline_exceeded(tiny_server: ServerThread, channel: grpc.Channel) -> None:
     engine = served_text_engine(tiny_server)
-    before = engine.stats()
+    before = settled_stats(engine)
     with pytest.raises(grpc.RpcError) as error:
         generate(channel, greedy(max_new_tokens=400), request_id="too-slow", timeout=1.0)
     assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
