@@ -139,26 +139,24 @@ def _text(edge: Edge, rid: str, **fields: Any) -> Outcome:
     raise AssertionError("the stream ended without a final")
 
 
+def _media(generate: Any, request: Any, rid: str) -> Outcome:
+    try:
+        result = collect(generate(request, metadata=(("x-request-id", rid),), timeout=60))
+    except grpc.RpcError as error:
+        return Outcome(error.code(), error.details() or "")
+    return Outcome(grpc.StatusCode.OK, "", result)
+
+
 def _image(edge: Edge, rid: str, image_format: int = image_pb2.IMAGE_FORMAT_PNG) -> Outcome:
-    stub = image_pb2_grpc.ImageServiceStub(edge.channel)
     request = image_pb2.ImageGenerateRequest(
         prompt="a cube", width=64, height=64, format=image_format
     )
-    try:
-        result = collect(stub.Generate(request, metadata=(("x-request-id", rid),), timeout=60))
-    except grpc.RpcError as error:
-        return Outcome(error.code(), error.details() or "")
-    return Outcome(grpc.StatusCode.OK, "", result)
+    return _media(image_pb2_grpc.ImageServiceStub(edge.channel).Generate, request, rid)
 
 
 def _speech(edge: Edge, rid: str) -> Outcome:
-    stub = audio_pb2_grpc.AudioServiceStub(edge.channel)
     request = audio_pb2.AudioGenerateRequest(prompt="hello")
-    try:
-        result = collect(stub.Generate(request, metadata=(("x-request-id", rid),), timeout=60))
-    except grpc.RpcError as error:
-        return Outcome(error.code(), error.details() or "")
-    return Outcome(grpc.StatusCode.OK, "", result)
+    return _media(audio_pb2_grpc.AudioServiceStub(edge.channel).Generate, request, rid)
 
 
 def _embed(edge: Edge, rid: str) -> Outcome:

@@ -18,6 +18,7 @@ from typing import NoReturn
 from PIL import Image, ImageFile
 
 from genserve.server.errors import Unavailable
+from genserve.server.upstream.media_stream import STREAMED_WAV_BYTES
 
 MiB = 1024 * 1024
 # How far into a file its header may be (a JPEG's size comes after its EXIF and ICC
@@ -113,13 +114,10 @@ class ImageCheck:
 
 # -- WAV --------------------------------------------------------------------------------
 
-WAV_FORMATS = {1: "PCM", 3: "IEEE float", 0xFFFE: "extensible"}
+WAV_FORMATS = (1, 3, 0xFFFE)  # PCM, IEEE float, extensible
 WAV_BITS = (8, 16, 24, 32, 64)
 WAV_RATES = (1000, 768_000)
 MAX_CHANNELS = 16
-# A WAV written while streaming declares 0, 0x7FFFFFFF or 0xFFFFFFFF data bytes (its
-# length is not known yet): anything from 2 GiB less a frame is taken as that.
-STREAMED_WAV_BYTES = 0x7FFFFFFF
 
 
 @dataclass(frozen=True)
@@ -201,6 +199,7 @@ class WavCheck:
             self._fail(f"it declares a sample rate of {rate} Hz")
         if bits not in WAV_BITS or align != channels * bits // 8 or byte_rate != rate * align:
             self._fail(f"its frame layout is inconsistent ({bits} bits, {align}, {byte_rate})")
+        # A WAV written while streaming declares a placeholder size (as header_for reads it).
         streamed = size == 0 or size >= STREAMED_WAV_BYTES - align
         return WavLayout(
             data_at=data_at,

@@ -209,24 +209,27 @@ def _parse(http: UpstreamHttp, data: str) -> dict[str, Any]:
     except (ValueError, RecursionError):
         raise Unavailable(f"model {http.model}: the upstream sent an event not in JSON") from None
     if not isinstance(parsed, dict):
-        raise Unavailable(f"model {http.model}: the upstream sent an unexpected event")
+        raise _unexpected(http)
     return parsed
+
+
+def _unexpected(http: UpstreamHttp) -> Unavailable:
+    return Unavailable(f"model {http.model}: the upstream sent an unexpected event")
 
 
 def _choices(http: UpstreamHttp, chunk: dict[str, Any]) -> list[tuple[str | None, str | None]]:
     """Each choice's (new text, finish reason), checked: anything but text where text
     goes is the upstream's fault, and must never reach a proto field."""
     choices = chunk.get("choices") or []
-    unexpected = Unavailable(f"model {http.model}: the upstream sent an unexpected event")
     if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
-        raise unexpected
+        raise _unexpected(http)
     read = []
     for choice in choices:
         delta = choice.get("delta") or {}
         content = delta.get("content") if isinstance(delta, dict) else 0  # 0: not text
         finish = choice.get("finish_reason")
         if not isinstance(content, str | None) or not isinstance(finish, str | None):
-            raise unexpected
+            raise _unexpected(http)
         if content and not _is_utf8(content):  # a lone surrogate, from a \ud800 escape
             raise Unavailable(f"model {http.model}: the upstream sent text that is not UTF-8")
         read.append((content, finish))
