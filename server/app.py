@@ -26,7 +26,8 @@ from genserve.server.interceptors import (
     RequestIdInterceptor,
     TelemetryInterceptor,
 )
-from genserve.server.interceptors.telemetry import log_access
+from genserve.server.interceptors.telemetry import CallRecord, log_access
+from genserve.server.jobs.wiring import JOB_SERVICE, Jobs, build_jobs
 from genserve.server.manifest import Manifest, ModelSpec
 from genserve.server.metrics import ServerMetrics
 from genserve.server.modalities import limits_of, loader_for
@@ -116,6 +117,10 @@ class GenServeServer:
             self.metrics.track_in_flight,
             stopping=lambda: self._stopping,
         )
+        self.jobs: Jobs | None = None
+        if settings.jobs.enabled:
+            self.jobs = build_jobs(settings, self.registry, self._record_job_run)
+            self.metrics.registry.register(self.jobs.metrics)
         self.port = 0
         self.metrics_port: int | None = None
         self._server = grpc.aio.server(
@@ -141,10 +146,13 @@ class GenServeServer:
             ModelServicer(self.registry, self.settings), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        if self.jobs is not None:
+            self.jobs.add_to(server)
         if self.settings.reflection:
             names = [
                 *(spec.service for spec in SPECS),
                 MODEL_SERVICE,
+                *([JOB_SERVICE] if self.jobs is not None else []),
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             ]
             enable_reflection(names, server)
@@ -195,6 +203,8 @@ class GenServeServer:
             if default is None or not default.ready:
                 detail = f"{default.state}: {default.detail}" if default else "no model"
                 logger.warning("%s is NOT_SERVING: %s", spec.service, detail)
+        if self.jobs is not None:
+            self.jobs.runner.start()  # after the models: recovered jobs run at once
         await self.health.set(OVERALL, SERVING)
         self._health_watch = asyncio.create_task(watch_health(self.registry, self._report_health))
 
@@ -226,6 +236,8 @@ class GenServeServer:
         # wait for their usage rows before the log closes. Then stop the model threads.
         if not await self._telemetry.wait_recorded(RECORD_WAIT_S):
             logger.warning("some calls were not recorded within %.1f s", RECORD_WAIT_S)
+        if self.jobs is not None:  # running jobs stay running in the store: they run again
+            await self.jobs.runner.close()
         engines_stopped = self.registry.close(ENGINE_STOP_WAIT_S)
         if not engines_stopped:
             logger.warning("a model thread is still running; it is abandoned")
@@ -233,6 +245,11 @@ class GenServeServer:
         self.metrics.close()
         logger.info("stopped")
         return engines_stopped
+
+    def _record_job_run(self, record: CallRecord) -> None:
+        """A job's run is a call of its own in the access log, the usage log and metrics."""
+        for sink in (log_access, self.usage_log, self.metrics):
+            sink(record)
 
     def _mark_stopping(self) -> None:
         self._stopping = True

@@ -82,6 +82,33 @@ class DeadlineExceeded(ServingError):
     grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+class Aborted(ServingError):
+    """What the caller was reading changed under it (a job re-run after a restart made
+    other bytes): it must start again from the beginning."""
+
+    grpc_code = grpc.StatusCode.ABORTED
+
+
+class OutOfRange(ServingError):
+    """An offset past the end of a finished file."""
+
+    grpc_code = grpc.StatusCode.OUT_OF_RANGE
+
+
+class Cancelled(ServingError):
+    """The work was cancelled (a job, by its owner)."""
+
+    grpc_code = grpc.StatusCode.CANCELLED
+
+
+class RecordedError(ServingError):
+    """An error recorded earlier (a failed job's), raised again with its own code."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.grpc_code = code
+
+
 # gRPC status -> HTTP status, for the REST bridge. Anything not listed is a 500.
 HTTP_STATUS_BY_GRPC_CODE: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.OK: 200,
@@ -92,6 +119,8 @@ HTTP_STATUS_BY_GRPC_CODE: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.FAILED_PRECONDITION: 409,
     grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
     grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 416,
     grpc.StatusCode.UNIMPLEMENTED: 501,
     grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,

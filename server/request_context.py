@@ -44,6 +44,7 @@ class CallDetails:
     replica: str | None = None  # the Ray Serve replica that served it (placement = "ray")
     upstream_ms: float | None = None  # a model served elsewhere: time spent on its server
     deadline: float | None = None  # the caller's gRPC deadline, on time.monotonic()
+    job_id: str | None = None  # a JobService call's job, or a job's own run
     extra: dict[str, str] = field(default_factory=dict)
 
 

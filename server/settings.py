@@ -21,6 +21,7 @@ from genserve.contract.limits import (
     TextLimits,
     VideoLimits,
 )
+from genserve.server.jobs.settings import JobSettings
 from genserve.server.logging_setup import LogFormat
 from genserve.server.ray_serve.placement import RaySettings
 from genserve.server.worker.config import WorkerSettings
@@ -92,6 +93,7 @@ class DeclaredSettings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     ray: RaySettings = Field(default_factory=RaySettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    jobs: JobSettings = Field(default_factory=JobSettings)
 
     def sections(self) -> dict[str, BaseModel]:
         """The limits sections by name, as the modality specs read them."""

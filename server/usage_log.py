@@ -3,7 +3,8 @@
 Chapter 3's columns (request id, UTC datetime, method, client address, response time,
 status code, successful) plus time to first message, bytes out and what the servicer
 reported (tokens, queue/inference/encoding times), the caller's key id and, for ray-placed
-models, the replica that served it, and a failed call's status message (why it failed).
+models, the replica that served it, a failed call's status message (why it failed) and,
+for the JobService and a job's run, the job id.
 Sizes and counts only: never a prompt or an output.
 Rows are written by one background thread so an RPC never waits on the disk, even while it
 is being cancelled.
@@ -43,7 +44,8 @@ CREATE TABLE IF NOT EXISTS usage (
     key_id TEXT,
     upstream_ms REAL,
     replica TEXT,
-    status_detail TEXT
+    status_detail TEXT,
+    job_id TEXT
 );
 CREATE INDEX IF NOT EXISTS usage_request_id ON usage (request_id);
 """
@@ -53,8 +55,8 @@ INSERT INTO usage (
     request_id, datetime_utc, method, client_address, response_time_ms, status_code,
     successful, time_to_first_message_ms, messages_out, bytes_out, prompt_tokens,
     completion_tokens, queued_ms, inference_ms, encoding_ms, model, key_id, upstream_ms,
-    replica, status_detail
-) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    replica, status_detail, job_id
+) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 # Columns added after the first release, with their types: an older log gains them.
@@ -64,6 +66,7 @@ ADDED_COLUMNS = {
     "upstream_ms": "REAL",  # models served elsewhere
     "replica": "TEXT",  # ray-placed models
     "status_detail": "TEXT",  # why a call failed (a worker that died, say)
+    "job_id": "TEXT",  # long media as jobs: joins a job's calls and its run
 }
 
 _STOP = object()
@@ -141,4 +144,5 @@ def _row(record: CallRecord) -> tuple[object, ...]:
         details.upstream_ms,
         details.replica,
         record.status_detail or None,
+        details.job_id,
     )

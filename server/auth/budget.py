@@ -52,3 +52,9 @@ class BudgetBook:
                 retry_after_s=wait,
             )
         bucket.units -= units
+
+    def refund(self, key_id: str, modality: str, units: float, per_minute: float) -> None:
+        """Gives back a charge whose work never started (a job refused before it ran)."""
+        bucket = self._buckets.get((key_id, modality))
+        if bucket is not None:
+            bucket.units = min(per_minute, bucket.units + units)

@@ -27,6 +27,13 @@ class Caller:
         if per_minute is not None:
             self.budgets.charge(self.key.id, modality.value, cost.units, per_minute)
 
+    def refund(self, modality: Modality, cost: Cost) -> None:
+        if self.key is None or self.budgets is None:
+            return
+        per_minute = self.key.budget_per_minute.get(modality)
+        if per_minute is not None:
+            self.budgets.refund(self.key.id, modality.value, cost.units, per_minute)
+
 
 caller_var: ContextVar[Caller | None] = ContextVar("caller", default=None)
 

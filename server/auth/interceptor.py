@@ -21,7 +21,7 @@ from genserve.server.auth.caller import caller_var
 from genserve.server.auth.guard import AUTHORIZATION, Guard, describe
 from genserve.server.interceptors.base import metadata_value
 from genserve.server.servicers.request import requested_model
-from genserve.v1 import models_pb2
+from genserve.v1 import jobs_pb2, models_pb2
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ HEALTH = "/grpc.health.v1.Health/"
 REFLECTION = "/grpc.reflection."
 MODEL_SERVICE = models_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
 MODALITY_BY_SERVICE = {f"/{spec.service}/": Modality(spec.name) for spec in SPECS}
+JOB_SUBMIT = f"/{jobs_pb2.DESCRIPTOR.services_by_name['JobService'].full_name}/Submit"
 
 Check = Callable[[Any, ServicerContext[Any, Any]], Awaitable[None]]
 
@@ -75,6 +76,10 @@ def _target(method: str, request: Any) -> tuple[Modality | None, str | None]:
     for prefix, modality in MODALITY_BY_SERVICE.items():
         if method.startswith(prefix):
             return modality, requested_model(request) if request is not None else None
+    if method == JOB_SUBMIT and request is not None:  # the modality request it carries
+        kind = request.WhichOneof("request")
+        if kind is not None:
+            return Modality(kind), requested_model(getattr(request, kind))
     if method.startswith(f"/{MODEL_SERVICE}/") and request is not None:
         return None, getattr(request, "name", None) or None
     return None, None

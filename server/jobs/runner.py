@@ -1,0 +1,364 @@
+"""Runs jobs: one queue per model, one job at a time per model, whether or not anyone
+watches. Each run writes its events to the job store and its bytes to the artifact
+store; watchers read those, never the engine, so a slow one holds nothing.
+
+After a restart, queued jobs run and running ones run again from the start with their
+recorded seed; the artifact writer checks the new bytes against the stored ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import sqlite3
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf.message import Message
+
+from genserve.contract import Modality
+from genserve.contract.events import Chunk, Final, Header, MediaEvent, Progress
+from genserve.server.admission import Cost, admit
+from genserve.server.auth.caller import Caller, caller_var
+from genserve.server.errors import InvalidArgument, ResourceExhausted, ServingError
+from genserve.server.interceptors.telemetry import CallRecord
+from genserve.server.jobs.artifacts import ArtifactStore
+from genserve.server.jobs.notices import JobNotices
+from genserve.server.jobs.records import JobError, JobRecord, JobState
+from genserve.server.jobs.run_record import RunTimer
+from genserve.server.jobs.settings import JobSettings
+from genserve.server.jobs.store import JobStore
+from genserve.server.registry import ModelRegistry
+from genserve.server.servicers.request import RequestConverter, learn_speed
+
+logger = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+CANCEL_WAIT_S = 30.0  # for a running job's engine to reach its next step
+
+
+@dataclass(frozen=True)
+class _Charge:
+    """What a submit charged the caller's key: given back if the job never starts."""
+
+    caller: Caller
+    modality: Modality
+    cost: Cost
+
+
+class JobRunner:
+    def __init__(
+        self,
+        store: JobStore,
+        artifacts: ArtifactStore,
+        registry: ModelRegistry,
+        converters: Mapping[str, RequestConverter],
+        settings: JobSettings,
+        record_run: Callable[[CallRecord], None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.artifacts = artifacts
+        self.notices = JobNotices()
+        self.expiries = 0
+        self._registry = registry
+        self._converters = converters
+        self._settings = settings
+        self._record_run = record_run
+        self._clock = clock
+        self._queues: dict[str, deque[str]] = {}  # model -> job ids waiting, oldest first
+        self._wakes: dict[str, asyncio.Event] = {}
+        self._workers: list[asyncio.Task[None]] = []
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._cancelled: set[str] = set()  # by their owner, not by our shutdown
+        self._charges: dict[str, _Charge] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+        self._started = False
+
+    # -- submit ------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        owner: str,
+        modality: str,
+        request: Message,
+        idempotency_key: str,
+        ttl_s: float,
+        request_id: str,
+    ) -> JobRecord:
+        if idempotency_key:
+            existing = self.store.by_idempotency_key(owner, idempotency_key)
+            if existing is not None:
+                return existing
+        converter = self._converters[modality]
+        entry, defaults = converter.resolve(request)
+        params = await converter.params(request, defaults)
+        ttl_s = ttl_s or self._settings.default_ttl_s
+        if ttl_s > self._settings.max_ttl_s:
+            raise InvalidArgument(
+                "ttl_s", f"must be at most {self._settings.max_ttl_s:.0f}, got {ttl_s:.0f}"
+            )
+        queue = self._queue(entry.name)
+        if len(queue) >= self._settings.max_queued_per_model:
+            raise ResourceExhausted(
+                f"model {entry.name} has {len(queue)} jobs queued, the most it takes; retry later",
+                retry_after_s=5.0,
+            )
+        quota = int(self._settings.quota_mb * MiB)
+        stored = self.store.stored_bytes()
+        if stored >= quota:
+            raise ResourceExhausted(
+                f"the job store holds {stored} bytes, its quota of {quota}: delete finished "
+                "jobs or wait for them to expire",
+                retry_after_s=60.0,
+            )
+        spec = converter.spec
+        cost = spec.cost(params)
+        admit(entry.name, cost, entry.spec.limits, entry.speed, None)
+        caller = caller_var.get()
+        if caller is not None:
+            caller.charge(Modality(spec.name), cost)
+        request.seed = params.seed  # type: ignore[attr-defined]  # a re-run makes the same bytes
+        now = self._clock()
+        job = JobRecord(
+            id=secrets.token_hex(16),
+            owner=owner,
+            modality=spec.name,
+            model=entry.name,
+            state=JobState.QUEUED,
+            request=request.SerializeToString(),
+            seed=params.seed,
+            request_id=request_id,
+            idempotency_key=idempotency_key,
+            created_at=now,
+            ttl_s=ttl_s,
+            expires_at=now + ttl_s,
+        )
+        try:
+            job = self.store.insert(job)
+        except sqlite3.IntegrityError:  # the same key, submitted at the same moment
+            existing = self.store.by_idempotency_key(owner, idempotency_key)
+            if existing is None:
+                raise
+            if caller is not None:
+                caller.refund(Modality(spec.name), cost)
+            return existing
+        if caller is not None:
+            self._charges[job.id] = _Charge(caller, Modality(spec.name), cost)
+        self._enqueue(job)
+        return job
+
+    def queue_position(self, job: JobRecord) -> int:
+        """1 = next to run; 0 when not queued here."""
+        queue = self._queues.get(job.model)
+        if queue is None or job.id not in queue:
+            return 0
+        return queue.index(job.id) + 1
+
+    def queue_depths(self) -> dict[str, int]:
+        return {model: len(queue) for model, queue in self._queues.items()}
+
+    # -- cancel, delete ----------------------------------------------------------------
+
+    async def cancel(self, job: JobRecord) -> JobRecord:
+        if job.state is JobState.QUEUED:
+            queue = self._queues.get(job.model)
+            if queue is not None and job.id in queue:
+                queue.remove(job.id)
+            self._refund(job.id)
+            return self._end(job, JobState.CANCELLED, JobError("CANCELLED", "cancelled by caller"))
+        task = self._running.get(job.id)
+        if job.state is JobState.RUNNING and task is not None:
+            self._cancelled.add(job.id)
+            task.cancel()
+            await asyncio.wait([task], timeout=CANCEL_WAIT_S)
+        current = self.store.get(job.id)
+        return current if current is not None else job
+
+    async def delete(self, job: JobRecord) -> None:
+        if not job.state.finished:
+            job = await self.cancel(job)
+        self.artifacts.delete(job.id)
+        self.store.delete(job.id)
+        self.notices.notify(job.id)
+
+    # -- life cycle --------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Picks up what a previous run of the server left: queued jobs run, running ones
+        run again from the start (their bytes so far are checked, not trusted)."""
+        if self._started:
+            return
+        self._started = True
+        for job in self.store.in_states(JobState.RUNNING, JobState.QUEUED):
+            if job.state is JobState.RUNNING:
+                logger.info("job %s was running when the server stopped: runs again", job.id)
+                job = self.store.update(job, state=JobState.QUEUED, bytes_written=0)
+            if job.model not in {e.name for e in self._registry.entries()}:
+                self._end(job, JobState.FAILED, JobError("NOT_FOUND", f"no model {job.model}"))
+                continue
+            self._enqueue(job)
+        self._sweeper = asyncio.create_task(self._sweep())
+
+    async def close(self) -> None:
+        """Stops the runs without ending their jobs: they run again at the next start."""
+        tasks = [*self._running.values(), *self._workers]
+        if self._sweeper is not None:
+            tasks.append(self._sweeper)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=CANCEL_WAIT_S)
+        self.store.close()
+
+    # -- running -----------------------------------------------------------------------
+
+    def _queue(self, model: str) -> deque[str]:
+        queue = self._queues.get(model)
+        if queue is None:
+            queue = self._queues[model] = deque()
+            self._wakes[model] = asyncio.Event()
+            self._workers.append(asyncio.create_task(self._serve_model(model)))
+        return queue
+
+    def _enqueue(self, job: JobRecord) -> None:
+        self._queue(job.model).append(job.id)
+        self._wakes[job.model].set()
+        self.notices.notify(job.id)
+
+    async def _serve_model(self, model: str) -> None:
+        queue, wake = self._queues[model], self._wakes[model]
+        while True:
+            while not queue:
+                wake.clear()
+                await wake.wait()
+            job = self.store.get(queue.popleft())
+            if job is None or job.state is not JobState.QUEUED:
+                continue
+            task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
+            self._running[job.id] = task
+            try:
+                await asyncio.wait([task])  # never raises: a cancelled run is its own business
+            finally:
+                self._running.pop(job.id, None)
+                self._cancelled.discard(job.id)
+
+    async def _run(self, job: JobRecord) -> None:
+        job = self.store.update(
+            job,
+            state=JobState.RUNNING,
+            started_at=self._clock(),
+            attempts=job.attempts + 1,
+            bytes_written=0,
+            diverged_at=-1,
+            final=None,
+            error=None,
+        )
+        self.notices.notify(job.id)
+        timer = RunTimer(job)
+        code, detail, final = grpc.StatusCode.UNKNOWN, "", None
+        converter = self._converters[job.modality]
+        writer = self.artifacts.writer(job.id)
+        try:
+            request = converter.spec.request_type.FromString(job.request)  # type: ignore[attr-defined]
+            entry, defaults = converter.resolve(request)
+            params = await converter.params(request, defaults)
+            async with self._registry.use(Modality(job.modality), entry.name) as engine:
+                async for event in engine.generate(params):
+                    timer.saw(len(event.data) if isinstance(event, Chunk) else 0)
+                    self._charges.pop(job.id, None)  # it started: no refund
+                    job = self._apply(job, event, writer)
+                    self.notices.notify(job.id)
+                    if isinstance(event, Final):
+                        final = event
+                        learn_speed(entry, converter.spec.cost(params), event.inference_ms)
+            code = grpc.StatusCode.OK
+        except asyncio.CancelledError:
+            if job.id in self._cancelled:
+                code, detail = grpc.StatusCode.CANCELLED, "cancelled by caller"
+                self._refund(job.id)
+                self._end(job, JobState.CANCELLED, JobError(code.name, detail))
+            else:  # our shutdown: the job stays running in the store, to run again
+                code, detail = grpc.StatusCode.UNAVAILABLE, "the server stopped; runs again"
+            raise
+        except ServingError as error:
+            code, detail = error.grpc_code, str(error)
+            self._refund(job.id)
+            self._end(job, JobState.FAILED, JobError(code.name, detail))
+        except Exception:
+            logger.exception("job %s failed", job.id)
+            code, detail = grpc.StatusCode.INTERNAL, "internal error: see the server log"
+            self._refund(job.id)
+            self._end(job, JobState.FAILED, JobError(code.name, detail))
+        finally:
+            writer.close()
+            self._record_run(timer.record(code, detail, final))
+
+    def _apply(self, job: JobRecord, event: MediaEvent, writer: Any) -> JobRecord:
+        if isinstance(event, Chunk):
+            diverged = writer.write(event.offset, event.data)
+            changes: dict[str, Any] = {"bytes_written": event.offset + len(event.data)}
+            if diverged is not None and job.diverged_at < 0:
+                logger.warning("job %s: the re-run differs from byte %d on", job.id, diverged)
+                changes["diverged_at"] = diverged
+            return self.store.update(job, **changes)
+        if isinstance(event, Progress):
+            return self.store.update(job, progress=event)
+        if isinstance(event, Header):
+            return self.store.update(job, header=event)
+        shorter = writer.finish(event.total_bytes)
+        now = self._clock()
+        changes = {
+            "state": JobState.SUCCEEDED,
+            "final": event,
+            "finished_at": now,
+            "expires_at": now + job.ttl_s,
+            "bytes_written": event.total_bytes,
+        }
+        if shorter is not None and job.diverged_at < 0:
+            changes["diverged_at"] = shorter
+        return self.store.update(job, **changes)
+
+    def _end(self, job: JobRecord, state: JobState, error: JobError) -> JobRecord:
+        """A job that ends without its file: the partial artifact goes."""
+        self.artifacts.delete(job.id)
+        now = self._clock()
+        current = self.store.get(job.id) or job
+        ended = self.store.update(
+            current,
+            state=state,
+            error=error,
+            finished_at=now,
+            expires_at=now + job.ttl_s,
+            bytes_written=0,
+        )
+        self.notices.notify(job.id)
+        return ended
+
+    def _refund(self, job_id: str) -> None:
+        charge = self._charges.pop(job_id, None)
+        if charge is not None:
+            charge.caller.refund(charge.modality, charge.cost)
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.sweep_s)
+            try:
+                self.expire()
+            except Exception:  # the next sweep tries again
+                logger.exception("the job sweep failed")
+
+    def expire(self) -> int:
+        """Deletes the artifacts of finished jobs past their TTL; returns how many."""
+        expired = self.store.expired(self._clock())
+        for job in expired:
+            self.artifacts.delete(job.id)
+            self.store.update(job, state=JobState.EXPIRED, bytes_written=0)
+            self.notices.notify(job.id)
+        self.expiries += len(expired)
+        return len(expired)

@@ -1,0 +1,22 @@
+"""How the server keeps jobs (`--jobs.*`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+DAY_S = 24 * 3600.0
+
+
+class JobSettings(BaseModel):
+    enabled: bool = Field(True, description="serve genserve.v1.JobService")
+    store_dir: Path | None = Field(
+        None, description="the job store (SQLite) and artifacts; default: <data-dir>/jobs"
+    )
+    default_ttl_s: float = Field(DAY_S, gt=0, description="how long a finished artifact is kept")
+    max_ttl_s: float = Field(30 * DAY_S, gt=0, description="the longest ttl_s a submit may ask")
+    quota_mb: float = Field(10240.0, gt=0, description="artifact bytes kept; past it, submits 429")
+    max_queued_per_model: int = Field(16, ge=1, description="jobs waiting per model")
+    sweep_s: float = Field(5.0, gt=0, description="how often expired artifacts are deleted")
+    poll_s: float = Field(0.5, gt=0, description="watchers re-read the store at least this often")

@@ -1,0 +1,49 @@
+"""Builds the job service from the settings: stores, runner, reader, servicer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+
+from genserve.contract import Modality, spec_for
+from genserve.server.interceptors.telemetry import CallRecord
+from genserve.server.jobs.artifacts import FileArtifactStore
+from genserve.server.jobs.metrics import JobMetrics
+from genserve.server.jobs.reader import JobReader
+from genserve.server.jobs.runner import JobRunner
+from genserve.server.jobs.servicer import JOB_MODALITIES, JobServicer
+from genserve.server.jobs.store import SqliteJobStore
+from genserve.server.registry import ModelRegistry
+from genserve.server.servicers.request import RequestConverter
+from genserve.server.settings import Settings
+from genserve.v1 import jobs_pb2, jobs_pb2_grpc
+
+JOB_SERVICE = jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name
+
+
+@dataclass(frozen=True)
+class Jobs:
+    runner: JobRunner
+    servicer: JobServicer
+    metrics: JobMetrics
+
+    def add_to(self, server: grpc.aio.Server) -> None:
+        jobs_pb2_grpc.add_JobServiceServicer_to_server(self.servicer, server)  # type: ignore[arg-type]
+
+
+def build_jobs(
+    settings: Settings, registry: ModelRegistry, record_run: Callable[[CallRecord], None]
+) -> Jobs:
+    config = settings.jobs
+    root = config.store_dir if config.store_dir is not None else settings.data_dir / "jobs"
+    store = SqliteJobStore(root / "jobs.sqlite3")
+    artifacts = FileArtifactStore(root / "artifacts")
+    converters = {
+        name: RequestConverter(spec_for(Modality(name)), registry, settings)
+        for name in JOB_MODALITIES
+    }
+    runner = JobRunner(store, artifacts, registry, converters, config, record_run)
+    reader = JobReader(store, artifacts, runner.notices, settings.media.chunk_size, config.poll_s)
+    return Jobs(runner, JobServicer(runner, reader), JobMetrics(runner))
