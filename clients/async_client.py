@@ -16,6 +16,7 @@ from genserve.contract.events import MediaEvent
 from genserve.contract.modalities.transcription import Segment
 
 from . import admin, defaults
+from .async_jobs import AsyncJobsMixin
 from .calls import BaseCalls, ClientBase, Kind, Rpc, expect
 from .channel import new_request_id
 from .errors import from_rpc_error
@@ -36,7 +37,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-class AsyncGenServe(ClientBase):
+class AsyncGenServe(AsyncJobsMixin, ClientBase):
     """An asyncio connection. Use as `async with`, or await close()."""
 
     _grpc = grpc.aio  # its channels

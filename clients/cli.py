@@ -29,7 +29,7 @@ from rich.table import Column, Table
 
 from genserve.contract import SPECS, ModalitySpec
 
-from . import defaults, keys
+from . import cli_jobs, defaults, keys
 from .calls import Kind, kind_of
 from .cli_flags import add_request_flags, given_fields
 from .errors import (
@@ -80,8 +80,10 @@ def _parser() -> argparse.ArgumentParser:
             command.add_argument(
                 "-o", "--output", type=Path, default=Path("."), help="a file, or a folder"
             )
+            cli_jobs.add_detach_flag(command)
         command.set_defaults(spec=spec)
     keys.add_keys_parser(commands)
+    cli_jobs.add_jobs_parser(commands)
     commands.add_parser("health", help="the server's and each modality's health")
     commands.add_parser("models", help="what the server has loaded")
     return parser
@@ -172,6 +174,8 @@ RUNNERS: dict[Kind, Callable[[argparse.Namespace, Any, dict[str, Any]], int]] = 
 def _run_modality(args: argparse.Namespace, gs: GenServe) -> int:
     spec: ModalitySpec[Any, Any] = args.spec
     fields = given_fields(args, spec) | ({"model": args.model} if args.model else {})
+    if getattr(args, "detach", False):
+        return cli_jobs.run_detached(args, gs, fields)
     calls = gs.calls(spec).with_options(timeout=args.timeout, request_id=args.request_id)
     return RUNNERS[kind_of(spec)](args, calls, fields)
 
@@ -210,7 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "keys":  # the keys file, here: no server involved
         return keys.run(args)
-    run = {"health": _run_health, "models": _run_models}.get(args.command, _run_modality)
+    commands = {"health": _run_health, "models": _run_models, "jobs": cli_jobs.run}
+    run = commands.get(args.command, _run_modality)
     try:
         with GenServe(
             args.target,

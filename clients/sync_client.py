@@ -29,13 +29,14 @@ from .folds import (
     piece_fold,
     reply_fields,
 )
+from .jobs import JobsMixin
 from .results import Catalog, MediaResult, ModelInfo, PiecesResult, TextResult, Transcript
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
-class GenServe(ClientBase):
+class GenServe(JobsMixin, ClientBase):
     """A connection to a genserve server. Use as a context manager, or call close()."""
 
     _grpc = grpc  # its channels

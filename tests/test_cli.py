@@ -54,9 +54,10 @@ def test_the_flag_set_is_the_protos_fields(spec: ModalitySpec[Any, Any]) -> None
     assert all(commands[alias] is command for alias in spec.aliases)
     (group,) = (g for g in command._action_groups if g.title == GROUP_TITLE)
     assert {a.dest for a in group._group_actions} == set(spec.request_fields)
-    # ... and besides them only -h and, for media, -o (`model` is the global --model).
+    # ... and besides them only -h and, for media, -o and --detach (`model` is the
+    # global --model).
     extra = {a.dest for a in command._actions} - set(spec.request_fields)
-    assert extra == ({"help", "output"} if kind_of(spec) is Kind.MEDIA else {"help"})
+    assert extra == ({"help", "output", "detach"} if kind_of(spec) is Kind.MEDIA else {"help"})
 
 
 def argv_for(spec: ModalitySpec[Any, Any], values: dict[str, Any], tmp_path: Path) -> list[str]:
