@@ -53,8 +53,8 @@ def test_a_watch_and_a_download_outlive_a_server_kill(tmp_path: Path) -> None:
         data = b"".join(e.data for e in events if isinstance(e, Chunk))
         assert isinstance(events[-1], Final) and events[-1].sha256 == info.final.sha256
         assert hashlib.sha256(data).hexdigest() == info.final.sha256
-        with av.open(io.BytesIO(data)) as container:
-            assert sum(1 for _ in container.decode(video=0)) > 0
+        with av.open(io.BytesIO(data), mode="r") as container:
+            assert list(container.decode(video=0))
         half = tmp_path / "half.mp4"
         half.write_bytes(data[: len(data) // 2])
         assert job.download(half).read_bytes() == data  # resumed from the half
