@@ -25,9 +25,11 @@ from genserve.bridge.errors import (
 from genserve.bridge.limits import fetch_limits
 from genserve.bridge.observability import BridgeMetrics, ObservabilityMiddleware
 from genserve.bridge.routes_health import build_health_router
+from genserve.bridge.routes_jobs import build_jobs_router
 from genserve.bridge.routes_models import build_models_router
 from genserve.bridge.routes_openai import UPLOAD_ROUTES, build_openai_router
 from genserve.bridge.routes_seed import build_seed_router
+from genserve.bridge.routes_videos import build_videos_router
 from genserve.bridge.server_link import channel_credentials, own_authorization
 from genserve.bridge.settings import BridgeSettings
 from genserve.server.auth.store import KeyStore
@@ -74,6 +76,8 @@ def create_app(settings: BridgeSettings) -> FastAPI:
     )
     app.include_router(build_seed_router(holder, limits, settings.timeouts, metrics))
     app.include_router(build_openai_router(holder, limits, settings.timeouts, metrics))
+    app.include_router(build_jobs_router(holder, limits))
+    app.include_router(build_videos_router(holder, limits))
     app.include_router(build_models_router(holder, settings))
     app.include_router(build_health_router(holder, settings, metrics))
     app.add_exception_handler(grpc.aio.AioRpcError, grpc_error_handler)
