@@ -400,6 +400,16 @@ def test_a_download_cut_halfway_resumes_to_the_same_file(gs: GenServe, tmp_path:
     assert bytes(received) + b"".join(e.data for e in rest) == whole
 
 
+def test_a_download_follows_a_job_still_queued(gs: GenServe, tmp_path: Path) -> None:
+    job = gs.submit("image", "a window", num_inference_steps=STEPS, format="webp")
+    path = job.download(tmp_path)  # a folder: the header's file name, from a Watch
+    info = job.refresh()
+    assert info.final is not None and info.header is not None
+    assert path == tmp_path / info.header.file_name and path.suffix == ".webp"
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == info.final.sha256
+    assert Image.open(path).format == "WEBP"
+
+
 def test_the_idempotency_key_returns_the_same_job(gs: GenServe) -> None:
     first = gs.submit("image", "a lamp", num_inference_steps=STEPS, idempotency_key="lamp-1")
     again = gs.submit("image", "a lamp", num_inference_steps=STEPS, idempotency_key="lamp-1")
