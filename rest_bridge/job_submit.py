@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal, Union
 
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from genserve.bridge.convert import request_pb
+from genserve.bridge.convert import HTTP_ONLY_FIELDS, request_pb
 from genserve.bridge.errors import BridgeError
 from genserve.bridge.job_calls import JOB_SPECS
 from genserve.bridge.limits import ServerLimits
@@ -25,6 +25,9 @@ from genserve.contract import ModalitySpec, spec_for
 from genserve.v1 import jobs_pb2
 
 JOB_MODALITIES: tuple[str, ...] = tuple(name for spec in JOB_SPECS for name in spec.names)
+MAX_KEY_CHARS = 256
+MAX_TTL_S = 2**32 - 1  # ttl_s is a uint32
+DATA_URL_SLACK = 100  # "data:image/png;base64,"
 
 
 def invalid(loc: tuple[str | int, ...], problem: str) -> RequestValidationError:
@@ -45,37 +48,55 @@ def decode_base64(value: object, loc: tuple[str | int, ...]) -> bytes:
         raise invalid(loc, "not valid base64") from None
 
 
-@dataclass(frozen=True)
+def _base64_chars(max_bytes: int) -> int:
+    return 4 * math.ceil(max_bytes / 3) + DATA_URL_SLACK
+
+
 class JobParams:
-    """One modality's ways in for a job: its JSON fields and its form fields, bounded."""
+    """One modality's ways in for a job: its JSON fields (the upload as base64) and its form
+    fields (the upload as a file), bounded as its seed routes are."""
 
-    spec: ModalitySpec[Any, Any]
-    json: type[BaseModel]
-    form: type[BaseModel]
-    upload_bytes: int  # the largest upload it takes (0: it takes none)
-
-    @classmethod
-    def of(cls, spec: ModalitySpec[Any, Any], limits: ServerLimits) -> JobParams:
+    def __init__(self, spec: ModalitySpec[Any, Any], limits: ServerLimits) -> None:
+        self.spec = spec
+        self.upload_bytes = limits.upload_bytes(spec)
         schemas = seed_schemas(spec, limits.of(spec))
         if schemas.body is not None and schemas.query is not None:
-            return cls(spec, schemas.body, schemas.query, 0)
-        assert schemas.form is not None
+            self.json, self.form = schemas.body, schemas.query
+            return
+        assert schemas.form is not None and spec.upload is not None
+        self.form = schemas.form
         fields: dict[str, Any] = {
             name: (info.annotation, info) for name, info in schemas.form.model_fields.items()
         }
-        json = create_model(f"{spec.name.capitalize()}JobParams", __base__=JsonBody, **fields)
-        return cls(spec, json, schemas.form, limits.upload_bytes(spec))
+        encoded = Field(
+            min_length=1,
+            max_length=_base64_chars(self.upload_bytes),
+            description=f"{spec.upload.description}: base64, or a data: URL",
+        )
+        fields[spec.upload.field] = (str, encoded)
+        title = f"{spec.name.capitalize()}JobParams"
+        self.json = create_model(title, __base__=JsonBody, **fields)
+
+    def submission(self) -> type[BaseModel]:
+        """A JSON submission of this modality: {"modality", "params", ...}."""
+        names: Any = Literal[self.spec.names]  # the spec's name and its aliases
+        return create_model(
+            f"{self.spec.name.capitalize()}JobSubmission",
+            __base__=SubmissionBase,
+            modality=(names, Field(description=self.spec.description)),
+            params=(self.json, Field(description="the fields its /generate route takes")),
+        )
 
     def from_json(self, params: Mapping[str, Any], loc: tuple[str, ...] = ()) -> Any:
-        """The proto request from JSON fields (the upload as base64)."""
-        fields = dict(params)
-        upload = None
+        """The proto request from JSON fields, checked (the upload as base64)."""
+        return self.from_valid_json(_validated(self.json, params, loc), loc)
+
+    def from_valid_json(self, params: BaseModel, loc: tuple[str, ...] = ()) -> Any:
+        fields = params.model_dump(exclude=set(HTTP_ONLY_FIELDS), exclude_none=True)
         if self.spec.upload is not None:
             name = self.spec.upload.field
-            if fields.get(name) is None:
-                raise invalid((*loc, name), "is required")
-            upload = self._bounded(decode_base64(fields.pop(name), (*loc, name)), (*loc, name))
-        return request_pb(self.spec, _validated(self.json, fields, loc), upload)
+            fields[name] = self._bounded(decode_base64(fields[name], (*loc, name)), (*loc, name))
+        return self.spec.fields_to_request(fields)
 
     def from_form(self, fields: Mapping[str, Any], upload: bytes | None) -> Any:
         """The proto request from form fields (text, parsed) and the uploaded file."""
@@ -88,6 +109,19 @@ class JobParams:
             message = f"{'.'.join(loc)}: larger than the limit of {self.upload_bytes} bytes"
             raise BridgeError(422, "INVALID_ARGUMENT", message, param=loc[-1])
         return data
+
+
+class SubmissionBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    idempotency_key: str | None = Field(
+        None,
+        max_length=MAX_KEY_CHARS,
+        description="the same key from the same caller returns the job it made",
+    )
+    ttl_s: int | None = Field(
+        None, ge=1, le=MAX_TTL_S, description="seconds the file is kept; unset: the server's"
+    )
 
 
 def _validated(model: type[BaseModel], fields: Mapping[str, Any], loc: tuple[str, ...]) -> Any:
@@ -104,10 +138,15 @@ class JobRequests:
     """Every job modality's params, built once from the server's limits."""
 
     def __init__(self, limits: ServerLimits) -> None:
-        self._by_name = {spec.name: JobParams.of(spec, limits) for spec in JOB_SPECS}
+        self._by_name = {spec.name: JobParams(spec, limits) for spec in JOB_SPECS}
 
     def params(self, modality: str) -> JobParams:
         return self._by_name[spec_for(modality).name]
+
+    def submission(self) -> Any:
+        """The JSON body of POST /v1/jobs: one shape per modality, told by `modality`."""
+        variants = tuple(params.submission() for params in self._by_name.values())
+        return Annotated[Union[variants], Field(discriminator="modality")]  # noqa: UP007
 
 
 def submit_request(

@@ -19,25 +19,25 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from genserve.bridge.backend import BackendHolder
-from genserve.bridge.errors import OPENAI_ERROR_SCHEMA, documented_errors
-from genserve.bridge.job_calls import JOB_STATES, JobCalls, job_dict
+from genserve.bridge.errors import OPENAI_ERROR_SCHEMA, BridgeError, documented_errors
+from genserve.bridge.job_calls import JOB_STATES, JobCalls, job_dict, state_of
 from genserve.bridge.job_content import content_response
 from genserve.bridge.job_events import job_events_response
-from genserve.bridge.job_submit import JOB_MODALITIES, JobRequests, invalid, submit_request
+from genserve.bridge.job_submit import MAX_KEY_CHARS, JobRequests, submit_request
 from genserve.bridge.limits import ServerLimits
+from genserve.bridge.reannotated import Reannotated
 from genserve.bridge.request_id import current_request_id
 from genserve.bridge.schemas import one_of
 from genserve.contract import spec_for
 
 PREFIX = "/v1/jobs"
-MAX_KEY_CHARS = 256
-MAX_TTL_S = 2**32 - 1  # ttl_s is a uint32
 MAX_PAGE_SIZE = 500
+BYTE_OFFSET = r"^[0-9]{1,19}$"
+PAGE_TOKEN = r"^[0-9]{0,19}$"  # the server's tokens (a position in its list)
 JobState = one_of(JOB_STATES)
-JobModality = one_of(JOB_MODALITIES)
 JOB_SCHEMA: dict[str, Any] = {"type": "object", "description": "genserve.v1.Job as JSON"}
 JOB_ANSWER = {"content": {"application/json": {"schema": JOB_SCHEMA}}, "description": "the job"}
 FILE_ANSWER: dict[int | str, dict[str, Any]] = {
@@ -47,25 +47,6 @@ FILE_ANSWER: dict[int | str, dict[str, Any]] = {
     410: {"description": "the job expired: its file is deleted"},
     416: {"description": "the range starts past the end of the file"},
 }
-
-
-class JobSubmission(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    modality: JobModality = Field(description="image, audio, video or mesh (or an alias)")  # type: ignore[valid-type]
-    params: dict[str, Any] = Field(
-        default_factory=dict,
-        description="the modality's request fields, as its /generate route takes them; "
-        "an upload (video's `image`) as base64 or a data: URL",
-    )
-    idempotency_key: str | None = Field(
-        None,
-        max_length=MAX_KEY_CHARS,
-        description="the same key from the same caller returns the job it made",
-    )
-    ttl_s: int | None = Field(
-        None, ge=1, le=MAX_TTL_S, description="seconds the file is kept; unset: the server's"
-    )
 
 
 class JobList(BaseModel):
@@ -96,8 +77,13 @@ class JobRoutes:
 
     def add_to(self, router: APIRouter) -> None:
         one: dict[str, Any] = {"responses": {200: JOB_ANSWER}}
+        submit = Reannotated(self.submit, body=self._requests.submission())
         router.add_api_route(
-            "", self.submit, methods=["POST"], status_code=202, responses={202: JOB_ANSWER}
+            "",
+            submit,
+            methods=["POST"],
+            status_code=202,
+            responses={202: JOB_ANSWER, 200: {**JOB_ANSWER, "description": "the key's job"}},
         )
         router.add_api_route("", self.list, methods=["GET"], response_model=JobList)
         router.add_api_route("/{job_id}", self.get, methods=["GET"], **one)
@@ -114,20 +100,24 @@ class JobRoutes:
 
     async def submit(
         self,
-        body: JobSubmission,
+        body: BaseModel,
         idempotency_key: Annotated[str | None, Header(max_length=MAX_KEY_CHARS)] = None,
     ) -> JSONResponse:
         """Submit a job: it runs on the server whether or not anyone watches it."""
-        spec = spec_for(body.modality)
-        request = self._requests.params(spec.name).from_json(body.params, ("params",))
-        key = body.idempotency_key or idempotency_key
-        job = await self._calls.submit(submit_request(spec, request, key, body.ttl_s))
+        submission: Any = body  # one of JobRequests.submission()'s shapes
+        spec = spec_for(submission.modality)
+        params = self._requests.params(spec.name)
+        request = params.from_valid_json(submission.params, ("params",))
+        key = submission.idempotency_key or idempotency_key
+        job = await self._calls.submit(submit_request(spec, request, key, submission.ttl_s))
         return submitted(job)
 
     async def list(
         self,
         page_size: Annotated[int, Query(ge=0, le=MAX_PAGE_SIZE)] = 0,
-        page_token: str = "",
+        page_token: Annotated[
+            str, Query(pattern=PAGE_TOKEN, description="the previous page's next_page_token")
+        ] = "",
         state: Annotated[JobState | None, Query()] = None,  # type: ignore[valid-type]
     ) -> dict[str, Any]:
         """The caller's jobs, newest first; page_size 0: 50."""
@@ -153,16 +143,19 @@ class JobRoutes:
         job_id: str,
         data: Annotated[bool, Query(description="chunks with their bytes (base64)")] = False,
         from_offset: Annotated[int, Query(ge=0)] = 0,
-        last_event_id: Annotated[str | None, Header()] = None,
+        last_event_id: Annotated[
+            str, Header(pattern=BYTE_OFFSET, description="resume from this byte offset")
+        ] = "",
     ) -> Response:
         """Server-Sent Events of the job; each `id` is the byte offset reached, and a
         reconnect with Last-Event-ID resumes from it."""
         offset = from_offset
-        if last_event_id is not None:
-            if not last_event_id.isdigit():
-                raise invalid(("Last-Event-ID",), "expected a byte offset")
+        if last_event_id:
             offset = int(last_event_id)
-        await self._calls.get(job_id)  # an unknown job is a 404, not an event
+        job = await self._calls.get(job_id)  # an unknown job is a 404, not an event
+        if state_of(job) == "succeeded" and offset > job.final.total_bytes:
+            message = f"offset {offset}: past the end of the file's {job.final.total_bytes} bytes"
+            raise BridgeError(416, "OUT_OF_RANGE", message)
         return job_events_response(self._calls.watch(job_id, offset), offset, data)
 
     async def content(self, request: Request, job_id: str) -> Response:

@@ -24,9 +24,9 @@ from genserve.bridge.backend import BackendHolder
 from genserve.bridge.errors import OPENAI_ERROR_SCHEMA, BridgeError, documented_errors
 from genserve.bridge.job_calls import JobCalls, state_of
 from genserve.bridge.job_content import content_response
-from genserve.bridge.job_submit import JobParams, invalid, submit_request
+from genserve.bridge.job_submit import MAX_KEY_CHARS, JobParams, invalid, submit_request
 from genserve.bridge.limits import ServerLimits
-from genserve.bridge.routes_jobs import FILE_ANSWER, MAX_KEY_CHARS, MAX_PAGE_SIZE
+from genserve.bridge.routes_jobs import FILE_ANSWER, MAX_PAGE_SIZE
 from genserve.bridge.uploads import read_upload
 from genserve.contract.modalities.video import VIDEO, VideoParams
 from genserve.v1 import jobs_pb2
@@ -56,7 +56,6 @@ CREATE_BODY: dict[str, Any] = {
                     "required": [REFERENCE],
                 }
             },
-            "application/json": {"schema": {"type": "object", "required": [REFERENCE]}},
         },
         "required": True,
     }
@@ -139,7 +138,7 @@ def build_videos_router(backend: BackendHolder, limits: ServerLimits) -> APIRout
     router = APIRouter(
         prefix=PREFIX, tags=["openai"], responses=documented_errors(OPENAI_ERROR_SCHEMA)
     )
-    VideoRoutes(JobCalls(backend), JobParams.of(VIDEO, limits)).add_to(router)
+    VideoRoutes(JobCalls(backend), JobParams(VIDEO, limits)).add_to(router)
     return router
 
 
@@ -166,7 +165,8 @@ class VideoRoutes:
         request: Request,
         idempotency_key: Annotated[str | None, Header(max_length=MAX_KEY_CHARS)] = None,
     ) -> dict[str, Any]:
-        """Create a video job: multipart with the image as `input_reference`, or JSON."""
+        """Create a video job: multipart with the image as `input_reference`; JSON is taken
+        too, the image as base64, a data: URL or {"image_url": data URL}."""
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
             pb = await self._from_form(request)
         else:

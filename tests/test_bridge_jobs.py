@@ -231,6 +231,12 @@ def test_events_resume_from_last_event_id_with_exactly_the_rest(
     assert rest_chunks[0].data["offset"] == int(last_seen)
     assert chunk_bytes(rest) == image_job.data[int(last_seen) :]
     assert rest[-1].event == "final"
+    # From the end: the header and the final, no bytes; past it, 416.
+    at_end = job_events(http, image_job.id, **{"Last-Event-ID": str(image_job.size)})
+    assert at_end[0].event == "header" and at_end[-1].event == "final"
+    assert not chunk_bytes(at_end)
+    past = http.get(f"/v1/jobs/{image_job.id}/events", headers={"Last-Event-ID": "99999999"})
+    assert_error(past, 416, "past the end")
     # Without ?data=1 a chunk says where it is, not what it holds.
     with http.stream("GET", f"/v1/jobs/{image_job.id}/events") as response:
         plain = [e for e in read_sse(response) if e.event == "chunk"]
@@ -259,6 +265,8 @@ def test_list_cancel_idempotency_and_delete(http: httpx.Client, image_job: Finis
     cancelled = http.post(f"/v1/jobs/{job_id}/cancel").json()
     if cancelled["state"] == "cancelled":  # unless it finished first
         assert_error(http.get(f"/v1/jobs/{job_id}/content"), 409, "cancelled")
+        events = job_events(http, job_id)
+        assert events[-1].event == "error" and events[-1].data["code"] == "CANCELLED"
     deleted = http.delete(f"/v1/jobs/{job_id}")
     assert deleted.status_code == 200 and deleted.json() == {"id": job_id, "deleted": True}
     assert_error(http.get(f"/v1/jobs/{job_id}"), 404, job_id)
@@ -276,8 +284,8 @@ def test_an_unfinished_job_streams_as_written_and_refuses_a_range(http: httpx.Cl
     assert whole.status_code == 200 and whole.headers["content-type"] == "video/mp4"
     job = wait_for(http, f"/v1/jobs/{job_id}", {"succeeded", "failed"})
     assert hashlib.sha256(whole.content).hexdigest() == job["final"]["sha256"]
-    with av.open(io.BytesIO(whole.content)) as container:
-        assert sum(1 for _ in container.decode(video=0)) == 4
+    with av.open(io.BytesIO(whole.content), mode="r") as container:
+        assert len(list(container.decode(video=0))) == 4
 
 
 def test_unknown_jobs_are_404_with_the_request_id(http: httpx.Client) -> None:
@@ -341,10 +349,10 @@ def test_videos_create_retrieve_and_content_parse_as_mp4(
     assert video.job["size"] == "64x64" and video.job["model"]
     assert video.job["completed_at"] >= video.job["created_at"] > 0
     assert video.job["expires_at"] > video.job["completed_at"]
-    with av.open(io.BytesIO(video.data)) as container:
+    with av.open(io.BytesIO(video.data), mode="r") as container:
         stream = container.streams.video[0]
         assert (stream.codec_context.width, stream.codec_context.height) == (64, 64)
-        assert sum(1 for _ in container.decode(video=0)) == 3  # ceil(0.3 s x 7 fps)
+        assert len(list(container.decode(video=0))) == 3  # ceil(0.3 s x 7 fps)
     # A <video> seeks with ranges: the end of the file, then from the middle on.
     path = f"/v1/videos/{video.id}/content"
     tail = http.get(path, headers={"Range": "bytes=-100"})
