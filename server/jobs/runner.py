@@ -9,6 +9,7 @@ recorded seed; the artifact writer checks the new bytes against the stored ones.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import secrets
 import sqlite3
@@ -34,6 +35,7 @@ from genserve.server.jobs.run_record import RunTimer
 from genserve.server.jobs.settings import JobSettings
 from genserve.server.jobs.store import JobStore
 from genserve.server.registry import ModelRegistry
+from genserve.server.request_context import request_id_var
 from genserve.server.servicers.request import RequestConverter, learn_speed
 
 logger = logging.getLogger(__name__)
@@ -223,7 +225,9 @@ class JobRunner:
         if queue is None:
             queue = self._queues[model] = deque()
             self._wakes[model] = asyncio.Event()
-            self._workers.append(asyncio.create_task(self._serve_model(model)))
+            # A context of its own: not the first submitter's deadline, caller and request id.
+            worker = asyncio.create_task(self._serve_model(model), context=contextvars.Context())
+            self._workers.append(worker)
         return queue
 
     def _enqueue(self, job: JobRecord) -> None:
@@ -240,7 +244,9 @@ class JobRunner:
             job = self.store.get(queue.popleft())
             if job is None or job.state is not JobState.QUEUED:
                 continue
-            task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
+            task = asyncio.create_task(
+                self._run(job), name=f"job-{job.id}", context=contextvars.Context()
+            )
             self._running[job.id] = task
             try:
                 await asyncio.wait([task])  # never raises: a cancelled run is its own business
@@ -260,6 +266,7 @@ class JobRunner:
             error=None,
         )
         self.notices.notify(job.id)
+        request_id_var.set(job.request_id)  # the engine's log lines name the Submit's id
         timer = RunTimer(job)
         code, detail, final = grpc.StatusCode.UNKNOWN, "", None
         converter = self._converters[job.modality]
