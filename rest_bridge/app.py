@@ -29,7 +29,7 @@ from genserve.bridge.routes_jobs import build_jobs_router
 from genserve.bridge.routes_models import build_models_router
 from genserve.bridge.routes_openai import UPLOAD_ROUTES, build_openai_router
 from genserve.bridge.routes_seed import build_seed_router
-from genserve.bridge.routes_videos import build_videos_router
+from genserve.bridge.routes_videos import VIDEO_UPLOAD_ROUTES, build_videos_router
 from genserve.bridge.server_link import channel_credentials, own_authorization
 from genserve.bridge.settings import BridgeSettings
 from genserve.server.auth.store import KeyStore
@@ -86,7 +86,8 @@ def create_app(settings: BridgeSettings) -> FastAPI:
     app.add_exception_handler(Exception, unhandled_error_handler)
     # Outermost last: observability sees every answer, a 413 included, with its request ID.
     app.add_middleware(ClientDisconnectMiddleware)
-    app.add_middleware(BodyLimitMiddleware, caps=body_caps(limits, UPLOAD_ROUTES))
+    caps = body_caps(limits, {**UPLOAD_ROUTES, **VIDEO_UPLOAD_ROUTES})
+    app.add_middleware(BodyLimitMiddleware, caps=caps)
     app.add_middleware(AuthMiddleware, auth=auth)  # before reading any body
     app.add_middleware(ObservabilityMiddleware, metrics=metrics, router_app=app.router)
     app.state.metrics = metrics

@@ -28,10 +28,13 @@ from genserve.bridge.job_submit import MAX_KEY_CHARS, JobParams, invalid, submit
 from genserve.bridge.limits import ServerLimits
 from genserve.bridge.routes_jobs import FILE_ANSWER, MAX_PAGE_SIZE
 from genserve.bridge.uploads import read_upload
+from genserve.contract import ModalitySpec
 from genserve.contract.modalities.video import VIDEO, VideoParams
 from genserve.v1 import jobs_pb2
 
 PREFIX = "/v1/videos"
+# The body cap of the multipart create: the video modality's image upload.
+VIDEO_UPLOAD_ROUTES: dict[str, ModalitySpec[Any, Any]] = {PREFIX: VIDEO}
 OPENAI_VIDEO_MODELS = frozenset({"sora-2", "sora-2-pro"})
 REFERENCE = "input_reference"
 DEFAULT_FPS = float(VideoParams.model_fields["fps"].default)

@@ -9,6 +9,7 @@ are the same at any size.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,8 @@ def upload_samples() -> dict[str, bytes]:
     rate = 16_000
     second = (0.1 * np.sin(2 * np.pi * 440 * np.arange(rate) / rate)).astype(np.float32)
     wav = speech.encode(second, rate, "WAV")
-    return {"image": png_bytes(), "audio": wav, "file": wav}  # "file": OpenAI's upload
+    # "file": OpenAI's upload; "input_reference": the image of OpenAI's /v1/videos
+    return {"image": png_bytes(), "audio": wav, "file": wav, "input_reference": png_bytes()}
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +109,11 @@ def test_bridge_conforms_to_its_openapi_document(live_bridge: BridgeThread) -> N
                 # A real file in place of random bytes, which schemathesis then reads as a
                 # hand-made (negative) case.
                 case.body = {**case.body, **{field: samples[field] for field in uploads}}
+                excluded = [negative_data_rejection]
+            body = case.body if isinstance(case.body, dict) else {}
+            if isinstance(body.get("params"), dict) and "image" in body["params"]:
+                # POST /v1/jobs: a video job's image, base64 in JSON, must be a real image.
+                body["params"]["image"] = base64.b64encode(png_bytes()).decode()
                 excluded = [negative_data_rejection]
             case.call_and_validate(timeout=120, excluded_checks=excluded)
 

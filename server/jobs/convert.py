@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from genserve.contract.events import media_event_to_pb
 from genserve.server.jobs.records import JobRecord, JobState
 from genserve.v1 import jobs_pb2
 
-_STATE_TO_PB = {state: jobs_pb2.JobState.Value(f"JOB_STATE_{state.name}") for state in JobState}
-_STATE_FROM_PB = {number: state for state, number in _STATE_TO_PB.items()}
+_STATE_TO_PB: dict[JobState, Any] = {  # the generated enum type
+    state: jobs_pb2.JobState.Value(f"JOB_STATE_{state.name}") for state in JobState
+}
+_STATE_FROM_PB: dict[int, JobState] = {number: state for state, number in _STATE_TO_PB.items()}
 
 
 def state_from_pb(number: int) -> JobState | None:

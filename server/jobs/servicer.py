@@ -7,7 +7,7 @@ A job belongs to the identity that submitted it; to anyone else it does not exis
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeAlias
 
 from grpc.aio import ServicerContext
 
@@ -21,7 +21,7 @@ from genserve.server.jobs.runner import JobRunner
 from genserve.server.request_context import current_call_details, current_request_id
 from genserve.v1 import common_pb2, jobs_pb2
 
-Context = ServicerContext[Any, Any]
+Context: TypeAlias = ServicerContext[Any, Any]
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
