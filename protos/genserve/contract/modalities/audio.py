@@ -7,8 +7,18 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from genserve.contract.limits import AudioBounds
-from genserve.contract.spec import SEED_BOUNDS, Cost, Interaction, ModalitySpec, prompt_bounds
+from genserve.contract.spec import (
+    SEED_BOUNDS,
+    Cost,
+    Interaction,
+    InvalidField,
+    ModalitySpec,
+    finite,
+    prompt_bounds,
+)
 from genserve.v1 import audio_pb2
+
+NATIVE_RATE = 0  # sample_rate: the voice's own
 
 
 class AudioParams(BaseModel):
@@ -17,6 +27,8 @@ class AudioParams(BaseModel):
     prompt: str
     preset: str = Field("v2/en_speaker_1", description="the voice")  # chapter 3's voice
     seed: int = Field(0, description="unset: random, reported in the final event")
+    speed: float = Field(1.0, description="speaking rate: 1 as the voice speaks, 2 twice as fast")
+    sample_rate: int = Field(NATIVE_RATE, description="Hz of the WAV; 0: the voice's own rate")
 
 
 def audio_bounds(limits: AudioBounds) -> dict[str, dict[str, Any]]:
@@ -24,18 +36,38 @@ def audio_bounds(limits: AudioBounds) -> dict[str, dict[str, Any]]:
         "prompt": prompt_bounds(limits.max_prompt_chars),
         "preset": {"choices": limits.voice_presets, "description": "the voice"},
         "seed": SEED_BOUNDS,
+        "speed": {
+            **finite(limits.min_speed, limits.max_speed),
+            "description": "speaking rate: 1 as the voice speaks, 2 twice as fast",
+        },
+        "sample_rate": {
+            "ge": NATIVE_RATE,
+            "le": limits.max_sample_rate,
+            "description": f"Hz, {limits.min_sample_rate} to {limits.max_sample_rate}; "
+            "0: the voice's own rate",
+        },
     }
 
 
+def check_sample_rate(params: Any, limits: Any) -> None:
+    rate = params.sample_rate
+    if rate != NATIVE_RATE and rate < limits.min_sample_rate:
+        raise InvalidField(
+            "sample_rate",
+            f"must be 0 (the voice's own rate) or between {limits.min_sample_rate} and "
+            f"{limits.max_sample_rate}, got {rate}",
+        )
+
+
 def audio_cost(params: AudioParams) -> Cost:
-    # Bark's tokens (and seconds of audio) grow with the text it speaks.
+    # The tokens (Bark) or sentences (piper), and the seconds of audio, grow with the text.
     return Cost(len(params.prompt), "prompt characters")
 
 
 AUDIO = ModalitySpec(
     name="audio",
     aliases=("speech", "text-to-speech", "tts"),
-    description="text-to-speech (Bark): a WAV file",
+    description="text-to-speech (piper, Bark): a WAV file, streamed as it is spoken",
     proto_module=audio_pb2,
     service_name="AudioService",
     method="Generate",
@@ -46,11 +78,13 @@ AUDIO = ModalitySpec(
     settings_sections=("media", "audio"),
     bounds=audio_bounds,
     cost=audio_cost,
+    check=check_sample_rate,
     mime_types=("audio/wav",),
     http_path="/generate/audio",
     sdk_timeout_s=600.0,
     engines={
         "bark": "genserve.server.media.loaders:load_audio_engine",
+        "piper": "genserve.server.media.piper:load_piper_engine",
         "upstream": "genserve.server.upstream.loader:load_audio_upstream",
     },
     default_engine="bark",
