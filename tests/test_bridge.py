@@ -102,7 +102,8 @@ def test_image_route_returns_a_png(http: httpx.Client) -> None:
 
 
 def test_audio_route_returns_a_wav(http: httpx.Client) -> None:
-    response = http.get("/generate/audio", params={"prompt": "Hello", "preset": "v2/en_speaker_9"})
+    params = {"prompt": "Hello", "preset": "v2/en_speaker_9", "model": "tiny-bark"}
+    response = http.get("/generate/audio", params=params)
     assert response.headers["content-type"] == "audio/wav"
     samples, rate = soundfile.read(io.BytesIO(response.content))
     assert rate == 24_000 and len(samples) > 0

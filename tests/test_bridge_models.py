@@ -207,7 +207,7 @@ CUSTOM_LIMITS: dict[str, Any] = {
 
 
 def bark_only_manifest(default_preset: str) -> Manifest:
-    (bark,) = load_manifest(manifest_path("tiny")).audio
+    bark = next(s for s in load_manifest(manifest_path("tiny")).audio if s.name == "tiny-bark")
     defaults = {**bark.defaults, "preset": default_preset}
     return Manifest(audio=(bark.model_copy(update={"defaults": defaults}),))
 

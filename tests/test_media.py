@@ -37,8 +37,15 @@ def image(channel: grpc.Channel, **fields: object) -> MediaResult:
     return collect(image_pb2_grpc.ImageServiceStub(channel).Generate(request, timeout=120))
 
 
+# Bark by name: its seeded, whole-file WAV at 24 kHz (the profile's default speech model
+# is piper's real voice, tested in test_speech_piper.py).
+BARK = "tiny-bark"
+
+
 def audio(channel: grpc.Channel, **fields: object) -> MediaResult:
-    request = audio_pb2.AudioGenerateRequest(**{"prompt": "Hello, FastAPI!", **fields})  # type: ignore[arg-type]
+    request = audio_pb2.AudioGenerateRequest(  # type: ignore[arg-type]
+        **{"prompt": "Hello, FastAPI!", "model": BARK, **fields}
+    )
     return collect(audio_pb2_grpc.AudioServiceStub(channel).Generate(request, timeout=120))
 
 

@@ -461,7 +461,7 @@ def test_image_with_progress_through_the_typed_accessor(gs: GenServe, tmp_path: 
 
 
 def test_audio_video_mesh_embeddings(gs: GenServe, tmp_path: Path) -> None:
-    audio = gs.audio.generate("Hello", preset="v2/en_speaker_9")
+    audio = gs.audio.generate("Hello", preset="v2/en_speaker_9", model="tiny-bark")
     assert soundfile.read(io.BytesIO(audio.data))[1] == audio.header.sample_rate
     source = tmp_path / "room.png"
     source.write_bytes(png_bytes())

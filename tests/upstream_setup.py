@@ -75,7 +75,7 @@ def upstream_manifest() -> dict[str, Any]:
         "text": [entry(tiny.text[0])],
         "embedding": [entry(tiny.embedding[0])],
         "image": [entry(tiny.image[0])],
-        "audio": [entry(tiny.audio[0])],
+        "audio": [entry(next(spec for spec in tiny.audio if spec.name == "tiny-bark"))],
     }
 
 
