@@ -242,7 +242,9 @@ def test_a_cancelled_running_job_stops_within_a_step_and_leaves_no_file(
     engine = tiny_server.server.registry.get("tiny-stable-video-diffusion").engine
     assert engine is not None
     before = settled_stats(engine)
-    job = stub.Submit(video_job(steps=16), timeout=30)
+    # 8 steps: long enough to cancel at step 2, cheap enough that admission, which learns
+    # the model's speed on this (shared, noisy) machine, never refuses it
+    job = stub.Submit(video_job(steps=8), timeout=30)
     for event in stub.Watch(jobs_pb2.WatchJobRequest(id=job.id), timeout=300):
         if event.HasField("progress") and event.progress.step >= 2:
             break
@@ -251,7 +253,7 @@ def test_a_cancelled_running_job_stops_within_a_step_and_leaves_no_file(
     assert cancelled.error.code == "CANCELLED"
     after = settled_stats(engine)
     assert after.cancelled == before.cancelled + 1
-    assert after.steps - before.steps < 16  # stopped, not run out
+    assert after.steps - before.steps < 8  # stopped, not run out
     artifacts = tiny_server.server.settings.data_dir / "jobs" / "artifacts"
     assert not (artifacts / job.id).exists()
     assert code_of(lambda: stub.Watch(jobs_pb2.WatchJobRequest(id=job.id))) is (
@@ -262,7 +264,7 @@ def test_a_cancelled_running_job_stops_within_a_step_and_leaves_no_file(
 
 
 def test_a_queued_job_cancelled_never_runs_and_delete_removes_a_job(stub: Stub) -> None:
-    running = stub.Submit(video_job(steps=12), timeout=30)
+    running = stub.Submit(video_job(steps=8), timeout=30)
     queued = stub.Submit(video_job(), timeout=30)
     assert stub.Get(jobs_pb2.GetJobRequest(id=queued.id)).queue_position >= 1
     cancelled = stub.Cancel(jobs_pb2.CancelJobRequest(id=queued.id))

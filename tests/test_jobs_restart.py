@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -32,7 +33,13 @@ STEPS = 8  # long enough that a kill at step 2 lands mid-run
 
 
 @contextmanager
-def server_process(data_dir: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
+def server_process(
+    data_dir: Path,
+    port: int,
+    extra: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
+    data_dir.mkdir(parents=True, exist_ok=True)
     manifest = data_dir / "video.toml"
     if not manifest.exists():
         manifest.write_text(_toml(Manifest(video=load_manifest(manifest_path("tiny")).video)))
@@ -40,10 +47,11 @@ def server_process(data_dir: Path, port: int) -> Iterator[subprocess.Popen[bytes
         sys.executable, "-m", "genserve.server", "--host", "127.0.0.1", "--port", str(port),
         "--metrics-port", "0", "--data-dir", str(data_dir), "--model-store", str(MODEL_STORE),
         "--manifest", str(manifest), "--media.chunk-size", str(TEST_CHUNK_SIZE),
-        "--log-level", "WARNING",
+        "--log-level", "WARNING", *extra,
     ]  # fmt: skip
+    environment = None if env is None else {**os.environ, **env}
     with (data_dir / "server.log").open("ab") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
     try:
         yield process
     finally:
@@ -78,6 +86,11 @@ def watched_bytes(
     if result.chunks:
         assert result.chunks[0].offset == offset
     return result.data, result.final.sha256
+
+
+def frame_count(mp4: bytes) -> int:
+    with av.open(io.BytesIO(mp4), mode="r") as container:
+        return sum(1 for _ in container.decode(video=0))
 
 
 def wait_finished(stub: jobs_pb2_grpc.JobServiceStub, job_id: str) -> jobs_pb2.Job:
@@ -130,8 +143,7 @@ def test_a_job_killed_mid_run_runs_again_and_makes_the_same_file(tmp_path: Path)
         assert done.attempts == 2 and done.seed == job.seed
         assert hashlib.sha256(data).hexdigest() == sha256 == done.final.sha256
         assert done.final.total_bytes == len(data)
-        with av.open(io.BytesIO(data)) as container:
-            assert sum(1 for _ in container.decode(video=0)) == 25
+        assert frame_count(data) == 25
         direct = collect(
             video_pb2_grpc.VideoServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}")).Generate(
                 video_pb2.VideoGenerateRequest(

@@ -67,10 +67,10 @@ class FileArtifactWriter:
         overlap = max(0, min(len(data), self._earlier - offset))
         if overlap:
             stored = os.pread(self._fd, overlap, offset)
-            if stored == data[:overlap]:
+            same = first_difference(stored, data[:overlap])
+            if same is None:
                 data, offset = data[overlap:], offset + overlap
             else:
-                same = next(i for i, (a, b) in enumerate(zip(stored, data, strict=False)) if a != b)
                 diverged = offset + same
                 os.ftruncate(self._fd, diverged)
                 self._earlier = diverged
@@ -90,3 +90,14 @@ class FileArtifactWriter:
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+def first_difference(stored: bytes, data: bytes) -> int | None:
+    """The first index where two runs' bytes differ (a shorter `stored` differs at its
+    end), else None."""
+    if stored == data:
+        return None
+    return next(
+        (i for i, (a, b) in enumerate(zip(stored, data, strict=False)) if a != b),
+        min(len(stored), len(data)),
+    )

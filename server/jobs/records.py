@@ -52,4 +52,9 @@ class JobRecord:
     # The first byte where a re-run after a restart differed from what was stored (-1:
     # none): a watcher that had read past it must start again.
     diverged_at: int = -1
+    # The server that holds the job (queued in its memory, or running there) and until
+    # when: past it, with the store shared, another server takes the job over.
+    lease_owner: str = ""
+    lease_until: float = 0.0
+    cancel_requested: bool = False  # by a server that does not run it: its holder stops it
     sequence: int = 0  # the store's insertion order (List pages)

@@ -3,7 +3,9 @@ watches. Each run writes its events to the job store and its bytes to the artifa
 store; watchers read those, never the engine, so a slow one holds nothing.
 
 After a restart, queued jobs run and running ones run again from the start with their
-recorded seed; the artifact writer checks the new bytes against the stored ones.
+recorded seed; the artifact writer checks the new bytes against the stored ones. With a
+shared store, each server holds a lease on the jobs it accepted or runs, and renews it;
+when one stops renewing (killed, cut off), another takes its jobs over the same way.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import os
 import secrets
-import sqlite3
+import socket
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -33,7 +36,7 @@ from genserve.server.jobs.notices import JobNotices
 from genserve.server.jobs.records import JobError, JobRecord, JobState
 from genserve.server.jobs.run_record import RunTimer
 from genserve.server.jobs.settings import JobSettings
-from genserve.server.jobs.store import JobStore
+from genserve.server.jobs.store import DuplicateJob, JobStore
 from genserve.server.registry import ModelRegistry
 from genserve.server.request_context import request_id_var
 from genserve.server.servicers.request import RequestConverter, learn_speed
@@ -42,6 +45,11 @@ logger = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 CANCEL_WAIT_S = 30.0  # for a running job's engine to reach its next step
+REMOTE_CANCEL_POLL_S = 0.2  # how often a cancel waits on the server that runs the job
+
+
+class LeaseLost(Exception):
+    """Another server took this job over: this run stops, without ending the job."""
 
 
 @dataclass(frozen=True)
@@ -80,7 +88,11 @@ class JobRunner:
         self._cancelled: set[str] = set()  # by their owner, not by our shutdown
         self._charges: dict[str, _Charge] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self._lease_keeper: asyncio.Task[None] | None = None
         self._started = False
+        # Names this process in the store's leases: unique per start, so that a restarted
+        # server never mistakes its predecessor's leases for its own.
+        self.node = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
     # -- submit ------------------------------------------------------------------------
 
@@ -140,10 +152,12 @@ class JobRunner:
             created_at=now,
             ttl_s=ttl_s,
             expires_at=now + ttl_s,
+            lease_owner=self.node,
+            lease_until=now + self._settings.lease_s,
         )
         try:
             job = self.store.insert(job)
-        except sqlite3.IntegrityError:  # the same key, submitted at the same moment
+        except DuplicateJob:  # the same key, submitted at the same moment
             existing = self.store.by_idempotency_key(owner, idempotency_key)
             if existing is None:
                 raise
@@ -172,15 +186,46 @@ class JobRunner:
             queue = self._queues.get(job.model)
             if queue is not None and job.id in queue:
                 queue.remove(job.id)
-            self._refund(job.id)
-            return self._end(job, JobState.CANCELLED, JobError("CANCELLED", "cancelled by caller"))
+            cancelled = self._end_if_queued(job)
+            if cancelled is not None:
+                self._refund(job.id)
+                return cancelled
+            job = self.store.get(job.id) or job  # it started meanwhile
         task = self._running.get(job.id)
         if job.state is JobState.RUNNING and task is not None:
             self._cancelled.add(job.id)
             task.cancel()
             await asyncio.wait([task], timeout=CANCEL_WAIT_S)
+        elif job.state is JobState.RUNNING:  # on another server: its holder stops it
+            self.store.update(job, cancel_requested=True)
+            return await self._until_finished(job)
         current = self.store.get(job.id)
         return current if current is not None else job
+
+    def _end_if_queued(self, job: JobRecord) -> JobRecord | None:
+        now = self._clock()
+        ended = self.store.update_if(
+            job,
+            {"state": JobState.QUEUED},
+            state=JobState.CANCELLED,
+            error=JobError("CANCELLED", "cancelled by caller"),
+            finished_at=now,
+            expires_at=now + job.ttl_s,
+            bytes_written=0,
+        )
+        if ended is not None:
+            self.artifacts.delete(job.id)
+            self.notices.notify(job.id)
+        return ended
+
+    async def _until_finished(self, job: JobRecord) -> JobRecord:
+        deadline = time.monotonic() + CANCEL_WAIT_S
+        while time.monotonic() < deadline:
+            current = self.store.get(job.id)
+            if current is None or current.state.finished:
+                return current or job
+            await asyncio.sleep(REMOTE_CANCEL_POLL_S)
+        return self.store.get(job.id) or job
 
     async def delete(self, job: JobRecord) -> None:
         if not job.state.finished:
@@ -197,21 +242,38 @@ class JobRunner:
         if self._started:
             return
         self._started = True
-        for job in self.store.in_states(JobState.RUNNING, JobState.QUEUED):
-            if job.state is JobState.RUNNING:
-                logger.info("job %s was running when the server stopped: runs again", job.id)
-                job = self.store.update(job, state=JobState.QUEUED, bytes_written=0)
-            if job.model not in {e.name for e in self._registry.entries()}:
-                self._end(job, JobState.FAILED, JobError("NOT_FOUND", f"no model {job.model}"))
-                continue
-            self._enqueue(job)
+        if not self.store.shared:  # ours alone: whatever the last run left is ours now
+            for job in self.store.in_states(JobState.RUNNING, JobState.QUEUED):
+                self._take_over(job)
         self._sweeper = asyncio.create_task(self._sweep())
+        self._lease_keeper = asyncio.create_task(self._keep_leases())
+
+    def _take_over(self, job: JobRecord) -> None:
+        """Makes a job left by a stopped server (this one before a restart, or another)
+        ours, and queues it; a job that was running runs again from the start."""
+        held = self.store.update_if(
+            job,
+            {"lease_owner": job.lease_owner, "lease_until": job.lease_until},
+            lease_owner=self.node,
+            lease_until=self._clock() + self._settings.lease_s,
+            state=JobState.QUEUED,
+            bytes_written=0,
+            cancel_requested=False,
+        )
+        if held is None:  # another server took it first
+            return
+        if job.state is JobState.RUNNING:
+            logger.info("job %s was running on %s, which stopped: runs again", job.id,
+                        job.lease_owner or "this server")  # fmt: skip
+        if job.model not in {e.name for e in self._registry.entries()}:
+            self._end(held, JobState.FAILED, JobError("NOT_FOUND", f"no model {job.model}"))
+            return
+        self._enqueue(held)
 
     async def close(self) -> None:
         """Stops the runs without ending their jobs: they run again at the next start."""
         tasks = [*self._running.values(), *self._workers]
-        if self._sweeper is not None:
-            tasks.append(self._sweeper)
+        tasks += [t for t in (self._sweeper, self._lease_keeper) if t is not None]
         for task in tasks:
             task.cancel()
         if tasks:
@@ -241,8 +303,8 @@ class JobRunner:
             while not queue:
                 wake.clear()
                 await wake.wait()
-            job = self.store.get(queue.popleft())
-            if job is None or job.state is not JobState.QUEUED:
+            job = self._claim(queue.popleft())
+            if job is None:
                 continue
             task = asyncio.create_task(
                 self._run(job), name=f"job-{job.id}", context=contextvars.Context()
@@ -254,9 +316,14 @@ class JobRunner:
                 self._running.pop(job.id, None)
                 self._cancelled.discard(job.id)
 
-    async def _run(self, job: JobRecord) -> None:
-        job = self.store.update(
+    def _claim(self, job_id: str) -> JobRecord | None:
+        """The job, now running here; None if it was cancelled or taken over meanwhile."""
+        job = self.store.get(job_id)
+        if job is None or job.state is not JobState.QUEUED or job.lease_owner != self.node:
+            return None
+        claimed = self.store.update_if(
             job,
+            {"state": JobState.QUEUED, "lease_owner": self.node},
             state=JobState.RUNNING,
             started_at=self._clock(),
             attempts=job.attempts + 1,
@@ -265,7 +332,11 @@ class JobRunner:
             final=None,
             error=None,
         )
-        self.notices.notify(job.id)
+        if claimed is not None:
+            self.notices.notify(job.id)
+        return claimed
+
+    async def _run(self, job: JobRecord) -> None:
         request_id_var.set(job.request_id)  # the engine's log lines name the Submit's id
         timer = RunTimer(job)
         code, detail, final = grpc.StatusCode.UNKNOWN, "", None
@@ -293,6 +364,9 @@ class JobRunner:
             else:  # our shutdown: the job stays running in the store, to run again
                 code, detail = grpc.StatusCode.UNAVAILABLE, "the server stopped; runs again"
             raise
+        except LeaseLost:
+            code, detail = grpc.StatusCode.ABORTED, "another server took the job over"
+            logger.warning("job %s: %s; this run stops", job.id, detail)
         except ServingError as error:
             code, detail = error.grpc_code, str(error)
             self._refund(job.id)
@@ -313,11 +387,11 @@ class JobRunner:
             if diverged is not None and job.diverged_at < 0:
                 logger.warning("job %s: the re-run differs from byte %d on", job.id, diverged)
                 changes["diverged_at"] = diverged
-            return self.store.update(job, **changes)
+            return self._held_update(job, **changes)
         if isinstance(event, Progress):
-            return self.store.update(job, progress=event)
+            return self._held_update(job, progress=event)
         if isinstance(event, Header):
-            return self.store.update(job, header=event)
+            return self._held_update(job, header=event)
         shorter = writer.finish(event.total_bytes)
         now = self._clock()
         changes = {
@@ -329,7 +403,17 @@ class JobRunner:
         }
         if shorter is not None and job.diverged_at < 0:
             changes["diverged_at"] = shorter
-        return self.store.update(job, **changes)
+        return self._held_update(job, **changes)
+
+    def _held_update(self, job: JobRecord, **changes: Any) -> JobRecord:
+        """A running job's row changes only while this server holds it: a server that
+        lost its lease (paused, cut off) never overwrites its successor's row."""
+        if not self.store.shared:
+            return self.store.update(job, **changes)
+        updated = self.store.update_if(job, {"lease_owner": self.node}, **changes)
+        if updated is None:
+            raise LeaseLost(job.id)
+        return updated
 
     def _end(self, job: JobRecord, state: JobState, error: JobError) -> JobRecord:
         """A job that ends without its file: the partial artifact goes."""
@@ -359,6 +443,30 @@ class JobRunner:
                 self.expire()
             except Exception:  # the next sweep tries again
                 logger.exception("the job sweep failed")
+
+    async def _keep_leases(self) -> None:
+        period = self._settings.lease_s / 3
+        while True:
+            try:
+                self.keep_leases()
+            except Exception:  # the store is unreachable: try again; leases may run out
+                logger.exception("renewing job leases failed")
+            await asyncio.sleep(period)
+
+    def keep_leases(self) -> None:
+        """Renews this server's leases; stops its runs of jobs that were taken over or
+        whose cancel came through another server; takes over jobs whose holder stopped."""
+        held = self.store.renew(self.node, self._clock() + self._settings.lease_s)
+        for job_id, task in list(self._running.items()):
+            if job_id not in held:
+                logger.warning("job %s was taken over by another server: this run stops", job_id)
+                task.cancel()
+            elif held[job_id] and job_id not in self._cancelled:
+                self._cancelled.add(job_id)
+                task.cancel()
+        if self.store.shared:
+            for job in self.store.orphans(self._clock()):
+                self._take_over(job)
 
     def expire(self) -> int:
         """Deletes the artifacts of finished jobs past their TTL; returns how many."""

@@ -20,3 +20,18 @@ class JobSettings(BaseModel):
     max_queued_per_model: int = Field(16, ge=1, description="jobs waiting per model")
     sweep_s: float = Field(5.0, gt=0, description="how often expired artifacts are deleted")
     poll_s: float = Field(0.5, gt=0, description="watchers re-read the store at least this often")
+    # Several servers, one set of jobs: a shared job store and a shared artifact store.
+    # Credentials never go here: PGPASSWORD (or ~/.pgpass) and AWS_ACCESS_KEY_ID /
+    # AWS_SECRET_ACCESS_KEY, read by the drivers.
+    store_url: str | None = Field(
+        None, description="a PostgreSQL conninfo (postgresql://host/db) to share jobs"
+    )
+    artifacts_url: str | None = Field(
+        None, description="an object store URL (s3://bucket/prefix) for the artifacts"
+    )
+    s3_endpoint: str | None = Field(
+        None, description="an S3-compatible endpoint (http://host:port) instead of AWS"
+    )
+    lease_s: float = Field(
+        15.0, gt=0, description="a server that stops renewing for this long loses its jobs"
+    )

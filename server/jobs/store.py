@@ -1,21 +1,184 @@
 """The job store: one row per job. SQLite in WAL mode by default (embedded, one server);
-the JobStore protocol is what a shared store for several servers implements.
+PostgreSQL (postgres_store.py) when several servers share their jobs. Both run the SQL
+here; they differ in their DDL, their driver and their placeholders.
 
 Rows are written from the event loop; each statement is a small indexed write.
 """
 
 from __future__ import annotations
 
-import json
 import sqlite3
-from dataclasses import asdict, fields, replace
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from genserve.contract.events import Final, Header, Progress
-from genserve.server.jobs.records import JobError, JobRecord, JobState
+from genserve.server.jobs.records import JobRecord, JobState
+from genserve.server.jobs.rows import COLUMNS, DONE_STATES, OPEN_STATES, from_row, to_row
 
-SCHEMA = """
+
+class DuplicateJob(Exception):
+    """The same (owner, idempotency key) as a job already stored."""
+
+
+class JobStore(Protocol):
+    # Several servers use this store at once: a job whose holder stops renewing its
+    # lease is taken over by another. Embedded stores have one server, which takes all.
+    shared: bool
+
+    def insert(self, job: JobRecord) -> JobRecord: ...
+    def get(self, job_id: str) -> JobRecord | None: ...
+    def by_idempotency_key(self, owner: str, key: str) -> JobRecord | None: ...
+    def update(self, job: JobRecord, **changes: Any) -> JobRecord: ...
+    def update_if(
+        self, job: JobRecord, expected: Mapping[str, Any], **changes: Any
+    ) -> JobRecord | None:
+        """Changes the row only if its columns still hold `expected`; None if not."""
+        ...
+
+    def renew(self, owner: str, until: float) -> dict[str, bool]:
+        """Extends `owner`'s leases on its open jobs; returns them, each with whether
+        another server asked to cancel it."""
+        ...
+
+    def orphans(self, now: float) -> list[JobRecord]:
+        """Open jobs whose holder's lease ran out, oldest first."""
+        ...
+
+    def delete(self, job_id: str) -> None: ...
+    def page(
+        self, owner: str, state: JobState | None, before: int | None, size: int
+    ) -> list[JobRecord]: ...
+    def in_states(self, *states: JobState) -> list[JobRecord]: ...
+    def expired(self, now: float) -> list[JobRecord]: ...
+    def stored_bytes(self) -> int: ...
+    def counts(self) -> dict[JobState, int]: ...
+    def close(self) -> None: ...
+
+
+class SqlJobStore:
+    """The queries, written with `?` placeholders; a subclass runs them."""
+
+    shared = False
+    placeholder = "?"
+
+    def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[Mapping[str, Any]]:
+        raise NotImplementedError
+
+    def _sql(self, sql: str) -> str:
+        return sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
+
+    def _marks(self, n: int) -> str:
+        return ", ".join("?" for _ in range(n))
+
+    def insert(self, job: JobRecord) -> JobRecord:
+        values = to_row(job)
+        rows = self._insert_rows(
+            f"INSERT INTO jobs ({', '.join(COLUMNS)}) VALUES ({self._marks(len(COLUMNS))}) "
+            "RETURNING sequence",
+            [values[c] for c in COLUMNS],
+        )
+        return replace(job, sequence=int(rows[0]["sequence"]))
+
+    def _insert_rows(self, sql: str, args: Sequence[Any]) -> list[Mapping[str, Any]]:
+        return self._rows(sql, args)
+
+    def get(self, job_id: str) -> JobRecord | None:
+        return self._one("SELECT * FROM jobs WHERE id = ?", (job_id,))
+
+    def by_idempotency_key(self, owner: str, key: str) -> JobRecord | None:
+        return self._one("SELECT * FROM jobs WHERE owner = ? AND idempotency_key = ?", (owner, key))
+
+    def update(self, job: JobRecord, **changes: Any) -> JobRecord:
+        updated = replace(job, **changes)
+        values = to_row(updated)
+        columns = list(changes)
+        self._rows(
+            f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ? RETURNING id",
+            [*(values[c] for c in columns), job.id],
+        )
+        return updated
+
+    def update_if(
+        self, job: JobRecord, expected: Mapping[str, Any], **changes: Any
+    ) -> JobRecord | None:
+        values = to_row(replace(job, **changes))
+        wanted = to_row(replace(job, **expected))
+        rows = self._rows(
+            f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in changes)} WHERE id = ? "
+            f"{''.join(f' AND {c} = ?' for c in expected)} RETURNING *",
+            [*(values[c] for c in changes), job.id, *(wanted[c] for c in expected)],
+        )
+        return from_row(rows[0]) if rows else None
+
+    def renew(self, owner: str, until: float) -> dict[str, bool]:
+        rows = self._rows(
+            "UPDATE jobs SET lease_until = ? WHERE lease_owner = ? AND state IN (?, ?) "
+            "RETURNING id, cancel_requested",
+            (until, owner, *(s.value for s in OPEN_STATES)),
+        )
+        return {str(row["id"]): bool(row["cancel_requested"]) for row in rows}
+
+    def orphans(self, now: float) -> list[JobRecord]:
+        return self._many(
+            "SELECT * FROM jobs WHERE state IN (?, ?) AND lease_until < ? ORDER BY sequence",
+            (*(s.value for s in OPEN_STATES), now),
+        )
+
+    def delete(self, job_id: str) -> None:
+        self._rows("DELETE FROM jobs WHERE id = ? RETURNING id", (job_id,))
+
+    def page(
+        self, owner: str, state: JobState | None, before: int | None, size: int
+    ) -> list[JobRecord]:
+        """Newest first: the owner's jobs inserted before `before` (a sequence number)."""
+        query = "SELECT * FROM jobs WHERE owner = ?"
+        args: list[Any] = [owner]
+        if state is not None:
+            query += " AND state = ?"
+            args.append(state.value)
+        if before is not None:
+            query += " AND sequence < ?"
+            args.append(before)
+        query += " ORDER BY sequence DESC LIMIT ?"
+        args.append(size)
+        return self._many(query, args)
+
+    def in_states(self, *states: JobState) -> list[JobRecord]:
+        """Oldest first."""
+        return self._many(
+            f"SELECT * FROM jobs WHERE state IN ({self._marks(len(states))}) ORDER BY sequence",
+            [s.value for s in states],
+        )
+
+    def expired(self, now: float) -> list[JobRecord]:
+        """Finished jobs past their TTL whose artifact is still kept."""
+        return self._many(
+            "SELECT * FROM jobs WHERE state IN (?, ?, ?) AND expires_at <= ?",
+            (*(s.value for s in DONE_STATES), now),
+        )
+
+    def stored_bytes(self) -> int:
+        rows = self._rows(
+            "SELECT COALESCE(SUM(bytes_written), 0) AS total FROM jobs WHERE state != ?",
+            (JobState.EXPIRED.value,),
+        )
+        return int(rows[0]["total"])
+
+    def counts(self) -> dict[JobState, int]:
+        rows = self._rows("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
+        return {JobState(row["state"]): int(row["n"]) for row in rows}
+
+    def _one(self, sql: str, args: Sequence[Any]) -> JobRecord | None:
+        rows = self._rows(sql, args)
+        return from_row(rows[0]) if rows else None
+
+    def _many(self, sql: str, args: Sequence[Any]) -> list[JobRecord]:
+        return [from_row(row) for row in self._rows(sql, args)]
+
+
+SQLITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     sequence INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL UNIQUE,
@@ -38,7 +201,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     final TEXT,
     error TEXT,
     bytes_written INTEGER NOT NULL DEFAULT 0,
-    diverged_at INTEGER NOT NULL DEFAULT -1
+    diverged_at INTEGER NOT NULL DEFAULT -1,
+    lease_owner TEXT NOT NULL DEFAULT '',
+    lease_until REAL NOT NULL DEFAULT 0,
+    cancel_requested INTEGER NOT NULL DEFAULT 0
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency
     ON jobs (owner, idempotency_key) WHERE idempotency_key != '';
@@ -46,131 +212,38 @@ CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, sequence);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, expires_at);
 """
 
-_EVENT_TYPES: dict[str, type[Any]] = {"header": Header, "progress": Progress, "final": Final}
-_COLUMNS = [f.name for f in fields(JobRecord) if f.name != "sequence"]
+# Columns added since the first release, for a store written by an older server.
+SQLITE_ADDED = {
+    "lease_owner": "TEXT NOT NULL DEFAULT ''",
+    "lease_until": "REAL NOT NULL DEFAULT 0",
+    "cancel_requested": "INTEGER NOT NULL DEFAULT 0",
+}
 
 
-class JobStore(Protocol):
-    def insert(self, job: JobRecord) -> JobRecord: ...
-    def get(self, job_id: str) -> JobRecord | None: ...
-    def by_idempotency_key(self, owner: str, key: str) -> JobRecord | None: ...
-    def update(self, job: JobRecord, **changes: Any) -> JobRecord: ...
-    def delete(self, job_id: str) -> None: ...
-    def page(
-        self, owner: str, state: JobState | None, before: int | None, size: int
-    ) -> list[JobRecord]: ...
-    def in_states(self, *states: JobState) -> list[JobRecord]: ...
-    def expired(self, now: float) -> list[JobRecord]: ...
-    def stored_bytes(self) -> int: ...
-    def counts(self) -> dict[JobState, int]: ...
-    def close(self) -> None: ...
-
-
-class SqliteJobStore:
+class SqliteJobStore(SqlJobStore):
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self._lock = threading.Lock()  # the metrics thread reads it too
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: safe against a process crash
-        self._db.executescript(SCHEMA)
+        self._db.executescript(SQLITE_SCHEMA)
+        present = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        for column, kind in SQLITE_ADDED.items():
+            if column not in present:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
 
-    def insert(self, job: JobRecord) -> JobRecord:
-        values = _to_row(job)
-        placeholders = ", ".join("?" for _ in _COLUMNS)
-        cursor = self._db.execute(
-            f"INSERT INTO jobs ({', '.join(_COLUMNS)}) VALUES ({placeholders})",
-            [values[c] for c in _COLUMNS],
-        )
-        return replace(job, sequence=int(cursor.lastrowid or 0))
+    def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[Mapping[str, Any]]:
+        with self._lock:
+            return [dict(row) for row in self._db.execute(sql, args).fetchall()]
 
-    def get(self, job_id: str) -> JobRecord | None:
-        row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return None if row is None else _from_row(row)
-
-    def by_idempotency_key(self, owner: str, key: str) -> JobRecord | None:
-        row = self._db.execute(
-            "SELECT * FROM jobs WHERE owner = ? AND idempotency_key = ?", (owner, key)
-        ).fetchone()
-        return None if row is None else _from_row(row)
-
-    def update(self, job: JobRecord, **changes: Any) -> JobRecord:
-        updated = replace(job, **changes)
-        values = _to_row(updated)
-        columns = list(changes)
-        self._db.execute(
-            f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?",
-            [*(values[c] for c in columns), job.id],
-        )
-        return updated
-
-    def delete(self, job_id: str) -> None:
-        self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
-
-    def page(
-        self, owner: str, state: JobState | None, before: int | None, size: int
-    ) -> list[JobRecord]:
-        """Newest first: the owner's jobs inserted before `before` (a sequence number)."""
-        query = "SELECT * FROM jobs WHERE owner = ?"
-        args: list[Any] = [owner]
-        if state is not None:
-            query += " AND state = ?"
-            args.append(state.value)
-        if before is not None:
-            query += " AND sequence < ?"
-            args.append(before)
-        query += " ORDER BY sequence DESC LIMIT ?"
-        args.append(size)
-        return [_from_row(row) for row in self._db.execute(query, args)]
-
-    def in_states(self, *states: JobState) -> list[JobRecord]:
-        """Oldest first."""
-        marks = ", ".join("?" for _ in states)
-        rows = self._db.execute(
-            f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY sequence",
-            [s.value for s in states],
-        )
-        return [_from_row(row) for row in rows]
-
-    def expired(self, now: float) -> list[JobRecord]:
-        """Finished jobs past their TTL whose artifact is still kept."""
-        rows = self._db.execute(
-            "SELECT * FROM jobs WHERE state IN (?, ?, ?) AND expires_at <= ?",
-            (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, now),
-        )
-        return [_from_row(row) for row in rows]
-
-    def stored_bytes(self) -> int:
-        row = self._db.execute(
-            "SELECT COALESCE(SUM(bytes_written), 0) FROM jobs WHERE state != ?",
-            (JobState.EXPIRED,),
-        ).fetchone()
-        return int(row[0])
-
-    def counts(self) -> dict[JobState, int]:
-        rows = self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state")
-        return {JobState(state): int(n) for state, n in rows}
+    def _insert_rows(self, sql: str, args: Sequence[Any]) -> list[Mapping[str, Any]]:
+        try:
+            return self._rows(sql, args)
+        except sqlite3.IntegrityError as error:
+            raise DuplicateJob(str(error)) from None
 
     def close(self) -> None:
         self._db.close()
-
-
-def _to_row(job: JobRecord) -> dict[str, Any]:
-    row: dict[str, Any] = {c: getattr(job, c) for c in _COLUMNS}
-    row["state"] = job.state.value
-    for name in _EVENT_TYPES:
-        event = getattr(job, name)
-        row[name] = None if event is None else json.dumps(asdict(event))
-    row["error"] = None if job.error is None else json.dumps(asdict(job.error))
-    return row
-
-
-def _from_row(row: sqlite3.Row) -> JobRecord:
-    values: dict[str, Any] = dict(row)
-    values["state"] = JobState(values["state"])
-    for name, kind in _EVENT_TYPES.items():
-        text = values[name]
-        values[name] = None if text is None else kind(**json.loads(text))
-    values["error"] = None if values["error"] is None else JobError(**json.loads(values["error"]))
-    return JobRecord(**values)
