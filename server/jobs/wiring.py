@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -21,6 +22,9 @@ from genserve.server.registry import ModelRegistry
 from genserve.server.servicers.request import RequestConverter
 from genserve.server.settings import Settings
 from genserve.v1 import jobs_pb2, jobs_pb2_grpc
+
+if TYPE_CHECKING:  # the stubs' types: not importable at run time
+    from obstore.store import ClientConfig, S3Config
 
 JOB_SERVICE = jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name
 
@@ -62,7 +66,7 @@ def job_store(config: JobSettings, root: Path) -> JobStore:
 def artifact_store(config: JobSettings, root: Path) -> ArtifactStore:
     if config.artifacts_url is None:
         return FileArtifactStore(root / "artifacts")
-    from obstore.store import ClientConfig, S3Config, S3Store
+    from obstore.store import S3Store
 
     from genserve.server.jobs.object_artifacts import ObjectArtifactStore
 
