@@ -4,7 +4,9 @@ Talks to the gRPC server through the SDK, not the bridge: one hop fewer, typed e
 with request IDs, and progress events for the media modalities. The modalities are the
 contract's specs; the models, their states and the limits come from ListModels; the
 sidebar's form is the chosen spec's request fields, bounded by those limits. The history
-keeps both sides of the conversation, and a text turn sends the conversation so far.
+keeps both sides of the conversation, and a text turn sends the conversation so far (with
+the form's system prompt). A media request may run as a job (JobService); the Jobs view
+lists the caller's jobs with their progress and a player for each finished file.
 
 Run as a script by Streamlit, so its imports are absolute.
 """
@@ -22,6 +24,7 @@ from genserve.client.results import Catalog
 from genserve.client.sync_client import GenServe
 from genserve.client.ui_chat import Message, MissingUpload, answer, render, request_fields
 from genserve.client.ui_form import render_form, upload_widget
+from genserve.client.ui_jobs import error_text, jobs_view, runs_as_job, submit
 from genserve.contract import SPECS, ModalitySpec, spec_for
 
 
@@ -70,6 +73,9 @@ def choose_model(spec: ModalitySpec[Any, Any], catalog: Catalog | None) -> str |
     return chosen
 
 
+VIEWS = ("Chat", "Jobs")
+
+
 def sidebar(catalog: Catalog | None) -> tuple[ModalitySpec[Any, Any], dict[str, Any], bytes | None]:
     """The chosen spec, its form's fields (and model), and its upload if it takes one."""
     names = [spec.name for spec in SPECS]
@@ -84,30 +90,62 @@ def sidebar(catalog: Catalog | None) -> tuple[ModalitySpec[Any, Any], dict[str, 
     return spec, fields | ({"model": model} if model else {}), upload
 
 
-def main() -> None:
-    settings = UISettings()
-    st.title("genserve")
-    gs = client(settings.target, settings.api_key, settings.root_certificates)
-    spec, form, upload = sidebar(fetch_catalog(gs))
+def as_job(spec: ModalitySpec[Any, Any]) -> bool:
+    """The sidebar's "Run as a job" switch, for the modalities that run as jobs."""
+    if not runs_as_job(spec):
+        return False
+    help_text = "queue it on the server (JobService): it runs even if this page goes away"
+    return bool(st.sidebar.toggle("Run as a job", key="as_job", help=help_text))
+
+
+def ask(
+    gs: GenServe,
+    spec: ModalitySpec[Any, Any],
+    fields: dict[str, Any],
+    job: bool,
+) -> tuple[Message, bool]:
+    """One turn's reply, and whether it is already on screen (streamed text)."""
+    try:
+        if job:
+            info = submit(gs, spec, fields)
+            return Message("assistant", "job", info.id, modality=spec.name), False
+        reply = answer(gs, spec, fields)
+        return reply, reply.kind == "text"
+    except GenServeError as error:
+        return Message("assistant", "error", error_text(error), modality=spec.name), False
+
+
+def chat(
+    gs: GenServe, spec: ModalitySpec[Any, Any], form: dict[str, Any], upload: bytes | None
+) -> None:
+    job = as_job(spec)
     history: list[Message] = st.session_state.setdefault("history", [])
-    for message in history:
-        render(message)
+    for index, message in enumerate(history):
+        render(message, gs, f"chat.{index}")
     prompt = st.chat_input("Ask, or describe what to make")
     if not prompt:
         return
     user = Message("user", "text", prompt, modality=spec.name)
-    render(user)
+    render(user, gs, f"chat.{len(history)}")
     try:
-        reply = answer(gs, spec, request_fields(spec, prompt, history, upload, form))
-        streamed = reply.kind == "text"  # already on screen
-    except GenServeError as error:
-        detail = f"{error.code.name}: {error.message} (request ID {error.request_id})"
-        reply, streamed = Message("assistant", "error", detail, modality=spec.name), False
+        reply, streamed = ask(gs, spec, request_fields(spec, prompt, history, upload, form), job)
     except MissingUpload as error:
         reply, streamed = Message("assistant", "error", str(error), modality=spec.name), False
     history += [user, reply]
     if not streamed:
-        render(reply)
+        render(reply, gs, f"chat.{len(history) - 1}")
+
+
+def main() -> None:
+    settings = UISettings()
+    st.title("genserve")
+    gs = client(settings.target, settings.api_key, settings.root_certificates)
+    view = st.sidebar.radio("View", VIEWS, key="view", horizontal=True)
+    spec, form, upload = sidebar(fetch_catalog(gs))
+    if view == "Jobs":
+        jobs_view(gs)
+    else:
+        chat(gs, spec, form, upload)
 
 
 main()

@@ -1,10 +1,11 @@
 """The UI's chat: the history's messages, how each is shown, and how one turn is asked
 and answered, by the spec's kind of call (no per-modality code).
 
-Media replies show by their MIME type (image, audio, video players; anything else, or a
-spec marked `attachment`, as a download). Text streams (deltas, transcript segments, any
-other piece's text) stream into the reply, which keeps their text joined by the spec's
-`join`.
+Media replies show by their MIME type (ui_media: image, audio, video players; a mesh as
+its rendered preview and a download; anything else, or a spec marked `attachment`, as a
+download). Text streams (deltas, transcript segments, any other piece's text) stream into
+the reply, which keeps their text joined by the spec's `join`. A media request may run as
+a job instead (ui_jobs): the reply is the job, live until its file is there.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from .channel import new_request_id
 from .folds import joined_increments, piece_text
 from .sync_client import GenServe
 from .ui_form import chat_field, conversation_field
+from .ui_jobs import job_reply
+from .ui_media import show_file
 
-PLAYERS: dict[str, Callable[..., Any]] = {"image": st.image, "audio": st.audio, "video": st.video}
 # A text stream's piece -> its text (None: a piece without any), by the kind of call.
 PIECE_TEXT: dict[Kind, Callable[[Any], str | None]] = {
     Kind.TEXT: lambda delta: delta,
@@ -35,8 +37,8 @@ PIECE_TEXT: dict[Kind, Callable[[Any], str | None]] = {
 @dataclass
 class Message:
     role: str  # "user" or "assistant"
-    kind: str  # "text", "media", "data" (a unary reply, as JSON) or "error"
-    content: Any  # the text, the file's bytes, or the reply's fields
+    kind: str  # "text", "media", "data" (a unary reply, as JSON), "job" or "error"
+    content: Any  # the text, the file's bytes, the reply's fields, or the job's id
     file_name: str = ""
     mime_type: str = ""
     modality: str = ""  # the spec it was asked of or made by
@@ -48,33 +50,25 @@ class MissingUpload(ValueError):
     pass
 
 
-def render(message: Message) -> None:
+def render(message: Message, gs: GenServe, key: str) -> None:
+    """The message in a chat bubble; `key` keeps its widgets apart from other messages'."""
     with st.chat_message(message.role):
-        show(message)
+        show(message, gs, key)
         if message.request_id:
             st.caption(f"{message.modality} · request ID {message.request_id}")
 
 
-def show(message: Message) -> None:
+def show(message: Message, gs: GenServe, key: str) -> None:
     if message.kind == "error":
         st.error(message.content)
     elif message.kind == "text":
         st.markdown(message.content)
     elif message.kind == "data":
-        st.json(message.content, expanded=False)
+        st.json(message.content, expanded=1)  # its fields; long lists folded
+    elif message.kind == "job":
+        job_reply(gs, message.content, key)
     else:
-        player = PLAYERS.get(message.mime_type.split("/")[0])
-        if player is None or message.attachment:
-            st.download_button(
-                f"Download {message.file_name}",
-                data=message.content,
-                file_name=message.file_name,
-                mime=message.mime_type,
-            )
-        elif player is st.image:
-            st.image(message.content, caption=message.file_name)
-        else:
-            player(message.content, format=message.mime_type)
+        show_file(message.content, message.file_name, message.mime_type, key, message.attachment)
 
 
 def conversation(history: list[Message], spec: ModalitySpec[Any, Any]) -> list[dict[str, str]]:

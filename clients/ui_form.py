@@ -24,6 +24,7 @@ from genserve.contract import ModalitySpec
 
 JS_SAFE_INT = 2**53 - 1  # Streamlit's number inputs hold JavaScript numbers
 FLOAT_STEPS = 100  # a float field's step: its range in this many steps
+MULTILINE_CHARS = 1000  # a text field that may be longer gets a text area
 
 
 def chat_field(spec: ModalitySpec[Any, Any]) -> str | None:
@@ -112,9 +113,15 @@ def _widget(spec: ModalitySpec[Any, Any], name: str, info: FieldInfo, default: s
         text = st.text_area(name, key=key, help=help_text, placeholder="one per line")
         items = [line for line in text.splitlines() if line.strip()]
         return items or None
-    text = st.text_input(
-        name, key=key, help=help_text, placeholder=placeholder, max_chars=bounds.get("max_length")
-    )
+    max_chars = bounds.get("max_length")
+    if "\n" in default or (max_chars or 0) > MULTILINE_CHARS:  # a system prompt, say
+        text = st.text_area(
+            name, key=key, help=help_text, placeholder=f"default: {default}", max_chars=max_chars
+        )
+    else:
+        text = st.text_input(
+            name, key=key, help=help_text, placeholder=placeholder, max_chars=max_chars
+        )
     return text or None  # empty: unset (the server's default)
 
 
