@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import annotated_types
+import numpy as np
 import pytest
+from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from genserve.client import GenServe, calls, ui_chat
+from genserve.client import GenServe, calls, ui_chat, ui_mesh
 from genserve.client.calls import Kind
 from genserve.client.ui_chat import Message, conversation
 from genserve.client.ui_form import form_fields, widget_key
@@ -64,6 +68,33 @@ def test_text_is_streamed_into_the_reply_and_history_keeps_both_sides(
     second = tiny_server.wait_for_usage_row(request_id(app, 3))
     assert first["completion_tokens"] == 6
     assert second["prompt_tokens"] > first["prompt_tokens"] + first["completion_tokens"] // 2
+
+
+def test_a_turn_sends_the_conversation_and_the_system_prompt_exactly(
+    app: AppTest, tiny_server: ServerThread
+) -> None:
+    """The prompt tokens of the second turn are those of the history's exact messages
+    under the form's system prompt, sent by the SDK; without the history, or under the
+    default system prompt, they are not."""
+    choose(app, "text")
+    app.number_input(key="text.max_new_tokens").set_value(6)
+    app.selectbox(key="text.do_sample").set_value(False)
+    app.text_area(key="text.system_prompt").set_value("You are a terse assistant.")
+    ask(app, "text", "Remember the number 42.")
+    ask(app, "text", "Which number was it?")
+    carried = tiny_server.wait_for_usage_row(request_id(app, 3))["prompt_tokens"]
+    history = app.session_state["history"]
+    turns = [{"role": m.role, "content": m.content} for m in history[:2]]
+    with GenServe(f"localhost:{tiny_server.port}") as gs:
+
+        def prompt_tokens(**fields: Any) -> int:
+            return gs.text.generate(
+                prompt="Which number was it?", max_new_tokens=1, do_sample=False, **fields
+            ).prompt_tokens
+
+        assert carried == prompt_tokens(messages=turns, system_prompt="You are a terse assistant.")
+        assert carried != prompt_tokens(system_prompt="You are a terse assistant.")
+        assert carried != prompt_tokens(messages=turns)  # the default system prompt
 
 
 def test_the_conversation_leaves_out_other_modalities_and_failed_questions() -> None:
@@ -123,7 +154,64 @@ def test_image_audio_and_mesh_render(app: AppTest) -> None:
     ask(app, "mesh", "a chair")
     buttons = app.chat_message[-1].get("download_button")
     assert buttons and "mesh-" in buttons[0].proto.label
+    assert app.chat_message[-1].get("image")  # the mesh's rendered preview
     assert len(app.chat_message) == 6  # history kept across modalities
+
+
+def test_a_media_request_runs_as_a_job_and_the_jobs_view_shows_it(
+    app: AppTest, tiny_server: ServerThread
+) -> None:
+    choose(app, "image")
+    app.toggle(key="as_job").set_value(True)
+    app.number_input(key="image.num_inference_steps").set_value(2)
+    ask(app, "image", "a cozy living room")
+    (reply,) = (m for m in app.session_state["history"] if m.role == "assistant")
+    assert reply.kind == "job"
+    with GenServe(f"localhost:{tiny_server.port}") as gs:
+        info = gs.job(reply.content).wait(timeout=APP_TIMEOUT_S)
+    assert info.header is not None and info.header.width == 64
+    app.run()  # the job's card, now finished: its picture
+    assert not app.exception, app.exception
+    assert app.chat_message[-1].get("image")
+    assert reply.content in app.chat_message[-1].markdown[0].value
+    app.radio(key="view").set_value("Jobs").run()
+    assert not app.exception, app.exception
+    cards = [m.value for m in app.main.markdown if reply.content in m.value]
+    assert cards and "succeeded" in cards[0]
+    assert app.main.get("image") and not app.chat_input
+
+
+def test_a_mesh_file_reads_back_and_renders(tmp_path: Path) -> None:
+    """The preview reads the server's own OBJ and binary PLY writers' files (and ASCII
+    PLY), and draws the mesh: a picture of the preview's size that is not blank."""
+    from genserve.server.media.mesh_files import write_obj, write_ply
+
+    vertices = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=np.float64)
+    colours = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0]], dtype=np.float64)
+    faces = np.array([[0, 1, 2], [0, 1, 3], [0, 2, 3], [1, 2, 3]], dtype=np.int64)
+    files = {}
+    for name, write in (("obj", write_obj), ("ply", write_ply)):
+        out = io.BytesIO()
+        write(out, vertices, colours, faces)
+        files[name] = out.getvalue()
+    files["ascii.ply"] = (
+        b"ply\nformat ascii 1.0\nelement vertex 4\nproperty float x\nproperty float y\n"
+        b"property float z\nelement face 2\nproperty list uchar int vertex_indices\n"
+        b"end_header\n0 0 0\n1 0 0\n0 1 0\n0 0 1\n3 0 1 2\n4 0 1 3 2\n"
+    )
+    for name, data in files.items():
+        mesh = ui_mesh.read_mesh(data, f"mesh.{name}")
+        assert np.allclose(mesh.vertices, vertices, atol=1e-5), name
+        if name != "ascii.ply":
+            assert (mesh.faces == faces).all(), name
+            assert mesh.colours is not None and np.allclose(mesh.colours, colours, atol=0.01)
+        else:
+            assert len(mesh.faces) == 3 and mesh.colours is None  # a quad, fanned in two
+        picture = Image.open(io.BytesIO(ui_mesh.preview_png(data, f"mesh.{name}")))
+        assert picture.size == (ui_mesh.PREVIEW_SIZE, ui_mesh.PREVIEW_SIZE)
+        assert len(set(picture.getdata())) > 10, name  # something drawn, shaded
+    with pytest.raises(ui_mesh.MeshFileError):
+        ui_mesh.preview_png(b"ply\nformat binary_little_endian 1.0\n", "broken.ply")
 
 
 @pytest.mark.parametrize("spec", [s for s in SPECS if s.upload], ids=lambda s: s.name)

@@ -40,12 +40,10 @@ from tests.ui_page import (
 # Prompt tokens the page's copy of a reply may differ from the model's own by: the page
 # shows it rendered as markdown, and its text is tokenized again.
 RETOKENIZE_SLACK = 3
-SYSTEM_PROMPT = "You are a terse assistant. Answer in one short sentence."
-FIRST_TURN = (
-    "My cat is called Zorblax. She is grey, she is seven years old and she sleeps "
-    "on the warm kitchen windowsill every afternoon. Please say hello to her."
-)
-SECOND_TURN = "What is my cat called?"
+SYSTEM_PROMPT = "You are a helpful assistant."
+# The tiny model, greedy, repeats the number after this first turn, and not without it.
+FIRST_TURN = "Remember the number 42."
+SECOND_TURN = "Which number did I ask you to remember?"
 
 
 @pytest.fixture(scope="module")
@@ -165,21 +163,22 @@ def test_two_turns_the_second_carries_the_first_and_the_system_prompt(
     )
     alone = prompt_tokens(prompt=SECOND_TURN, system_prompt=SYSTEM_PROMPT)
     default_system = prompt_tokens(prompt=SECOND_TURN, messages=conversation)
-    assert abs(rows[1]["prompt_tokens"] - with_history) <= RETOKENIZE_SLACK, (rows[1], with_history)
-    assert with_history - alone > 10 * RETOKENIZE_SLACK  # the first turn is what made it long
+    carried = rows[1]["prompt_tokens"]
+    assert abs(carried - with_history) <= RETOKENIZE_SLACK, (carried, with_history)
+    assert with_history - alone > rows[0]["completion_tokens"]  # the first turn made it long
     assert abs(default_system - with_history) > 2 * RETOKENIZE_SLACK  # the system prompt counts
 
     # The dependence itself. Greedy decoding is a function of its input: the second answer
     # is the one the model gives the whole conversation, and not the one it gives the
-    # question alone (which cannot know the name it was told).
+    # question alone (which cannot know the number it was told).
     def greedy(**fields: Any) -> str:
         return plain(sdk.text.generate(max_new_tokens=24, do_sample=False, **fields).text)
 
     shown = plain(reply_text(second))
     told = greedy(prompt=SECOND_TURN, messages=conversation, system_prompt=SYSTEM_PROMPT)
     not_told = greedy(prompt=SECOND_TURN, system_prompt=SYSTEM_PROMPT)
-    assert told != not_told
     assert shown == told, (shown, told, not_told)
+    assert "42" in shown and "42" not in not_told, (shown, not_told)
 
 
 def test_image_decodes_at_the_width_asked(page: Page, tiny_server: ServerThread) -> None:
@@ -216,8 +215,8 @@ def test_video_from_an_upload_plays(page: Page, tmp_path: Path) -> None:
     assert state["status"] == 200 and state["duration"] > 0, state
     assert (state["width"], state["height"]) == (64, 64)
     assert bytes.fromhex(state["head"])[4:8] == b"ftyp"
-    steps = page.progress_seen()
-    assert steps, "no progress bar was shown while the video was made"
+    steps = page.progress_seen()  # the server's progress events, as the page showed them
+    assert any(re.search(r"\b\d+/\d+$", step) for step in steps), steps
     page.screenshot("video")
 
 
