@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from genserve.contract import Modality
 from genserve.server.admission import AdmissionLimits
+from genserve.server.provenance.spec import ProvenanceSpec
 from genserve.server.ray_serve.placement import Placement, RayPlacement
 from genserve.server.upstream.spec import UpstreamSpec
 
@@ -75,6 +76,10 @@ class ModelSpec(BaseModel):
     ray: RayPlacement = Field(default_factory=RayPlacement, description="placement = ray only")
     upstream: UpstreamSpec | None = Field(
         None, description='engine = "upstream": the server that runs the model'
+    )
+    provenance: ProvenanceSpec = Field(
+        default_factory=ProvenanceSpec,
+        description='the generation record in its files: "off", or a table (include_prompt)',
     )
 
     @model_validator(mode="before")

@@ -11,9 +11,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from genserve.contract import SPECS, Modality, ModalitySpec, spec_for
+from genserve.contract import SPECS, Interaction, Modality, ModalitySpec, spec_for
 from genserve.server.engine.contract import Engine
-from genserve.server.manifest import ModelSpec
+from genserve.server.manifest import UPSTREAM_ENGINE, ModelSpec
 from genserve.server.settings import Settings
 
 EngineLoader = Callable[[ModelSpec, Settings], Engine[Any, Any]]
@@ -31,8 +31,16 @@ def engine_kind(modality: Modality, model: ModelSpec) -> str:
 
 
 def loader_for(modality: Modality, model: ModelSpec) -> EngineLoader | None:
-    """The engine's loader, imported only now: the table stays cheap to import."""
-    return spec_for(modality).engine_loader(engine_kind(modality, model))
+    """The engine's loader, imported only now: the table stays cheap to import. A media
+    engine made here (not an upstream's, whose files another server made) is stamped: its
+    files carry a generation record (genserve.server.provenance)."""
+    spec, kind = spec_for(modality), engine_kind(modality, model)
+    load = spec.engine_loader(kind)
+    if load is None or spec.interaction is not Interaction.MEDIA_STREAM or kind == UPSTREAM_ENGINE:
+        return load
+    from genserve.server.provenance.engine import stamped
+
+    return stamped(str(modality), kind, load)
 
 
 def defaults_for(spec: ModalitySpec[Any, Any], model: ModelSpec | None) -> BaseModel:

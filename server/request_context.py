@@ -17,6 +17,9 @@ REQUEST_ID_METADATA_KEY = metadata.REQUEST_ID
 NO_REQUEST_ID = "-"
 
 request_id_var: ContextVar[str] = ContextVar("request_id", default=NO_REQUEST_ID)
+# When the request was made (time.time()), where it is not now: a job's re-run keeps its
+# submission's time, so its file (whose generation record holds it) is the same bytes.
+request_time_var: ContextVar[float | None] = ContextVar("request_time", default=None)
 
 
 def new_request_id() -> str:
@@ -25,6 +28,10 @@ def new_request_id() -> str:
 
 def current_request_id() -> str:
     return request_id_var.get()
+
+
+def current_request_time() -> float | None:
+    return request_time_var.get()
 
 
 @dataclass

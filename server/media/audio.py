@@ -16,6 +16,7 @@ from genserve.server.engine.rng import seeded_global_generator
 from genserve.server.errors import InvalidArgument
 from genserve.server.media.run import MediaRun
 from genserve.server.media.wav_stream import Pcm16Resampler
+from genserve.server.provenance.wav import with_info
 
 
 @dataclass
@@ -69,5 +70,5 @@ def generate_audio(bundle: BarkBundle, params: AudioParams, run: MediaRun) -> No
     run.progress(1, 1, "generate")
     encoded = io.BytesIO()
     soundfile.write(encoded, samples, sample_rate, format="WAV", subtype="PCM_16")
-    run.output.write_all(encoded.getbuffer())
+    run.output.write_all(with_info(encoded.getvalue(), run.record))
     run.finish()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import torch
@@ -10,6 +9,14 @@ import torch
 from genserve.contract.events import Header
 from genserve.contract.modalities.image import EXTENSIONS, MIME_TYPES, ImageParams
 from genserve.server.media.run import MediaRun, diffusers_progress
+from genserve.server.provenance.images import ImageFile
+
+
+def start_image_file(params: ImageParams, run: MediaRun) -> ImageFile:
+    """The file with its generation record; a PNG's head (with the record) leaves now."""
+    file = ImageFile(params.format.value.upper(), params.width, params.height, run.record)
+    run.send_now(file.head())
+    return file
 
 
 def generate_image(pipeline: Any, params: ImageParams, run: MediaRun) -> None:
@@ -21,6 +28,7 @@ def generate_image(pipeline: Any, params: ImageParams, run: MediaRun) -> None:
             height=params.height,
         )
     )
+    file = start_image_file(params, run)
     generator = torch.Generator(device="cpu").manual_seed(params.seed)
     with diffusers_progress(pipeline, run, "denoise"), torch.inference_mode():
         result = pipeline(
@@ -33,7 +41,5 @@ def generate_image(pipeline: Any, params: ImageParams, run: MediaRun) -> None:
             generator=generator,
         )
     run.inference_done()
-    encoded = io.BytesIO()
-    result.images[0].save(encoded, format=params.format.value.upper())
-    run.output.write_all(encoded.getbuffer())
+    run.output.write_all(file.rest(result.images[0]))
     run.finish()

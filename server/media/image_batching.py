@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import collections
 import contextvars
-import io
 import logging
 import queue
 import time
@@ -32,8 +31,10 @@ from genserve.server.engine.base import EngineBase
 from genserve.server.engine.channel import Cancelled, EventChannel
 from genserve.server.engine.serial import DEFAULT_BUFFER_EVENTS, Job
 from genserve.server.errors import ResourceExhausted
+from genserve.server.media.image import start_image_file
 from genserve.server.media.image_denoise import BatchKey, Denoiser, Denoising
 from genserve.server.media.run import MediaRun
+from genserve.server.provenance.images import ImageFile
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class _ImageRequest:
     job: Job[MediaEvent]
     context: contextvars.Context  # the caller's: the request's log lines carry its ID
     run: MediaRun | None = None
+    file: ImageFile | None = None
     denoising: Denoising | None = None
 
     @property
@@ -152,6 +154,7 @@ class BatchingImageEngine(EngineBase[_ImageRequest]):
                 height=params.height,
             )
         )
+        request.file = start_image_file(params, request.run)
         with torch.inference_mode():
             request.denoising = self._denoiser.start(params)
 
@@ -194,12 +197,11 @@ class BatchingImageEngine(EngineBase[_ImageRequest]):
     def _encode(self, request: _ImageRequest) -> None:
         assert request.denoising is not None and request.run is not None
         run = request.run
+        assert request.file is not None
         with torch.inference_mode():
             image = self._denoiser.decode(request.denoising)
         run.inference_done()
-        encoded = io.BytesIO()
-        image.save(encoded, format=request.params.format.value.upper())
-        run.output.write_all(encoded.getbuffer())
+        run.output.write_all(request.file.rest(image))
         run.finish()
 
     def _leave(self, request: _ImageRequest, error: BaseException | None = None) -> None:

@@ -40,5 +40,5 @@ def generate_mesh(pipeline: Any, params: MeshParams, run: MediaRun) -> None:
     vertices = decoded.verts.float().cpu().numpy()
     faces = decoded.faces.cpu().numpy()
     colours = torch.stack([decoded.vertex_channels[c] for c in "RGB"], dim=1).float().cpu().numpy()
-    WRITERS[params.format](run.output, vertices, colours, faces)
+    WRITERS[params.format](run.output, vertices, colours, faces, run.record)
     run.finish(vertex_count=len(vertices), face_count=len(faces))

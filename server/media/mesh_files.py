@@ -16,6 +16,9 @@ from typing import Protocol
 import numpy as np
 import open3d
 
+from genserve.server.provenance.mesh import obj_comment, ply_with_comment
+from genserve.server.provenance.record import Record
+
 ROWS_PER_BLOCK = 4096  # ~360 KiB of OBJ text per block
 
 
@@ -38,12 +41,25 @@ def obj_blocks(
         yield (("f %d %d %d\n" * len(indices)) % tuple(indices.ravel().tolist())).encode()
 
 
-def write_obj(out: Writable, vertices: np.ndarray, colours: np.ndarray, faces: np.ndarray) -> None:
+def write_obj(
+    out: Writable,
+    vertices: np.ndarray,
+    colours: np.ndarray,
+    faces: np.ndarray,
+    record: Record | None = None,
+) -> None:
+    out.write(obj_comment(record))  # the generation record, the file's first line
     for block in obj_blocks(vertices, colours, faces):
         out.write(block)
 
 
-def write_ply(out: Writable, vertices: np.ndarray, colours: np.ndarray, faces: np.ndarray) -> None:
+def write_ply(
+    out: Writable,
+    vertices: np.ndarray,
+    colours: np.ndarray,
+    faces: np.ndarray,
+    record: Record | None = None,
+) -> None:
     mesh = open3d.geometry.TriangleMesh()
     mesh.vertices = open3d.utility.Vector3dVector(vertices.astype(np.float64))
     mesh.triangles = open3d.utility.Vector3iVector(faces.astype(np.int32))
@@ -54,5 +70,7 @@ def write_ply(out: Writable, vertices: np.ndarray, colours: np.ndarray, faces: n
         if not open3d.io.write_triangle_mesh(path, mesh, write_vertex_colors=True):
             raise RuntimeError("open3d could not write the PLY file")
         with path.open("rb") as file:
+            # the generation record: a comment in the header, in the first block
+            out.write(ply_with_comment(file.read(1 << 20), record))
             while block := file.read(1 << 20):
                 out.write(block)

@@ -18,6 +18,7 @@ from typing import Any
 
 from genserve.contract.events import Chunk, Final, Header, Progress
 from genserve.server.engine.serial import Job
+from genserve.server.provenance.current import current_record
 
 
 class ChunkedOutput(io.RawIOBase):
@@ -69,10 +70,18 @@ class MediaRun:
         self.job = job
         self.seed = seed
         self.output = ChunkedOutput(job, chunk_size)
+        self.record = current_record()  # what the file says of how it was made (provenance)
         self._inference_done_at: float | None = None
 
     def header(self, header: Header) -> None:
         self.job.emit(header)
+
+    def send_now(self, data: bytes) -> None:
+        """Bytes that leave now as a chunk of their own (a file's head, before the model
+        runs), whatever the chunk size."""
+        if data:
+            self.output.write(data)
+            self.output.flush_remainder()
 
     def progress(self, step: int, total: int, stage: str) -> None:
         self.job.step_done()

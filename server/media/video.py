@@ -19,6 +19,8 @@ from PIL import Image
 from genserve.contract.events import Header
 from genserve.contract.modalities.video import VideoParams
 from genserve.server.media.run import MediaRun, diffusers_progress
+from genserve.server.provenance.mp4 import set_mp4_metadata
+from genserve.server.provenance.record import Record
 
 KEYFRAME_INTERVAL_S = 1.0  # one fragment per second of video
 SVD_MAX_GUIDANCE = 3.0  # StableVideoDiffusionPipeline's default max_guidance_scale
@@ -54,7 +56,7 @@ def generate_video(pipeline: Any, params: VideoParams, run: MediaRun) -> None:
             **_single_frame_guidance(params.num_frames),
         )
     run.inference_done()
-    write_mp4(result.frames[0], params.fps, run.output)
+    write_mp4(result.frames[0], params.fps, run.output, run.record)
     run.finish()
 
 
@@ -68,8 +70,14 @@ def _single_frame_guidance(num_frames: int) -> dict[str, float]:
     return {"min_guidance_scale": SVD_MAX_GUIDANCE, "max_guidance_scale": SVD_MAX_GUIDANCE}
 
 
-def write_mp4(frames: np.ndarray, fps: float, output: io.RawIOBase | BinaryIO) -> None:
-    """frames: [F, H, W, 3] floats in [0, 1]. Writes a fragmented yuv420p H.264 MP4."""
+def write_mp4(
+    frames: np.ndarray,
+    fps: float,
+    output: io.RawIOBase | BinaryIO,
+    record: Record | None = None,
+) -> None:
+    """frames: [F, H, W, 3] floats in [0, 1]. Writes a fragmented yuv420p H.264 MP4, its
+    generation record in the metadata of its init segment."""
     rate = Fraction(fps).limit_denominator(1001)
     pixels = (np.clip(frames, 0.0, 1.0) * 255).round().astype(np.uint8)
     height, width = pixels.shape[1:3]
@@ -80,6 +88,7 @@ def write_mp4(frames: np.ndarray, fps: float, output: io.RawIOBase | BinaryIO) -
         options={"movflags": "frag_keyframe+empty_moov+default_base_moof"},
     )
     try:
+        set_mp4_metadata(container, record)
         stream = container.add_stream("libx264", rate=rate)
         stream.width = width
         stream.height = height

@@ -16,6 +16,8 @@ import av
 import numpy as np
 
 from genserve.server.media.transcription import UNKNOWN_RIFF_SIZES
+from genserve.server.provenance.current import current_record
+from genserve.server.provenance.wav import info_chunk
 from genserve.server.upstream.media_stream import STREAMED_WAV_BYTES
 
 STREAMED_SIZE = 0xFFFFFFFF
@@ -26,10 +28,11 @@ CHANNELS = 1
 
 
 def streamed_wav_header(sample_rate: int) -> bytes:
-    """The 44-byte header of a 16-bit mono PCM WAV whose length is not known yet."""
+    """The header of a 16-bit mono PCM WAV whose length is not known yet: 44 bytes, and
+    the running request's generation record (a LIST chunk) before its data chunk."""
     block = CHANNELS * SAMPLE_BYTES
-    return struct.pack(
-        "<4sI4s4sIHHIIHH4sI",
+    fmt = struct.pack(
+        "<4sI4s4sIHHIIHH",
         b"RIFF",
         STREAMED_SIZE,
         b"WAVE",
@@ -41,9 +44,8 @@ def streamed_wav_header(sample_rate: int) -> bytes:
         sample_rate * block,
         block,
         SAMPLE_BYTES * 8,
-        b"data",
-        STREAMED_SIZE,
     )
+    return fmt + info_chunk(current_record()) + struct.pack("<4sI", b"data", STREAMED_SIZE)
 
 
 class Pcm16Resampler:

@@ -24,7 +24,7 @@ from genserve.server.engine.contract import Engine
 from genserve.server.errors import ServingError
 from genserve.server.logging_setup import configure_logging
 from genserve.server.ray_serve.wire import ReplicaError
-from genserve.server.request_context import request_id_var
+from genserve.server.request_context import request_id_var, request_time_var
 from genserve.server.worker.messages import (
     Cancel,
     Close,
@@ -120,6 +120,7 @@ class WorkerLoop:
     async def _serve(self, message: Generate) -> None:
         stream = message.stream
         request_id_var.set(message.request_id)
+        request_time_var.set(message.request_time)
         credits = self._credits[stream]
         end = End(stream)
         try:

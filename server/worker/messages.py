@@ -32,7 +32,8 @@ class Generate:
     stream: int  # the server's id for this request's stream, unique per worker
     request: Any
     seconds_left: float | None  # the caller's deadline, as a duration
-    request_id: str  # for the worker's log lines
+    request_id: str  # for the worker's log lines and the file's generation record
+    request_time: float | None = None  # the record's time, where it is not now (a job's)
 
 
 @dataclass(frozen=True)

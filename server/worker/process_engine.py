@@ -30,7 +30,11 @@ from genserve.server.engine.channel import EventChannel
 from genserve.server.engine.contract import CLOSE_WAIT_S, EngineStats
 from genserve.server.errors import Unavailable
 from genserve.server.manifest import ModelSpec
-from genserve.server.request_context import current_request_id, seconds_left
+from genserve.server.request_context import (
+    current_request_id,
+    current_request_time,
+    seconds_left,
+)
 from genserve.server.settings import Settings
 from genserve.server.worker.messages import (
     Cancel,
@@ -232,7 +236,15 @@ class ProcessEngine:
         finished = False
         try:
             try:
-                worker.pipe.send(Generate(stream, request, seconds_left(), current_request_id()))
+                worker.pipe.send(
+                    Generate(
+                        stream,
+                        request,
+                        seconds_left(),
+                        current_request_id(),
+                        current_request_time(),
+                    )
+                )
             except (OSError, ValueError):
                 raise self._not_ready() from None
             handed = 0
