@@ -15,6 +15,7 @@ from .ui_mesh import MeshFileError, is_mesh, preview_png
 
 PLAYERS: dict[str, Callable[..., Any]] = {"image": st.image, "audio": st.audio, "video": st.video}
 PREVIEWS_CACHED = 32  # mesh previews kept (the page reruns on every click)
+VIDEO_WIDTH = 480  # pixels: a tiny clip is not stretched over the whole column
 
 
 @st.cache_data(max_entries=PREVIEWS_CACHED, show_spinner=False)
@@ -38,8 +39,12 @@ def show_file(
         download(data, file_name, mime_type, key)
     elif player is st.image:
         st.image(data, caption=file_name)
+    elif player is st.video:
+        st.video(data, format=mime_type, width=VIDEO_WIDTH)
+        st.caption(file_name)
     else:
         player(data, format=mime_type)
+        st.caption(file_name)
 
 
 def download(data: bytes, file_name: str, mime_type: str, key: str) -> None:

@@ -196,7 +196,8 @@ def test_audio_loads_at_the_sample_rate_asked(page: Page) -> None:
     page.number("sample_rate", 16000)
     reply = page.chat("Hello from genserve.")
     state = media_state(page, finder(reply, "audio"))
-    assert state["status"] == 200 and state["duration"] > 0, state
+    assert state["status"] == 200 and state["size"] > 0, state
+    assert 0 < float(state["duration"]) < 60, state  # seconds the browser read
     head = bytes.fromhex(state["head"])
     assert head[:4] == b"RIFF" and head[8:12] == b"WAVE", state
     assert struct.unpack("<I", head[24:28])[0] == 16000
@@ -212,8 +213,9 @@ def test_video_from_an_upload_plays(page: Page, tmp_path: Path) -> None:
     page.watch_progress()
     reply = page.chat("make it move")
     state = media_state(page, finder(reply, "video"))
-    assert state["status"] == 200 and state["duration"] > 0, state
+    assert state["status"] == 200 and state["size"] > 0, state
     assert (state["width"], state["height"]) == (64, 64)
+    assert 0 < float(state["duration"]) < 60, state
     assert bytes.fromhex(state["head"])[4:8] == b"ftyp"
     steps = page.progress_seen()  # the server's progress events, as the page showed them
     assert any(re.search(r"\b\d+/\d+$", step) for step in steps), steps
@@ -267,7 +269,8 @@ def test_jobs_run_from_the_chat_and_play_in_the_jobs_view(
 ) -> None:
     page.choose("Modality", "image")
     page.toggle("Run as a job")
-    page.number("num_inference_steps", 3)
+    page.number("num_inference_steps", 10)
+    page.watch_progress()
     page.chat("a blue circle")
     image_job = newest_job(page)
     size = decoded_image(
@@ -283,14 +286,17 @@ def test_jobs_run_from_the_chat_and_play_in_the_jobs_view(
     video_job = newest_job(page)
     assert video_job != image_job
     media_state(page, finder(lambda: page.job_card("chat", video_job), "video"), REPLY_TIMEOUT_S)
+    # The cards polled the jobs: a progress bar (queued, or step k of n) before each file.
+    assert page.progress_seen(), "no job progress was shown"
     page.screenshot("jobs-chat")
 
     page.radio("View", "Jobs")
     listed = [card_job(card) for card in page.job_cards("view")]
     assert listed[:2] == [video_job, image_job]  # newest first
     state = media_state(page, finder(lambda: page.job_card("view", video_job), "video"))
-    assert state["status"] == 200 and state["duration"] > 0, state
+    assert state["status"] == 200 and state["size"] > 0, state
     assert (state["width"], state["height"]) == (64, 64)
+    assert 0 < float(state["duration"]) < 60, state
     image = decoded_image(page, finder(lambda: page.job_card("view", image_job), "img"))
     assert image["width"] == 64
     for job in (image_job, video_job):

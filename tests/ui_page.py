@@ -295,17 +295,27 @@ class Page:
 Finder = Callable[[], WebElement]  # finds the element anew: a rerun may replace it
 
 
+# HTMLMediaElement.readyState: 2 is HAVE_CURRENT_DATA, the frame or sample at the current
+# position decoded (1, HAVE_METADATA, is only the header read).
+HAVE_CURRENT_DATA = 2
+
+
 def media_state(page: Page, find: Finder, timeout: float = STEP_TIMEOUT_S) -> dict[str, Any]:
-    """An <audio> or <video> once it has loaded its metadata (readyState >= 1), with what
-    the browser read of it, and what fetching its src returns."""
-    probe = """const m = arguments[0];
-        return m.readyState >= 1 && {src: m.currentSrc, duration: m.duration,
+    """An <audio> or <video> once the browser has decoded data at its start (readyState
+    >= HAVE_CURRENT_DATA), with what the browser read of it, and what fetching its src
+    returns."""
+    probe = """const [m, ready] = arguments;
+        return m.readyState >= ready && {src: m.currentSrc, duration: String(m.duration),
             readyState: m.readyState, width: m.videoWidth || 0, height: m.videoHeight || 0};"""
     try:
-        state: dict[str, Any] = poll(lambda: page.js(probe, find()), "media metadata", timeout)
+        state: dict[str, Any] = poll(
+            lambda: page.js(probe, find(), HAVE_CURRENT_DATA), "media data", timeout
+        )
     except TimeoutError:
-        error = page.js("const e = arguments[0].error; return e && [e.code, e.message];", find())
-        raise AssertionError(f"the media did not load: {error}") from None
+        error = page.js(
+            "const m = arguments[0]; return [m.readyState, m.error && m.error.message];", find()
+        )
+        raise AssertionError(f"the media did not load: readyState, error = {error}") from None
     state.update(fetched(page, state["src"]))
     return state
 
