@@ -23,6 +23,7 @@ from typing import Any
 
 from bench import (
     image_batching,
+    job_overhead,
     media_overhead,
     perplexity,
     process_hop,
@@ -130,6 +131,7 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
     results["weights"] = weights.compare(tokens if quick else 64, 1 if quick else 3)
     results["media_overhead"] = media_overhead.run(1 if quick else 5)
     results["image_batching"] = image_batching.run(1 if quick else 5)
+    results["job_overhead"] = job_overhead.run(*((1, 3) if quick else (7, 50)))
     results["ray_scale"] = (
         ray_scale.run(rounds=1, repeats=1, per_round=4) if quick else ray_scale.run(5, 15)
     )
@@ -240,6 +242,8 @@ def summary(results: dict[str, Any]) -> str:
         media_overhead.markdown(results["media_overhead"]),
         "",
         image_batching.markdown(results["image_batching"]),
+        "",
+        job_overhead.markdown(results["job_overhead"]),
         "",
         process_hop.markdown(results["process_hop"]),
         "",

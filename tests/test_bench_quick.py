@@ -12,7 +12,7 @@ from PIL import Image
 from bench.__main__ import run
 
 
-@pytest.mark.timeout(900)  # a dozen server processes and every measurement, on a shared machine
+@pytest.mark.timeout(1200)  # a dozen server processes and every measurement, on a shared machine
 def test_quick_benchmark_writes_its_results(tmp_path: Path) -> None:
     results = run(quick=True, out=tmp_path)
     written = json.loads((tmp_path / "bench.json").read_text())
@@ -40,6 +40,12 @@ def test_quick_benchmark_writes_its_results(tmp_path: Path) -> None:
     batching = written["image_batching"]  # 4 concurrent images against 4 in a row
     assert batching["sequential_s_median"] > 0 and batching["concurrent_s_median"] > 0
     assert batching["max_pixel_difference"] <= 2
+    jobs = written["job_overhead"]  # the same video direct and as a job, then re-attaches
+    assert jobs["overhead"]["direct_final_ms"] > 0 and jobs["overhead"]["job_final_ms"] > 0
+    assert jobs["overhead"]["identical_bytes"]
+    assert jobs["reattach_finished"]["open_connection"]["count"] == 3
+    assert jobs["reattach_finished"]["new_connection"]["first_event_ms_median"] > 0
+    assert jobs["reattach_running"]["open_connection"]["count"] == 3
     hop = written["process_hop"]  # the same text model in process and in a worker process
     assert hop["ttft_ms_local"] > 0 and hop["ttft_ms_process"] > 0
     assert hop["token_gap_ms_local"] > 0 and hop["token_gap_ms_process"] > 0
