@@ -15,6 +15,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+import grpc
 import streamlit as st
 
 from genserve.contract import ModalitySpec
@@ -63,7 +64,9 @@ def job_reply(gs: GenServe, job_id: str, key: str) -> None:
     """A job submitted from the chat: live until it has finished, then its file."""
     info = _known().get(job_id)
     with st.container(key=f"jobcard-chat-{job_id}"):
-        if info is not None and info.finished:
+        if job_id in _gone():
+            st.error(f"job {job_id}: {_gone()[job_id]}")
+        elif info is not None and info.finished:
             card(gs, info, key)
         else:
             _live_job(gs, job_id, key)
@@ -74,7 +77,10 @@ def _live_job(gs: GenServe, job_id: str, key: str) -> None:
     try:
         info = gs.job(job_id).info
     except GenServeError as error:
-        st.error(f"job {job_id}: {error_text(error)}")
+        if error.code is grpc.StatusCode.NOT_FOUND:  # deleted (or expired): stop polling
+            _gone()[job_id] = error_text(error)
+            st.rerun()
+        st.error(f"job {job_id}: {error_text(error)}")  # UNAVAILABLE, say: polled again
         return
     _known()[job_id] = info
     card(gs, info, key)
@@ -189,6 +195,12 @@ def _artifact(gs: GenServe, info: JobInfo) -> bytes | None:
 def _known() -> dict[str, JobInfo]:
     known: dict[str, JobInfo] = st.session_state.setdefault("jobs", {})
     return known
+
+
+def _gone() -> dict[str, str]:
+    """Jobs the server no longer has (deleted): their NOT_FOUND error, shown as it is."""
+    gone: dict[str, str] = st.session_state.setdefault("jobs_gone", {})
+    return gone
 
 
 def _artifacts() -> dict[str, bytes]:

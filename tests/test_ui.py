@@ -179,6 +179,11 @@ def test_a_media_request_runs_as_a_job_and_the_jobs_view_shows_it(
     cards = [m.value for m in app.main.markdown if reply.content in m.value]
     assert cards and "succeeded" in cards[0]
     assert app.main.get("image") and not app.chat_input
+    app.button(key=f"jobs.{reply.content}.delete").click().run()  # gone from the list
+    assert not [m for m in app.main.markdown if reply.content in m.value]
+    app.radio(key="view").set_value("Chat").run()  # the chat's card says so, with its code
+    error = app.chat_message[-1].error[0].value
+    assert reply.content in error and "NOT_FOUND" in error and "request ID" in error
 
 
 def test_a_mesh_file_reads_back_and_renders(tmp_path: Path) -> None:
