@@ -29,7 +29,7 @@ from rich.table import Column, Table
 
 from genserve.contract import SPECS, ModalitySpec
 
-from . import cli_jobs, defaults, keys
+from . import cli_inspect, cli_jobs, defaults, keys
 from .calls import Kind, kind_of
 from .cli_flags import add_request_flags, given_fields
 from .errors import (
@@ -84,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
         command.set_defaults(spec=spec)
     keys.add_keys_parser(commands)
     cli_jobs.add_jobs_parser(commands)
+    cli_inspect.add_inspect_parser(commands)
     commands.add_parser("health", help="the server's and each modality's health")
     commands.add_parser("models", help="what the server has loaded")
     return parser
@@ -214,6 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "keys":  # the keys file, here: no server involved
         return keys.run(args)
+    if args.command == "inspect":  # a local file: no server involved
+        return cli_inspect.run(args)
     commands = {"health": _run_health, "models": _run_models, "jobs": cli_jobs.run}
     run = commands.get(args.command, _run_modality)
     try:

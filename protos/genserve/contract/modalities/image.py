@@ -45,6 +45,9 @@ class ImageParams(BaseModel):
     height: int = Field(512, description="a multiple of 8")
     seed: int = Field(0, description="unset: random, reported in the final event")
     format: ImageFormat = ImageFormat.PNG
+    include_prompt: bool = Field(
+        False, description="the file's generation record holds the prompt (off: left out)"
+    )
 
 
 def side(limits: PictureLimits) -> dict[str, Any]:

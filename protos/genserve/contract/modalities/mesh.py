@@ -37,6 +37,9 @@ class MeshParams(BaseModel):
     format: MeshFormat = MeshFormat.OBJ
     # A model's setting (its manifest defaults), not a request field.
     grid_size: int = Field(128, description="marching-cubes resolution")
+    include_prompt: bool = Field(
+        False, description="the file's generation record holds the prompt (off: left out)"
+    )
 
 
 def mesh_bounds(limits: MeshBounds) -> dict[str, dict[str, Any]]:
