@@ -26,7 +26,8 @@ from .sync_client import GenServe
 from .ui_media import show_file
 
 JOB_POLL_S = 1.0
-JOBS_SHOWN = 50  # the newest jobs the view lists
+JOBS_SHOWN = 10  # the newest jobs the view lists, unless the reader asks for more
+MAX_JOBS_SHOWN = 100
 # Streamlit's Material icons: the browser needs no emoji font.
 STATE_ICONS = {
     JobState.QUEUED: ":material/schedule:",
@@ -94,7 +95,12 @@ def _live_job(gs: GenServe, job_id: str, key: str) -> None:
 def jobs_view(gs: GenServe) -> None:
     """The caller's newest jobs; polled while any of them has not finished."""
     st.subheader("Jobs")
-    infos = _list(gs)
+    shown = int(
+        st.number_input(
+            "Newest jobs shown", 1, MAX_JOBS_SHOWN, JOBS_SHOWN, key="jobs_shown", width=200
+        )
+    )
+    infos = _list(gs, shown)
     if infos is None:
         return
     if not infos:
@@ -103,12 +109,12 @@ def jobs_view(gs: GenServe) -> None:
     if all(info.finished for info in infos):
         _cards(gs, infos)
     else:
-        _live_view(gs)
+        _live_view(gs, shown)
 
 
 @st.fragment(run_every=JOB_POLL_S)
-def _live_view(gs: GenServe) -> None:
-    infos = _list(gs)
+def _live_view(gs: GenServe, shown: int) -> None:
+    infos = _list(gs, shown)
     if infos is None:
         return
     _cards(gs, infos)
@@ -116,9 +122,10 @@ def _live_view(gs: GenServe) -> None:
         st.rerun()
 
 
-def _list(gs: GenServe) -> list[JobInfo] | None:
+def _list(gs: GenServe, shown: int) -> list[JobInfo] | None:
+    """The caller's newest jobs (List, newest first, as many pages as it takes)."""
     try:
-        infos = [job.info for job in islice(gs.jobs(), JOBS_SHOWN)]
+        infos = [job.info for job in islice(gs.jobs(page_size=shown), shown)]
     except GenServeError as error:
         st.error(f"List: {error_text(error)}")
         return None
