@@ -274,8 +274,9 @@ class OpenAIRoutes:
         )
 
     async def audio_engine(self, model: str) -> str:
-        """The engine of a model, from ListModels (once per name): what an OpenAI voice
-        name maps onto. "" for a name the server does not list (it answers 404)."""
+        """The engine of a model ("": the default's), from ListModels, once per name:
+        what an OpenAI voice name maps onto. "" for a name the server does not list (it
+        answers 404)."""
         if model not in self._audio_engines:
             reply = await self._backend.stubs().models.ListModels(
                 models_pb2.ListModelsRequest(),
@@ -285,6 +286,8 @@ class OpenAIRoutes:
             for info in reply.models:
                 if info.modality == AUDIO.name:
                     self._audio_engines[info.name] = info.engine
+                    if info.is_default:
+                        self._audio_engines[""] = info.engine
             if model not in self._audio_engines:
                 return ""
         return self._audio_engines[model]

@@ -22,6 +22,8 @@ from schemathesis.specs.openapi.checks import negative_data_rejection
 
 from genserve.bridge.settings import BridgeSettings
 from genserve.contract.limits import (
+    PIPER_VOICES,
+    AudioLimits,
     ImageLimits,
     MediaLimits,
     MeshLimits,
@@ -52,6 +54,10 @@ def tight_settings(data_dir: Path) -> Settings:
         image=ImageLimits(max_steps=2, max_side=64, max_pixels=64 * 64),
         video=VideoLimits(max_frames=2, max_steps=2, max_side=64, max_image_bytes=1024 * 1024),
         mesh=MeshLimits(max_steps=2),
+        # The voices of the one speech model served here (a voice list is the modality's,
+        # not a model's: with Bark beside piper, a Bark preset sent to the default piper
+        # model would be schema-valid and refused).
+        audio=AudioLimits(voice_presets=PIPER_VOICES),
     )
 
 
@@ -63,6 +69,7 @@ def cheap_manifest() -> Manifest:
             spec.model_copy(update={"defaults": {**spec.defaults, **defaults}})
             for spec in manifest.specs(Modality(modality))
         )
+    changes["audio"] = tuple(spec for spec in manifest.audio if spec.default)
     return manifest.model_copy(update=changes)
 
 

@@ -132,6 +132,14 @@ def wav_of(data: bytes, rate: int = RATE) -> np.ndarray:
     return np.asarray(samples)
 
 
+def data_chunk_size(wav: bytes) -> int:
+    """The size the data chunk declares, past fmt and any other chunk (LIST: provenance)."""
+    at = 12
+    while wav[at : at + 4] != b"data":
+        at += 8 + (size := int.from_bytes(wav[at + 4 : at + 8], "little")) + (size & 1)
+    return int.from_bytes(wav[at + 4 : at + 8], "little")
+
+
 def assert_heard(channel: grpc.Channel, wav: bytes, sentence: str = SENTENCE) -> float:
     wav_of(wav)
     heard = transcribe(channel, wav)
@@ -237,7 +245,7 @@ def test_three_sentences_stream_one_by_one(channel: grpc.Channel) -> None:
     # the placeholder sizes of a WAV written while streaming, as the upstream reader knows it
     data = result.data
     assert data[:4] == b"RIFF" and int.from_bytes(data[4:8], "little") == STREAMED_SIZE
-    assert int.from_bytes(data[40:44], "little") == STREAMED_SIZE
+    assert data_chunk_size(data) == STREAMED_SIZE
     check = WavCheck(MODEL, max_seconds=60)
     for chunk in result.chunks:
         check.feed(chunk.data)
@@ -287,8 +295,15 @@ BAD_REQUESTS = {
     "speed-nan": ({"speed": float("nan")}, "speed", "NaN"),
     "rate-too-high": ({"sample_rate": 96_000}, "sample_rate", str(LIMITS.max_sample_rate)),
     "rate-too-low": ({"sample_rate": 100}, "sample_rate", str(LIMITS.min_sample_rate)),
-    "nothing-to-say": ({"prompt": "   ...   "}, "prompt", "nothing to speak"),
+    "rate-zero": ({"sample_rate": 0}, "sample_rate", f"between {LIMITS.min_sample_rate}"),
 }
+
+
+def test_text_with_nothing_to_pronounce_is_a_wav_without_samples(channel: grpc.Channel) -> None:
+    result = say(channel, "\u0097\U000c424a ...").result
+    assert result.progress == [] and result.final is not None
+    samples, rate = soundfile.read(io.BytesIO(result.data))
+    assert (len(samples), rate) == (0, RATE)
 
 
 @pytest.mark.parametrize("name", BAD_REQUESTS)

@@ -81,14 +81,13 @@ def load_voice(path: Path, threads: int, use_cuda: bool) -> Any:
 
 def speak(voice: Any, params: AudioParams, run: MediaRun) -> None:
     """One request: header, then per sentence a progress event and its samples (flushed as
-    a chunk of their own), then the final event."""
+    a chunk of their own), then the final event. Text with nothing to pronounce (symbols
+    espeak-ng has no sound for) is a WAV with no samples."""
     from piper import SynthesisConfig
 
     native = int(voice.config.sample_rate)
     rate = params.sample_rate or native
     sentences = sum(1 for phonemes in voice.phonemize(params.prompt) if phonemes)
-    if not sentences:
-        raise InvalidArgument("prompt", "holds nothing to speak")
     head = streamed_wav_header(rate)
     run.header(header_for(head, f"speech-{params.seed}", "audio/wav"))
     run.output.write(head)

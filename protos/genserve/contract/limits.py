@@ -77,7 +77,7 @@ class AudioLimits(BaseModel):
     voice_presets: tuple[str, ...] = PIPER_VOICES + BARK_PRESETS
     min_speed: float = Field(0.5, gt=0, description="slowest speaking rate (1: the voice's own)")
     max_speed: float = Field(2.0, gt=0, description="fastest speaking rate")
-    min_sample_rate: int = Field(8000, ge=1000, description="Hz, when a rate is asked")
+    min_sample_rate: int = Field(8000, ge=1000, description="Hz, when a caller asks for one")
     max_sample_rate: int = Field(48000, ge=1000, description="Hz")
 
 

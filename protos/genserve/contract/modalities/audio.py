@@ -11,14 +11,11 @@ from genserve.contract.spec import (
     SEED_BOUNDS,
     Cost,
     Interaction,
-    InvalidField,
     ModalitySpec,
     finite,
     prompt_bounds,
 )
 from genserve.v1 import audio_pb2
-
-NATIVE_RATE = 0  # sample_rate: the voice's own
 
 
 class AudioParams(BaseModel):
@@ -28,7 +25,7 @@ class AudioParams(BaseModel):
     preset: str = Field("v2/en_speaker_1", description="the voice")  # chapter 3's voice
     seed: int = Field(0, description="unset: random, reported in the final event")
     speed: float = Field(1.0, description="speaking rate: 1 as the voice speaks, 2 twice as fast")
-    sample_rate: int = Field(NATIVE_RATE, description="Hz of the WAV; 0: the voice's own rate")
+    sample_rate: int | None = Field(None, description="Hz of the WAV; unset: the voice's own")
 
 
 def audio_bounds(limits: AudioBounds) -> dict[str, dict[str, Any]]:
@@ -41,22 +38,11 @@ def audio_bounds(limits: AudioBounds) -> dict[str, dict[str, Any]]:
             "description": "speaking rate: 1 as the voice speaks, 2 twice as fast",
         },
         "sample_rate": {
-            "ge": NATIVE_RATE,
+            "ge": limits.min_sample_rate,
             "le": limits.max_sample_rate,
-            "description": f"Hz, {limits.min_sample_rate} to {limits.max_sample_rate}; "
-            "0: the voice's own rate",
+            "description": "Hz of the WAV; unset: the voice's own",
         },
     }
-
-
-def check_sample_rate(params: Any, limits: Any) -> None:
-    rate = params.sample_rate
-    if rate != NATIVE_RATE and rate < limits.min_sample_rate:
-        raise InvalidField(
-            "sample_rate",
-            f"must be 0 (the voice's own rate) or between {limits.min_sample_rate} and "
-            f"{limits.max_sample_rate}, got {rate}",
-        )
 
 
 def audio_cost(params: AudioParams) -> Cost:
@@ -78,7 +64,6 @@ AUDIO = ModalitySpec(
     settings_sections=("media", "audio"),
     bounds=audio_bounds,
     cost=audio_cost,
-    check=check_sample_rate,
     mime_types=("audio/wav",),
     http_path="/generate/audio",
     sdk_timeout_s=600.0,
