@@ -38,7 +38,7 @@ from genserve.server.jobs.run_record import RunTimer
 from genserve.server.jobs.settings import JobSettings
 from genserve.server.jobs.store import DuplicateJob, JobStore
 from genserve.server.registry import ModelRegistry
-from genserve.server.request_context import request_id_var
+from genserve.server.request_context import request_id_var, request_time_var
 from genserve.server.servicers.request import RequestConverter, learn_speed
 
 logger = logging.getLogger(__name__)
@@ -337,7 +337,10 @@ class JobRunner:
         return claimed
 
     async def _run(self, job: JobRecord) -> None:
-        request_id_var.set(job.request_id)  # the engine's log lines name the Submit's id
+        # The engine's log lines name the Submit's id, and the file's generation record
+        # holds the Submit's id and time: every attempt of a job writes the same bytes.
+        request_id_var.set(job.request_id)
+        request_time_var.set(job.created_at)
         timer = RunTimer(job)
         code, detail, final = grpc.StatusCode.UNKNOWN, "", None
         converter = self._converters[job.modality]
