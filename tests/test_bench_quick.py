@@ -42,7 +42,7 @@ def test_quick_benchmark_writes_its_results(tmp_path: Path) -> None:
     assert batching["max_pixel_difference"] <= 2
     jobs = written["job_overhead"]  # the same video direct and as a job, then re-attaches
     assert jobs["overhead"]["direct_final_ms"] > 0 and jobs["overhead"]["job_final_ms"] > 0
-    assert jobs["overhead"]["identical_bytes"]
+    assert jobs["overhead"]["job_bytes_consistent"]
     assert jobs["reattach_finished"]["open_connection"]["count"] == 3
     assert jobs["reattach_finished"]["new_connection"]["first_event_ms_median"] > 0
     assert jobs["reattach_running"]["open_connection"]["count"] == 3
