@@ -61,6 +61,9 @@ def _like_the_server(function: Callable[[], object]) -> Callable[[], object]:
     return call
 
 
+BARK = "tiny-bark"
+
+
 def timed_pair(
     bare: Callable[[], object], served: Callable[[], object], repeats: int
 ) -> tuple[list[float], list[float]]:
@@ -74,8 +77,8 @@ def cases(
     # served model was loaded from (the tiny pipelines are small).
     settings = server.server.settings
 
-    def source(modality: Modality) -> str:
-        return server.server.registry.resolve(modality, None).spec.resolved_source(
+    def source(modality: Modality, name: str | None = None) -> str:
+        return server.server.registry.resolve(modality, name).spec.resolved_source(
             settings.model_store
         )
 
@@ -93,8 +96,9 @@ def cases(
     for pipe in (image_pipe, video_pipe, mesh_pipe):
         pipe.set_progress_bar_config(disable=True)
     bark = BarkBundle(
-        BarkProcessor.from_pretrained(source(Modality.AUDIO)),
-        BarkModel.from_pretrained(source(Modality.AUDIO)).eval(),
+        # Bark by name: the tiny profile's default speech model is piper
+        BarkProcessor.from_pretrained(source(Modality.AUDIO, BARK)),
+        BarkModel.from_pretrained(source(Modality.AUDIO, BARK)).eval(),
     )
     buffer = io.BytesIO()
     Image.new("RGB", (64, 64), (200, 90, 40)).save(buffer, format="PNG")
@@ -124,7 +128,7 @@ def cases(
             bare_audio,
             lambda: drain(
                 audio_pb2_grpc.AudioServiceStub(channel).Generate(
-                    audio_pb2.AudioGenerateRequest(prompt="Hello, FastAPI!", seed=1)
+                    audio_pb2.AudioGenerateRequest(prompt="Hello, FastAPI!", seed=1, model=BARK)
                 )
             ),
         ),
