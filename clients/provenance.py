@@ -8,10 +8,15 @@ Each format is parsed where genserve writes it: a PNG's iTXt chunk (keyword `gen
 the XMP of a JPEG (APP1) or a WebP (its `XMP ` chunk), an MP4's `©cmt` metadata atom
 (moov/udta/meta/ilst), a WAV's LIST/INFO `ICMT`, an OBJ's `# genserve` comment, a PLY's
 `comment genserve` header line: in every format, before the pixels, samples or rows.
+
+When c2pa-python is importable, the file's C2PA content credentials are validated too
+(`found.c2pa.state`: Valid, Trusted, Invalid, or None without a manifest); pass the
+signing CA's PEM as `trust_anchors` for a chain that is not publicly trusted.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import struct
@@ -26,22 +31,68 @@ XMP_APP1 = b"http://ns.adobe.com/xap/1.0/\0"
 _XMP_RECORD = re.compile(rb"<genserve:record>(.*?)</genserve:record>", re.DOTALL)
 
 
+C2PA_MIMES = {
+    "png": "image/png",
+    "jpeg": "image/jpeg",
+    "webp": "image/webp",
+    "wav": "audio/wav",
+    "mp4": "video/mp4",
+}
+
+
+@dataclass(frozen=True)
+class C2paValidation:
+    """A file's C2PA validation: its state and the failure codes of its active manifest."""
+
+    state: str | None  # Valid, Trusted, Invalid; None: no C2PA manifest in the file
+    failures: tuple[str, ...] = ()
+    error: str | None = None  # the manifest could not be read
+
+
 @dataclass(frozen=True)
 class Provenance:
     format: str  # png, jpeg, webp, mp4, wav, obj, ply, or unknown
     record: dict[str, Any] | None  # None: the file carries no genserve record
+    c2pa: C2paValidation | None = None  # None: c2pa-python is not installed, or no format
 
 
-def read_provenance(data: bytes) -> Provenance:
-    """The file's format and its generation record (None when it has none)."""
+def read_provenance(data: bytes, trust_anchors: str | None = None) -> Provenance:
+    """The file's format, its generation record (None when it has none) and, with
+    c2pa-python installed, its C2PA validation."""
     kind = sniff(data)
     reader = READERS.get(kind)
     text = reader(data) if reader is not None else None
-    return Provenance(kind, json.loads(text) if text is not None else None)
+    record = json.loads(text) if text is not None else None
+    return Provenance(kind, record, read_c2pa(data, kind, trust_anchors))
 
 
-def read_provenance_file(path: Path | str) -> Provenance:
-    return read_provenance(Path(path).read_bytes())
+def read_provenance_file(path: Path | str, trust_anchors: str | None = None) -> Provenance:
+    return read_provenance(Path(path).read_bytes(), trust_anchors)
+
+
+def read_c2pa(data: bytes, kind: str, trust_anchors: str | None = None) -> C2paValidation | None:
+    """The C2PA validation of a file of a signable format; None without c2pa-python."""
+    mime = C2PA_MIMES.get(kind)
+    if mime is None:
+        return None
+    try:
+        import c2pa
+    except ImportError:
+        return None
+    context = None
+    if trust_anchors:
+        trust = {"verify": {"verify_trust": True}, "trust": {"trust_anchors": trust_anchors}}
+        context = c2pa.Context(settings=c2pa.Settings.from_dict(trust))
+    try:
+        with c2pa.Reader(mime, io.BytesIO(data), context=context) as reader:
+            state = reader.get_validation_state()
+            results = reader.get_validation_results() or {}
+    except c2pa.C2paError.ManifestNotFound:
+        return C2paValidation(None)
+    except c2pa.C2paError as error:
+        return C2paValidation("Invalid", error=str(error))
+    failures = (results.get("activeManifest") or {}).get("failure") or []
+    return C2paValidation(state, tuple(str(item.get("code")) for item in failures))
 
 
 def sniff(data: bytes) -> str:

@@ -23,6 +23,7 @@ from genserve.contract.limits import (
 )
 from genserve.server.jobs.settings import JobSettings
 from genserve.server.logging_setup import LogFormat
+from genserve.server.provenance.c2pa_sign import C2paSettings
 from genserve.server.ray_serve.placement import RaySettings
 from genserve.server.worker.config import WorkerSettings
 
@@ -94,6 +95,7 @@ class DeclaredSettings(BaseSettings):
     ray: RaySettings = Field(default_factory=RaySettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)
+    c2pa: C2paSettings = Field(default_factory=C2paSettings)
 
     def sections(self) -> dict[str, BaseModel]:
         """The limits sections by name, as the modality specs read them."""

@@ -4,7 +4,8 @@ A modality's generate function drives a MediaRun: it reports progress while the 
 runs, marks when inference ends, sends the header, then writes the file into
 `run.output`, which cuts it into chunks of at most `chunk_size` bytes as it is written
 (a fragmented MP4 leaves while later frames are still being encoded). The run hashes
-what it sends, so the final event's sha256 is the digest of exactly the chunks.
+what it sends, so the final event's sha256 is the digest of exactly the chunks. With C2PA
+signing on, the file is held and signed whole, then chunked (provenance/c2pa_sign.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from genserve.contract.events import Chunk, Final, Header, Progress
 from genserve.server.engine.serial import Job
+from genserve.server.provenance.c2pa_sign import SigningOutput, signing_output
 from genserve.server.provenance.current import current_record
 
 
@@ -54,6 +56,10 @@ class ChunkedOutput(io.RawIOBase):
             self._send(bytes(self._buffer))
             self._buffer.clear()
 
+    def end(self) -> None:
+        """The file is complete: what is left leaves."""
+        self.flush_remainder()
+
     @property
     def sha256(self) -> str:
         return self._digest.hexdigest()
@@ -69,8 +75,10 @@ class MediaRun:
     def __init__(self, job: Job[Any], chunk_size: int, seed: int) -> None:
         self.job = job
         self.seed = seed
-        self.output = ChunkedOutput(job, chunk_size)
         self.record = current_record()  # what the file says of how it was made (provenance)
+        self.output: ChunkedOutput | SigningOutput = signing_output(
+            ChunkedOutput(job, chunk_size), self.record
+        )
         self._inference_done_at: float | None = None
 
     def header(self, header: Header) -> None:
@@ -92,7 +100,7 @@ class MediaRun:
         self._inference_done_at = time.perf_counter()
 
     def finish(self, vertex_count: int = 0, face_count: int = 0) -> Final:
-        self.output.flush_remainder()
+        self.output.end()
         now = time.perf_counter()
         inference_end = self._inference_done_at or now
         final = Final(

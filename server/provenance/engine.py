@@ -16,6 +16,7 @@ from typing import Any, cast
 
 from genserve.server.engine.contract import CLOSE_WAIT_S, Engine, EngineStats
 from genserve.server.manifest import ModelSpec
+from genserve.server.provenance.c2pa_sign import signer_from
 from genserve.server.provenance.current import reset_record, set_record
 from genserve.server.provenance.record import ModelStamp
 from genserve.server.provenance.weights import weights_digest
@@ -28,8 +29,9 @@ Loader = Callable[[ModelSpec, Settings], Engine[Any, Any]]
 
 
 def make_stamp(modality: str, engine: str, spec: ModelSpec, settings: Settings) -> ModelStamp:
-    digest = None
+    digest = signer = None
     if spec.provenance.record:
+        signer = signer_from(settings.c2pa)  # None unless a C2PA chain and key are set
         started = time.perf_counter()
         digest = weights_digest(spec.resolved_source(settings.model_store), spec.gguf_file)
         logger.info(
@@ -38,7 +40,7 @@ def make_stamp(modality: str, engine: str, spec: ModelSpec, settings: Settings) 
             digest,
             (time.perf_counter() - started) * 1000,
         )
-    return ModelStamp(modality, spec.name, engine, digest, spec.provenance)
+    return ModelStamp(modality, spec.name, engine, digest, spec.provenance, signer)
 
 
 class StampedEngine:

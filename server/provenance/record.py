@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
@@ -45,12 +45,13 @@ class ModelStamp:
     engine: str
     weights_sha256: str | None
     provenance: ProvenanceSpec
+    signer: Any = field(default=None, compare=False, repr=False)  # c2pa_sign.C2paSigner
 
     def record_for(self, params: BaseModel, request_id: str, created: float) -> Record | None:
         """This request's record; None when the model's provenance is off."""
         if not self.provenance.record:
             return None
-        return Record(build_record(self, params, request_id, created))
+        return Record(build_record(self, params, request_id, created), self.signer)
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class Record:
     """A built record, and its one serialization."""
 
     fields: dict[str, Any]
+    signer: Any = field(default=None, compare=False, repr=False)  # signs the file (C2PA)
 
     @property
     def json(self) -> str:
