@@ -248,12 +248,13 @@ def test_a_model_keeps_one_weights_digest(channel: grpc.Channel) -> None:
     assert first["request_id"] != second["request_id"]
 
 
-@pytest.mark.parametrize("modality", ["image", "mesh"])
+@pytest.mark.parametrize("modality", ["image", "audio", "mesh"])
 def test_a_request_may_put_its_prompt_in_the_record(channel: grpc.Channel, modality: str) -> None:
     timed = call(channel, modality, f"with-prompt-{uuid.uuid4().hex}", include_prompt=True)
     data = timed.result.data
-    record = (png_record if modality == "image" else obj_record)(data)
-    assert record["prompt"] == SECRET
+    read = {"image": png_record, "audio": wav_record, "mesh": obj_record}[modality]
+    record = read(data)
+    assert SECRET in record["prompt"]  # audio's prompt is the sentence: SECRET + "."
     assert SECRET.encode() in data
 
 

@@ -26,6 +26,9 @@ class AudioParams(BaseModel):
     seed: int = Field(0, description="unset: random, reported in the final event")
     speed: float = Field(1.0, description="speaking rate: 1 as the voice speaks, 2 twice as fast")
     sample_rate: int | None = Field(None, description="Hz of the WAV; unset: the voice's own")
+    include_prompt: bool = Field(
+        False, description="the file's generation record holds the prompt (off: left out)"
+    )
 
 
 def audio_bounds(limits: AudioBounds) -> dict[str, dict[str, Any]]:
