@@ -149,11 +149,16 @@ def test_leases_renew_for_open_jobs_and_run_out_for_a_server_that_stopped(
     mine = store.insert(a_job(lease_owner="node-a", lease_until=100.0))
     running = store.insert(a_job(lease_owner="node-a", lease_until=100.0, state=JobState.RUNNING))
     store.update(running, cancel_requested=True)
-    store.insert(a_job(lease_owner="node-a", lease_until=100.0, state=JobState.SUCCEEDED))
+    done = store.insert(a_job(lease_owner="node-a", lease_until=100.0, state=JobState.SUCCEEDED))
     theirs = store.insert(a_job(lease_owner="node-b", lease_until=100.0))
-    assert store.renew("node-a", 500.0) == {mine.id: False, running.id: True}
+    everything = {mine.id, running.id, done.id, theirs.id}
+    assert store.renew("node-a", everything, 500.0) == {mine.id: False, running.id: True}
     assert [job.id for job in store.orphans(200.0)] == [theirs.id]
-    assert {job.id for job in store.orphans(600.0)} == {mine.id, running.id, theirs.id}
+    # Only what the server still queues or runs: a job it dropped is left to run out.
+    assert store.renew("node-a", {mine.id}, 900.0) == {mine.id: False}
+    assert store.renew("node-a", set(), 900.0) == {}
+    assert {job.id for job in store.orphans(600.0)} == {running.id, theirs.id}
+    assert {job.id for job in store.orphans(1000.0)} == {mine.id, running.id, theirs.id}
 
 
 def test_pages_states_expiry_bytes_and_counts(store: JobStore) -> None:

@@ -11,9 +11,9 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
-from genserve.server.jobs.store import DuplicateJob, SqlJobStore
+from genserve.server.jobs.store import DuplicateJob, SqlJobStore, StoreUnavailable
 
 POSTGRES_SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -50,6 +50,9 @@ CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, expires_at);
 CREATE INDEX IF NOT EXISTS jobs_lease ON jobs (lease_owner);
 """
 SCHEMA_LOCK = 0x67656E6A  # "genj": one server at a time creates the schema
+# Calls run on the event loop: a database that is down costs each call this long, not
+# the pool's default 30 s.
+CONNECT_TIMEOUT_S = 5.0
 
 
 class PostgresJobStore(SqlJobStore):
@@ -73,12 +76,15 @@ class PostgresJobStore(SqlJobStore):
             connection.execute(POSTGRES_SCHEMA)
 
     def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[Mapping[str, Any]]:
-        with self._pool.connection() as connection:
-            cursor = connection.execute(self._sql(sql), list(args))
-            rows: list[Mapping[str, Any]] = []
-            if cursor.description is not None:
-                rows.extend(cursor.fetchall())
-            return rows
+        try:
+            with self._pool.connection(timeout=CONNECT_TIMEOUT_S) as connection:
+                cursor = connection.execute(self._sql(sql), list(args))
+                rows: list[Mapping[str, Any]] = []
+                if cursor.description is not None:
+                    rows.extend(cursor.fetchall())
+                return rows
+        except (psycopg.OperationalError, PoolTimeout) as error:
+            raise StoreUnavailable(f"the job store (PostgreSQL) is unreachable: {error}") from None
 
     def _insert_rows(self, sql: str, args: Sequence[Any]) -> list[Mapping[str, Any]]:
         try:

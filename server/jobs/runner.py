@@ -36,7 +36,7 @@ from genserve.server.jobs.notices import JobNotices
 from genserve.server.jobs.records import JobError, JobRecord, JobState
 from genserve.server.jobs.run_record import RunTimer
 from genserve.server.jobs.settings import JobSettings
-from genserve.server.jobs.store import DuplicateJob, JobStore
+from genserve.server.jobs.store import DuplicateJob, JobStore, StoreUnavailable
 from genserve.server.registry import ModelRegistry
 from genserve.server.request_context import request_id_var, request_time_var
 from genserve.server.servicers.request import RequestConverter, learn_speed
@@ -46,6 +46,9 @@ logger = logging.getLogger(__name__)
 MiB = 1024 * 1024
 CANCEL_WAIT_S = 30.0  # for a running job's engine to reach its next step
 REMOTE_CANCEL_POLL_S = 0.2  # how often a cancel waits on the server that runs the job
+# How much of a lease a server trusts after its last renewal: the margin before another
+# server may take its jobs over.
+LEASE_TRUST = 0.8
 
 
 class LeaseLost(Exception):
@@ -89,6 +92,7 @@ class JobRunner:
         self._charges: dict[str, _Charge] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._lease_keeper: asyncio.Task[None] | None = None
+        self._lease_trusted_until = time.monotonic() + settings.lease_s * LEASE_TRUST
         self._started = False
         # Names this process in the store's leases: unique per start, so that a restarted
         # server never mistakes its predecessor's leases for its own.
@@ -250,22 +254,31 @@ class JobRunner:
 
     def _take_over(self, job: JobRecord) -> None:
         """Makes a job left by a stopped server (this one before a restart, or another)
-        ours, and queues it; a job that was running runs again from the start."""
+        ours, and queues it; a job that was running runs again from the start. A cancel
+        asked of the stopped server ends it instead."""
+        known = job.model in {e.name for e in self._registry.entries()}
+        if not known and self.store.shared:
+            return  # for a server that serves its model
+        # The state too: a cancel or a finish since the orphan was read keeps the job.
+        expected = {"state": job.state, "lease_owner": job.lease_owner,
+                    "lease_until": job.lease_until}  # fmt: skip
         held = self.store.update_if(
             job,
-            {"lease_owner": job.lease_owner, "lease_until": job.lease_until},
+            expected,
             lease_owner=self.node,
             lease_until=self._clock() + self._settings.lease_s,
             state=JobState.QUEUED,
             bytes_written=0,
-            cancel_requested=False,
         )
-        if held is None:  # another server took it first
+        if held is None:  # another server took it first, or it ended meanwhile
+            return
+        if job.cancel_requested:
+            self._end(held, JobState.CANCELLED, JobError("CANCELLED", "cancelled by caller"))
             return
         if job.state is JobState.RUNNING:
             logger.info("job %s was running on %s, which stopped: runs again", job.id,
                         job.lease_owner or "this server")  # fmt: skip
-        if job.model not in {e.name for e in self._registry.entries()}:
+        if not known:
             self._end(held, JobState.FAILED, JobError("NOT_FOUND", f"no model {job.model}"))
             return
         self._enqueue(held)
@@ -303,7 +316,12 @@ class JobRunner:
             while not queue:
                 wake.clear()
                 await wake.wait()
-            job = self._claim(queue.popleft())
+            job_id = queue.popleft()
+            try:
+                job = self._claim(job_id)
+            except Exception:  # the store failed: the job's lease runs out, and it runs again
+                logger.exception("job %s: claiming it failed", job_id)
+                continue
             if job is None:
                 continue
             task = asyncio.create_task(
@@ -312,14 +330,28 @@ class JobRunner:
             self._running[job.id] = task
             try:
                 await asyncio.wait([task])  # never raises: a cancelled run is its own business
+                if task.cancelled() and job.id in self._cancelled:
+                    self._end_cancelled_before_start(job)
+            except Exception:
+                logger.exception("job %s: ending it failed", job.id)
             finally:
                 self._running.pop(job.id, None)
                 self._cancelled.discard(job.id)
+
+    def _end_cancelled_before_start(self, job: JobRecord) -> None:
+        """A cancel that came before the run's first step skipped its handlers."""
+        current = self.store.get(job.id)
+        if current is not None and current.state is JobState.RUNNING:
+            self._refund(job.id)
+            self._end(current, JobState.CANCELLED, JobError("CANCELLED", "cancelled by caller"))
 
     def _claim(self, job_id: str) -> JobRecord | None:
         """The job, now running here; None if it was cancelled or taken over meanwhile."""
         job = self.store.get(job_id)
         if job is None or job.state is not JobState.QUEUED or job.lease_owner != self.node:
+            if job is not None and job.state is JobState.CANCELLED:
+                self._refund(job_id)  # cancelled through another server before it ran
+            self._charges.pop(job_id, None)
             return None
         claimed = self.store.update_if(
             job,
@@ -367,9 +399,11 @@ class JobRunner:
             else:  # our shutdown: the job stays running in the store, to run again
                 code, detail = grpc.StatusCode.UNAVAILABLE, "the server stopped; runs again"
             raise
-        except LeaseLost:
-            code, detail = grpc.StatusCode.ABORTED, "another server took the job over"
-            logger.warning("job %s: %s; this run stops", job.id, detail)
+        except (LeaseLost, StoreUnavailable) as error:
+            # Not the job's failure: it stays running in the store; whoever holds it
+            # when the store answers again (this server or another) runs it again.
+            code, detail = grpc.StatusCode.ABORTED, f"the run stopped: {error}"
+            logger.warning("job %s: %s", job.id, detail)
         except ServingError as error:
             code, detail = error.grpc_code, str(error)
             self._refund(job.id)
@@ -384,6 +418,7 @@ class JobRunner:
             self._record_run(timer.record(code, detail, final))
 
     def _apply(self, job: JobRecord, event: MediaEvent, writer: Any) -> JobRecord:
+        self._check_lease()
         if isinstance(event, Chunk):
             diverged = writer.write(event.offset, event.data)
             changes: dict[str, Any] = {"bytes_written": event.offset + len(event.data)}
@@ -415,22 +450,34 @@ class JobRunner:
             return self.store.update(job, **changes)
         updated = self.store.update_if(job, {"lease_owner": self.node}, **changes)
         if updated is None:
-            raise LeaseLost(job.id)
+            raise LeaseLost(f"another server took job {job.id} over")
         return updated
 
+    def _check_lease(self) -> None:
+        """Before bytes are written: a server whose renewals have failed for most of a
+        lease stops, before another can take its jobs over and write the same objects."""
+        if self.store.shared and time.monotonic() > self._lease_trusted_until:
+            raise LeaseLost("the job store has not renewed this server's leases in time")
+
     def _end(self, job: JobRecord, state: JobState, error: JobError) -> JobRecord:
-        """A job that ends without its file: the partial artifact goes."""
-        self.artifacts.delete(job.id)
+        """A job that ends without its file: the partial artifact goes. With a shared
+        store, only while this server holds the job: never its successor's row or file."""
         now = self._clock()
         current = self.store.get(job.id) or job
-        ended = self.store.update(
-            current,
-            state=state,
-            error=error,
-            finished_at=now,
-            expires_at=now + job.ttl_s,
-            bytes_written=0,
-        )
+        changes: dict[str, Any] = {
+            "state": state,
+            "error": error,
+            "finished_at": now,
+            "expires_at": now + job.ttl_s,
+            "bytes_written": 0,
+        }
+        if self.store.shared:
+            ended = self.store.update_if(current, {"lease_owner": self.node}, **changes)
+            if ended is None:
+                return current
+        else:
+            ended = self.store.update(current, **changes)
+        self.artifacts.delete(job.id)
         self.notices.notify(job.id)
         return ended
 
@@ -459,7 +506,10 @@ class JobRunner:
     def keep_leases(self) -> None:
         """Renews this server's leases; stops its runs of jobs that were taken over or
         whose cancel came through another server; takes over jobs whose holder stopped."""
-        held = self.store.renew(self.node, self._clock() + self._settings.lease_s)
+        mine = {*self._running, *(i for queue in self._queues.values() for i in queue)}
+        started = time.monotonic()
+        held = self.store.renew(self.node, mine, self._clock() + self._settings.lease_s)
+        self._lease_trusted_until = started + self._settings.lease_s * LEASE_TRUST
         for job_id, task in list(self._running.items()):
             if job_id not in held:
                 logger.warning("job %s was taken over by another server: this run stops", job_id)

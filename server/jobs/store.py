@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,6 +20,10 @@ from genserve.server.jobs.rows import COLUMNS, DONE_STATES, OPEN_STATES, from_ro
 
 class DuplicateJob(Exception):
     """The same (owner, idempotency key) as a job already stored."""
+
+
+class StoreUnavailable(Exception):
+    """The job store cannot be reached (a shared store's database is down)."""
 
 
 class JobStore(Protocol):
@@ -37,9 +41,9 @@ class JobStore(Protocol):
         """Changes the row only if its columns still hold `expected`; None if not."""
         ...
 
-    def renew(self, owner: str, until: float) -> dict[str, bool]:
-        """Extends `owner`'s leases on its open jobs; returns them, each with whether
-        another server asked to cancel it."""
+    def renew(self, owner: str, job_ids: Collection[str], until: float) -> dict[str, bool]:
+        """Extends `owner`'s leases on those of `job_ids` it still holds open; returns
+        them, each with whether another server asked to cancel it."""
         ...
 
     def orphans(self, now: float) -> list[JobRecord]:
@@ -112,11 +116,16 @@ class SqlJobStore:
         )
         return from_row(rows[0]) if rows else None
 
-    def renew(self, owner: str, until: float) -> dict[str, bool]:
+    def renew(self, owner: str, job_ids: Collection[str], until: float) -> dict[str, bool]:
+        # Only what the server queues or runs now: a job it dropped (a failed claim, a
+        # store error) is not kept alive by it, so its lease runs out and it runs again.
+        if not job_ids:
+            return {}
+        ids = sorted(job_ids)
         rows = self._rows(
             "UPDATE jobs SET lease_until = ? WHERE lease_owner = ? AND state IN (?, ?) "
-            "RETURNING id, cancel_requested",
-            (until, owner, *(s.value for s in OPEN_STATES)),
+            f"AND id IN ({self._marks(len(ids))}) RETURNING id, cancel_requested",
+            (until, owner, *(s.value for s in OPEN_STATES), *ids),
         )
         return {str(row["id"]): bool(row["cancel_requested"]) for row in rows}
 
