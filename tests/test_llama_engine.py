@@ -308,7 +308,8 @@ def test_a_caller_that_leaves_the_queue_gives_its_place_back() -> None:
             await asyncio.gather(leaver, return_exceptions=True)
             while engine.stats().queued > 1:
                 await asyncio.sleep(0.005)
-            queued_after, running_after = engine.stats().queued, engine.stats().in_flight
+            stats = engine.stats()  # one snapshot: both counts from the same moment
+            queued_after, running_after = stats.queued, stats.in_flight
             for task in (running, head):
                 task.cancel()
             await asyncio.gather(running, head, return_exceptions=True)

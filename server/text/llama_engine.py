@@ -213,8 +213,10 @@ class LlamaCppTextEngine(EngineBase[_Sequence]):
         # behind a head that does not fit they would hold queue places until it starts.
         for sequence in [s for s in self._backlog if s.cancelled]:
             self._backlog.remove(sequence)
-            self._dequeued()
+            # Finished before it leaves the count of the queued: stats() in between never
+            # shows it as running (in_flight is pending - queued).
             self._finish(sequence)
+            self._dequeued()
         while self._backlog:
             sequence = self._backlog[0]
             if not self._free_ids or not self._make_room(sequence.budget):
