@@ -45,7 +45,7 @@ from genserve.v1 import (
     video_pb2,
     video_pb2_grpc,
 )
-from tests.media_calls import MediaResult, png_bytes
+from tests.media_calls import MediaResult, collect, png_bytes
 from tests.server_thread import ServerThread
 
 # A prompt no file could hold by chance: searched for in every output byte.
@@ -68,20 +68,15 @@ class Timed:
 
 
 def timed_collect(stream: Iterable[Any]) -> Timed:
+    """collect(), with each event's arrival time taken as it comes off the stream."""
     timed = Timed()
-    for event in stream:
-        kind = event.WhichOneof("event")
-        timed.arrivals.append((kind, time.perf_counter()))
-        result = timed.result
-        result.kinds.append(kind)
-        if kind == "header":
-            result.header = event.header
-        elif kind == "progress":
-            result.progress.append(event.progress)
-        elif kind == "chunk":
-            result.chunks.append(event.chunk)
-        else:
-            result.final = event.final
+
+    def stamped() -> Iterator[Any]:
+        for event in stream:
+            timed.arrivals.append((event.WhichOneof("event"), time.perf_counter()))
+            yield event
+
+    timed.result = collect(stamped())
     return timed
 
 
