@@ -9,17 +9,37 @@ from collections.abc import Callable
 import grpc
 
 from genserve.v1 import text_pb2, text_pb2_grpc
+from tests.greedy_path import greedy_paths
 from tests.text_calls import TextResult, generate, greedy
 
-# Every answer runs past 12 tokens. On the llama.cpp engine a sequence that ends early
-# frees cells that another's later tokens may then take, below its earlier ones; flash
-# attention then sums in another order, and a last-bit difference can flip a near-tie.
+# Every answer runs past 24 tokens, and none comes near a tie on its greedy path (checked
+# below on the weights). A batch may sum in another order than a request alone (on the
+# llama.cpp engine a sequence that ends early frees cells that another's later tokens may
+# take, below its earlier ones), and a last-bit difference flips a near-tie: "What is
+# FastAPI?", whose two likeliest 16th tokens are 0.013 apart in logits, once read "It's"
+# batched and "It provides" alone.
 PROMPTS = [
-    "What is FastAPI?",
-    "Explain how rain forms.",
-    "Write one sentence about the sea and the wind over it.",
+    "What is a database?",
     "What is a prime number?",
+    "What is gravity?",
+    "Describe the water cycle.",
 ]
+
+# The smallest top-2 logit gap these prompts may have; their own is 0.20 or more. Batching's
+# last-bit differences are orders of magnitude below it.
+NO_NEAR_TIE = 0.1
+LONGEST_ANSWER = 24  # the most tokens a test here compares
+
+
+def test_the_prompts_come_near_no_tie_on_the_path_the_server_takes(channel: grpc.Channel) -> None:
+    """What the batched-equals-alone tests rest on, on the weights they run: the greedy
+    path computed from the logits is the server's own answer, and no step is near a tie."""
+    paths = greedy_paths(PROMPTS, LONGEST_ANSWER)
+    for prompt, path in paths.items():
+        assert len(path.gaps) == LONGEST_ANSWER, (prompt, path.text)
+        assert min(path.gaps) >= NO_NEAR_TIE, (prompt, min(path.gaps), path.text)
+        served = generate(channel, greedy(prompt, max_new_tokens=LONGEST_ANSWER)).text
+        assert served == path.text, (prompt, served, path.text)
 
 
 def concurrently(calls: list[Callable[[], TextResult]]) -> list[TextResult]:

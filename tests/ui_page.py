@@ -8,6 +8,8 @@ person finds them; waits are bounded polls of the page, never sleeps.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import shutil
 import socket
@@ -27,6 +29,7 @@ from selenium.common.exceptions import (
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webelement import WebElement
+from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
 
 from tests.server_thread import REPO_ROOT
 
@@ -38,6 +41,8 @@ START_TIMEOUT_S = 60
 STEP_TIMEOUT_S = 30  # a click, a rerun
 REPLY_TIMEOUT_S = 180  # a generation on two shared CPU cores
 WINDOW = (1400, 1100)
+CHOOSE_TRIES = 3  # a select box's option clicked again if the list closed unchosen
+CHOSEN_S = 5
 CHROMIUM_MISSING = (
     "the real-browser UI test needs Debian's chromium and chromium-driver "
     "(`make system-deps` installs them: apt-get install chromium chromium-driver)"
@@ -104,6 +109,11 @@ def start_browser() -> webdriver.Chrome:
     chromium, driver_path = browser_binaries()
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
+    # The browser's log of the websocket frames it receives: the page's run counter reads
+    # the server's script_finished messages there (see Page.runs).
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+    network_only = {"enableNetwork": True, "enablePage": False}
+    options.add_experimental_option("perfLoggingPrefs", network_only)
     for argument in (
         "--headless=new",
         "--no-sandbox",
@@ -133,18 +143,34 @@ def poll(probe: Callable[[], T | bool | None], what: str, timeout: float = STEP_
         time.sleep(0.1)
 
 
+BINARY_FRAME = 2  # a websocket opcode; Streamlit's ForwardMsgs are binary frames
+RUN_ENDS = {
+    ForwardMsg.FINISHED_SUCCESSFULLY,
+    ForwardMsg.FINISHED_WITH_COMPILE_ERROR,
+    ForwardMsg.FINISHED_FRAGMENT_RUN_SUCCESSFULLY,
+}  # not FINISHED_EARLY_FOR_RERUN: the run that replaces it ends later
+
+
+def ran_to_an_end(frame: bytes) -> bool:
+    """Whether a frame from the server is a script_finished that ends a run."""
+    message = ForwardMsg.FromString(frame)
+    return message.WhichOneof("type") == "script_finished" and message.script_finished in RUN_ENDS
+
+
 class Page:
     """The UI's page in the browser: one Streamlit session per open()."""
 
     def __init__(self, driver: webdriver.Chrome, url: str) -> None:
         self.driver = driver
         self.url = url
+        self._runs = 0
 
     def open(self) -> Page:
         self.driver.get(self.url)
         self.widget("stSelectbox", "Modality", START_TIMEOUT_S)
         self.wait_idle()
-        self._count_runs()
+        self.runs()  # what the browser got until now: this page's first run, earlier pages'
+        self._runs = 0
         return self
 
     # -- finding -------------------------------------------------------------------------
@@ -171,18 +197,18 @@ class Page:
         poll(idle, "the script's run to end", timeout)
 
     def runs(self) -> int:
-        """How many script runs have ended since open() (counted in the page)."""
-        return int(self.js("return window.__genserveRuns || 0;"))
-
-    def _count_runs(self) -> None:
-        self.js(
-            """const app = document.querySelector('[data-testid="stApp"]');
-            window.__genserveRuns = 0;
-            new MutationObserver(() => {
-                if (app.getAttribute("data-test-script-state") === "notRunning")
-                    window.__genserveRuns += 1;
-            }).observe(app, {attributes: true, attributeFilter: ["data-test-script-state"]});"""
-        )
+        """How many script runs have ended since open(): the script_finished messages the
+        server has sent the page. Counted off the wire, not off the page's run-state
+        attribute, because React may render a quick run's "running" and "notRunning" as one
+        update, and then the attribute never changes."""
+        for entry in self.driver.get_log("performance"):
+            event = json.loads(entry["message"])["message"]
+            if event["method"] != "Network.webSocketFrameReceived":
+                continue
+            frame = event["params"]["response"]
+            if frame.get("opcode") == BINARY_FRAME:
+                self._runs += ran_to_an_end(base64.b64decode(frame["payloadData"]))
+        return self._runs
 
     def rerun_after(self, gesture: Callable[[], Any], timeout: float = REPLY_TIMEOUT_S) -> None:
         """Makes the gesture and waits for the run it starts to end."""
@@ -205,11 +231,13 @@ class Page:
 
     def choose(self, label: str, option: str, prefix: bool = False) -> None:
         """A select box's option (Streamlit's is a React Aria combo box); with `prefix`,
-        the first option whose text starts so."""
-        field = self.widget("stSelectbox", label).find_element(By.CSS_SELECTOR, '[role="combobox"]')
-        if field.get_attribute("value") == option:
-            return
-        field.click()  # opens its list of options
+        the first option whose text starts so. A click that lands while the list is still
+        opening can close it unchosen; then the box still shows the old value and no run
+        has started, and the gesture is made again."""
+
+        def field() -> WebElement:
+            box = self.widget("stSelectbox", label)
+            return box.find_element(By.CSS_SELECTOR, '[role="combobox"]')
 
         def item() -> WebElement | None:
             for candidate in self.driver.find_elements(By.CSS_SELECTOR, '[role="option"]'):
@@ -218,7 +246,23 @@ class Page:
                     return candidate
             return None
 
-        self.rerun_after(poll(item, f"option {option!r} of {label!r}").click)
+        def chosen() -> bool:
+            value = field().get_attribute("value") or ""
+            return value == option or (prefix and value.startswith(option))
+
+        if chosen():
+            return
+        before = self.runs()
+        for _ in range(CHOOSE_TRIES):
+            field().click()  # opens its list of options
+            poll(item, f"option {option!r} of {label!r}").click()
+            try:
+                poll(lambda: self.runs() > before or chosen(), f"{option!r} chosen", CHOSEN_S)
+                break
+            except TimeoutError:
+                continue
+        poll(lambda: self.runs() > before, f"a run after choosing {option!r}", REPLY_TIMEOUT_S)
+        self.wait_idle()
 
     def number(self, label: str, value: float) -> None:
         field = self.widget("stNumberInput", label).find_element(By.TAG_NAME, "input")
