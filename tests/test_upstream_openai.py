@@ -259,6 +259,17 @@ def test_speech_streams_on_as_a_wav(edge: Edge) -> None:
     assert result.final.sha256 == result.sha256
 
 
+def test_a_speaking_rate_reaches_the_upstream(edge: Edge) -> None:
+    """The rate goes on in the OpenAI body's `speed`: the upstream's Bark speaks at one
+    rate only, and its refusal, naming the field, comes back to the caller."""
+    stub = audio_pb2_grpc.AudioServiceStub(edge.channel)
+    request = audio_pb2.AudioGenerateRequest(prompt="Hello there", model="up-speech", speed=1.5)
+    with pytest.raises(grpc.RpcError) as refused:
+        collect(stub.Generate(request, metadata=edge.metadata, timeout=120))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "speed" in str(refused.value.details()), refused.value.details()
+
+
 def test_a_cancel_closes_the_upstream_call(edge: Edge, genserve: Upstream) -> None:
     stub = text_pb2_grpc.TextServiceStub(edge.channel)
     metadata = edge.call_id()

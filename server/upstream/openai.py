@@ -186,12 +186,14 @@ def speech_adapter(settings: Settings) -> Adapter[AudioParams, MediaEvent]:
     async def speech(http: UpstreamHttp, params: AudioParams) -> AsyncGenerator[MediaEvent, None]:
         """The upstream's WAV streamed on as it arrives, checked as it goes."""
         clock = time.perf_counter()
-        body = {
+        body: dict[str, Any] = {
             "model": http.spec.model,
             "input": params.prompt,
             "voice": http.spec.voice or params.preset,
             "response_format": "wav",
         }
+        if params.speed != 1.0:  # asked for: the upstream says if its voice can't
+            body["speed"] = params.speed
         async with http.stream("POST", "/audio/speech", body) as reply:
             data = http.timed(reply, reply.response.aiter_bytes())
             declared = reply.response.headers.get("content-type")
