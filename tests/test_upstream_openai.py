@@ -270,6 +270,19 @@ def test_a_speaking_rate_reaches_the_upstream(edge: Edge) -> None:
     assert "speed" in str(refused.value.details()), refused.value.details()
 
 
+def test_a_sample_rate_is_refused_not_ignored(edge: Edge) -> None:
+    """OpenAI's speech API has no rate to ask for: the edge says so instead of sending a
+    WAV at another rate than the one asked."""
+    stub = audio_pb2_grpc.AudioServiceStub(edge.channel)
+    request = audio_pb2.AudioGenerateRequest(
+        prompt="Hello there", model="up-speech", sample_rate=16000
+    )
+    with pytest.raises(grpc.RpcError) as refused:
+        collect(stub.Generate(request, metadata=edge.metadata, timeout=120))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "sample_rate" in str(refused.value.details()), refused.value.details()
+
+
 def test_a_cancel_closes_the_upstream_call(edge: Edge, genserve: Upstream) -> None:
     stub = text_pb2_grpc.TextServiceStub(edge.channel)
     metadata = edge.call_id()

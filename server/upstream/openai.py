@@ -13,7 +13,7 @@ from typing import Any
 from genserve.contract.events import MediaEvent
 from genserve.contract.modalities.audio import AudioParams
 from genserve.contract.modalities.image import ImageFormat, ImageParams
-from genserve.server.errors import Unavailable
+from genserve.server.errors import InvalidArgument, Unavailable
 from genserve.server.media.embedding import Embeddings
 from genserve.server.settings import Settings
 from genserve.server.text.types import FinishReason, TextDelta, TextEvent, TextFinal, TextRequest
@@ -185,6 +185,12 @@ def speech_adapter(settings: Settings) -> Adapter[AudioParams, MediaEvent]:
 
     async def speech(http: UpstreamHttp, params: AudioParams) -> AsyncGenerator[MediaEvent, None]:
         """The upstream's WAV streamed on as it arrives, checked as it goes."""
+        if params.sample_rate is not None:
+            # OpenAI's speech API has no rate to ask for, and a stream is not resampled here.
+            raise InvalidArgument(
+                "sample_rate",
+                f"model {http.model} speaks at its upstream's own rate; leave sample_rate unset",
+            )
         clock = time.perf_counter()
         body: dict[str, Any] = {
             "model": http.spec.model,
