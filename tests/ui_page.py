@@ -214,6 +214,10 @@ class Page:
         """Makes the gesture and waits for the run it starts to end."""
         before = self.runs()
         gesture()
+        self._run_ended_since(before, timeout)
+
+    def _run_ended_since(self, before: int, timeout: float) -> None:
+        """Waits for a run to end beyond the `before` counted, and the page to show it."""
         poll(lambda: self.runs() > before, "a run after the gesture", timeout)
         self.wait_idle(timeout)
 
@@ -261,8 +265,7 @@ class Page:
                 break
             except TimeoutError:
                 continue
-        poll(lambda: self.runs() > before, f"a run after choosing {option!r}", REPLY_TIMEOUT_S)
-        self.wait_idle()
+        self._run_ended_since(before, REPLY_TIMEOUT_S)
 
     def number(self, label: str, value: float) -> None:
         field = self.widget("stNumberInput", label).find_element(By.TAG_NAME, "input")
